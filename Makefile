@@ -1,0 +1,51 @@
+# The README's commands. Everything a fresh machine needs is installed from here.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+# Debian packages the tests, demo and benchmarks drive as independent peers.
+APT_PACKAGES := iproute2 iperf3 netsniff-ng tshark
+SOURCES := pyproject.toml setup.py $(wildcard pyx/*.pyx pyx/*.pxd pyx/*.h)
+
+.PHONY: build demo test lint bench bench-full system-deps clean
+
+build: $(VENV)/.stamp-build
+
+$(VENV)/.stamp-venv:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip "setuptools>=77" wheel "Cython>=3.0.10,<4" "numpy>=1.26"
+	touch $@
+
+$(VENV)/.stamp-build: $(VENV)/.stamp-venv $(SOURCES)
+	$(PIP) install --no-build-isolation -e ".[test,bench]"
+	touch $@
+
+# Tools used as independent peers (iperf3, trafgen, tshark); installed once, only when missing.
+system-deps: $(VENV)/.stamp-system
+$(VENV)/.stamp-system: | $(VENV)/.stamp-venv
+	@missing=""; \
+	for tool in ip:iproute2 iperf3:iperf3 trafgen:netsniff-ng tshark:tshark; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	touch $@
+
+demo: build system-deps
+	$(VENV)/bin/tapengine demo
+
+lint: build
+	$(VENV)/bin/ruff check src tests bench examples
+
+test: build system-deps lint
+	$(PY) -m pytest
+
+bench: build system-deps
+	$(PY) -m pytest bench --benchmark-only --benchmark-autosave --benchmark-columns=median,iqr,ops,rounds
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info src/tapengine/*.so pyx/*.c

@@ -1,0 +1,298 @@
+# cython: language_level=3, embedsignature=True
+"""The packet ring: preallocated slots for frames, their lengths and virtio-net headers.
+
+Numpy views of the ring (``frames``, ``lengths``, ``headers``) share its memory. Each view counts
+as an export while it is alive; ``close()`` and ``resize()`` raise ``BufferError`` until every
+view is gone, so no view can ever point at freed memory.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_FORMAT
+from libc.stdint cimport uint8_t, uint32_t
+from libc.stdlib cimport free
+from libc.string cimport memcpy, memset
+
+from tapengine.syscall cimport _SC_PAGESIZE, posix_memalign, sysconf
+
+import numpy as np
+
+# Largest slot: a 64 KiB GSO superframe plus an Ethernet header, rounded to a cache line.
+MAX_SLOT_SIZE = 65536 + 128
+MIN_SLOT_SIZE = 64
+MAX_SLOTS = 1 << 20
+CACHE_LINE = 64
+
+#: numpy dtype of one ``struct virtio_net_hdr`` (host byte order, as the tun driver uses on x86).
+VNET_HDR_DTYPE = np.dtype(
+    [("flags", "u1"), ("gso_type", "u1"), ("hdr_len", "=u2"), ("gso_size", "=u2"),
+     ("csum_start", "=u2"), ("csum_offset", "=u2")],
+    align=False,
+)
+assert VNET_HDR_DTYPE.itemsize == VNET_HDR_LEN
+
+
+cdef enum _Region:
+    REGION_FRAMES
+    REGION_LENGTHS
+    REGION_HEADERS
+
+
+@cython.final
+cdef class _RegionExport:
+    """Exports one region of a ring through the buffer protocol, counting live views."""
+
+    cdef PacketRing ring
+    cdef int region
+    cdef Py_ssize_t shape[2]
+    cdef Py_ssize_t strides[2]
+
+    def __cinit__(self, PacketRing ring, int region):
+        self.ring = ring
+        self.region = region
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        cdef PacketRing ring = self.ring
+        if ring.slab == NULL:
+            raise ValueError("the packet ring is closed")
+        view.readonly = 0
+        view.suboffsets = NULL
+        view.internal = NULL
+        view.shape = self.shape
+        view.strides = self.strides
+        if self.region == REGION_FRAMES:
+            view.buf = ring.slab
+            view.itemsize = 1
+            view.format = "B"
+            view.ndim = 2
+            self.shape[0], self.shape[1] = ring.nslots, ring.slot_size
+            self.strides[0], self.strides[1] = ring.stride, 1
+        elif self.region == REGION_LENGTHS:
+            view.buf = ring.lens
+            view.itemsize = sizeof(uint32_t)
+            view.format = "I"
+            view.ndim = 1
+            self.shape[0], self.strides[0] = ring.nslots, sizeof(uint32_t)
+        else:
+            view.buf = ring.hdrs
+            view.itemsize = 1
+            view.format = "B"
+            view.ndim = 2
+            self.shape[0], self.shape[1] = ring.nslots, VNET_HDR_LEN
+            self.strides[0], self.strides[1] = VNET_HDR_LEN, 1
+        view.len = self.shape[0] * self.strides[0]
+        if not (flags & PyBUF_FORMAT):
+            view.format = NULL
+        view.obj = self
+        ring._exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self.ring._exports -= 1
+
+
+cdef class PacketRing:
+    """A ring of ``nslots`` packet slots of ``slot_size`` bytes each.
+
+    ``nslots`` must be a power of two. Slots ``[head, tail)`` hold packets; the free-running
+    indices are masked on use, so ``tail - head`` is the number of packets held.
+    """
+
+    def __cinit__(self, nslots=256, slot_size=2048):
+        self.slab = NULL
+        self.hdrs = NULL
+        self.lens = NULL
+        self._exports = 0
+        nslots, slot_size = _checked_geometry(nslots, slot_size)
+        self._allocate(nslots, slot_size)
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef int _allocate(self, uint32_t nslots, uint32_t slot_size) except -1:
+        # Returns 0; raises MemoryError when the slab cannot be had.
+        cdef size_t page = <size_t>sysconf(_SC_PAGESIZE)
+        cdef uint32_t stride = (slot_size + CACHE_LINE - 1) // CACHE_LINE * CACHE_LINE
+        cdef void *slab = NULL
+        cdef void *meta = NULL
+        cdef size_t meta_size = <size_t>nslots * (sizeof(uint32_t) + VNET_HDR_LEN)
+        if posix_memalign(&slab, page, <size_t>nslots * stride) != 0:
+            raise MemoryError(f"cannot allocate a packet ring of {nslots} x {stride} bytes")
+        if posix_memalign(&meta, CACHE_LINE, meta_size) != 0:
+            free(slab)
+            raise MemoryError(f"cannot allocate the lengths and headers of {nslots} slots")
+        memset(meta, 0, meta_size)
+        self.slab = <uint8_t *>slab
+        self.lens = <uint32_t *>meta
+        self.hdrs = <uint8_t *>meta + <size_t>nslots * sizeof(uint32_t)
+        self.nslots = nslots
+        self.mask = nslots - 1
+        self.slot_size = slot_size
+        self.stride = stride
+        self.head = 0
+        self.tail = 0
+        return 0
+
+    cdef void _free(self) noexcept:
+        free(self.slab)
+        free(self.lens)     # lengths and headers share one allocation
+        self.slab = NULL
+        self.lens = NULL
+        self.hdrs = NULL
+
+    cdef int _check_open(self) except -1:
+        if self.slab == NULL:
+            raise ValueError("the packet ring is closed")
+        return 0
+
+    cdef int _check_unexported(self, str action) except -1:
+        if self._exports:
+            raise BufferError(
+                f"cannot {action} the packet ring: {self._exports} view(s) of it still exist"
+            )
+        return 0
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self):
+        """Free the slab. Raises ``BufferError`` while views exist; closing twice is a no-op."""
+        self._check_unexported("close")
+        self._free()
+
+    def resize(self, nslots, slot_size=None):
+        """Reallocate with a new geometry; packets held are discarded, indices reset."""
+        self._check_open()
+        self._check_unexported("resize")
+        nslots, slot_size = _checked_geometry(
+            nslots, self.slot_size if slot_size is None else slot_size
+        )
+        self._free()
+        self._allocate(nslots, slot_size)
+
+    @property
+    def closed(self):
+        return self.slab == NULL
+
+    @property
+    def exports(self):
+        """Number of live buffer views of this ring."""
+        return self._exports
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __len__(self):
+        return self.tail - self.head
+
+    def __repr__(self):
+        state = "closed" if self.slab == NULL else f"{self.tail - self.head} pending"
+        return f"<PacketRing {self.nslots} x {self.slot_size} B, {state}>"
+
+    # -- zero-copy views ------------------------------------------------------------------
+
+    @property
+    def frames(self):
+        """``uint8[nslots, slot_size]`` view of the frame slots (slot ``i & mask``)."""
+        self._check_open()
+        return np.asarray(_RegionExport(self, REGION_FRAMES))
+
+    @property
+    def lengths(self):
+        """``uint32[nslots]`` view of the frame lengths."""
+        self._check_open()
+        return np.asarray(_RegionExport(self, REGION_LENGTHS))
+
+    @property
+    def headers(self):
+        """``VNET_HDR_DTYPE[nslots]`` view of the virtio-net headers."""
+        self._check_open()
+        raw = np.asarray(_RegionExport(self, REGION_HEADERS))
+        return raw.view(VNET_HDR_DTYPE).reshape(self.nslots)
+
+    # -- indices --------------------------------------------------------------------------
+
+    @property
+    def pending(self):
+        """Packets held: ``tail - head``."""
+        return self.tail - self.head
+
+    @property
+    def free(self):
+        """Slots free for new packets."""
+        return self.nslots - (self.tail - self.head)
+
+    def consume(self, count):
+        """Advance ``head`` by ``count`` packets (they were sent or processed)."""
+        if count < 0 or count > self.tail - self.head:
+            raise ValueError(f"cannot consume {count} packets: {self.tail - self.head} pending")
+        self.head += count
+
+    def clear(self):
+        """Forget every packet held; the next packet goes to slot 0."""
+        self.head = self.tail = 0
+
+    # -- copying in and out (set-up, tests and tools; the data plane never copies) ----------
+
+    def push(self, data, header=None):
+        """Copy one frame (and optionally its 10-byte virtio-net header) into the tail slot.
+
+        Returns the free-running index of the slot. Raises ``BufferError`` when the ring is full
+        and ``ValueError`` when the frame does not fit a slot.
+        """
+        self._check_open()
+        if self.tail - self.head >= self.nslots:
+            raise BufferError(f"the packet ring is full ({self.nslots} packets pending)")
+        cdef uint32_t index = self.tail
+        self.store(index, data, header)
+        self.tail += 1
+        return index
+
+    def store(self, uint32_t index, data, header=None):
+        """Copy a frame into slot ``index`` (masked) and set its length; no index moves."""
+        self._check_open()
+        cdef const uint8_t[::1] frame = _as_bytes_view(data)
+        if <size_t>frame.shape[0] > self.slot_size:
+            raise ValueError(
+                f"frame of {frame.shape[0]} bytes does not fit a slot of {self.slot_size} bytes"
+            )
+        cdef const uint8_t[::1] hdr
+        if header is not None:
+            hdr = _as_bytes_view(header)
+            if hdr.shape[0] != VNET_HDR_LEN:
+                raise ValueError(f"a virtio-net header is {VNET_HDR_LEN} bytes, not {hdr.shape[0]}")
+            memcpy(ring_hdr(self, index), &hdr[0], VNET_HDR_LEN)
+        else:
+            memset(ring_hdr(self, index), 0, VNET_HDR_LEN)
+        if frame.shape[0]:
+            memcpy(ring_frame(self, index), &frame[0], frame.shape[0])
+        ring_len(self, index)[0] = frame.shape[0]
+
+    def packet(self, uint32_t index):
+        """A copy (``bytes``) of the frame in slot ``index`` (masked)."""
+        self._check_open()
+        return (<char *>ring_frame(self, index))[:ring_len(self, index)[0]]
+
+    def header(self, uint32_t index):
+        """A copy (``bytes``) of the virtio-net header of slot ``index`` (masked)."""
+        self._check_open()
+        return (<char *>ring_hdr(self, index))[:VNET_HDR_LEN]
+
+
+cdef const uint8_t[::1] _as_bytes_view(data):
+    if isinstance(data, str):
+        raise TypeError("frames are bytes-like, not str")
+    return memoryview(data).cast("B")
+
+
+def _checked_geometry(nslots, slot_size):
+    for name, value in (("nslots", nslots), ("slot_size", slot_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 1 <= nslots <= MAX_SLOTS or nslots & (nslots - 1):
+        raise ValueError(f"nslots must be a power of two between 1 and {MAX_SLOTS}, not {nslots}")
+    if not MIN_SLOT_SIZE <= slot_size <= MAX_SLOT_SIZE:
+        raise ValueError(
+            f"slot_size must be between {MIN_SLOT_SIZE} and {MAX_SLOT_SIZE} bytes, not {slot_size}"
+        )
+    return nslots, slot_size

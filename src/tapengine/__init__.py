@@ -1,0 +1,41 @@
+"""tapengine: a Linux packet engine for tun/tap devices.
+
+The data plane is compiled Cython (``tapengine._ring``, ``tapengine._batchio``); importing the
+package without it fails loudly rather than falling back to a slow path.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    from tapengine._batchio import recv_batch, send_batch
+    from tapengine._ring import VNET_HDR_DTYPE, PacketRing
+except ImportError as _err:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "tapengine's compiled extensions are missing or broken "
+        f"({_err}); build them with 'make build' (or 'pip install -e .' in a checkout)"
+    ) from _err
+
+from tapengine.errors import TapengineError
+from tapengine.tun import IfFlag, Offload, TunQueue, features, open_queue, open_queues
+
+try:
+    __version__ = version("tapengine")
+except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "VNET_HDR_DTYPE",
+    "IfFlag",
+    "Offload",
+    "PacketRing",
+    "TapengineError",
+    "TunQueue",
+    "__version__",
+    "features",
+    "open_queue",
+    "open_queues",
+    "recv_batch",
+    "send_batch",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from tapengine.cli import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""The ``tapengine`` command line.
+
+Each subcommand lives in a module of this package that exposes ``register(subparsers)``; the
+module adds its parser and sets ``func`` to a callable taking the parsed ``argparse.Namespace``
+and returning an exit code. Expected errors become one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tapengine import __version__
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMAND_MODULES = ("demo",)
+
+
+class CommandError(Exception):
+    """An error a command reports as one line: what failed, why, what to do."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tapengine",
+        description="A Linux packet engine for tun/tap devices.",
+        epilog="Run 'tapengine COMMAND --help' for the options and an example of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"tapengine.cli.{name}").register(subparsers)
+    return parser
+
+
+def example_epilog(*lines: str) -> str:
+    """An ``--help`` epilog showing example invocations."""
+    return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("tapengine: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, OSError, ValueError) as err:
+        print(f"tapengine {args.command_name}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Every error tapengine raises on purpose.
+
+Where a matching built-in ``OSError`` subclass exists the class derives from it, so callers can
+catch ``PermissionError`` or ``FileNotFoundError`` without knowing about tapengine. All carry a
+message that says what failed, why, and what to do.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class TapengineError(Exception):
+    """Base class of the errors tapengine raises on purpose."""
+
+
+class InvalidNameError(TapengineError, ValueError):
+    """An interface or namespace name the kernel would refuse; checked before any syscall."""
+
+
+class PrivilegeError(TapengineError, PermissionError):
+    """The operation needs CAP_NET_ADMIN (run as root, or grant the capability)."""
+
+
+class TunUnavailableError(TapengineError, FileNotFoundError):
+    """``/dev/net/tun`` is missing: the tun module is not loaded or the device node not created."""
+
+
+class DeviceBusyError(TapengineError, OSError):
+    """The device queue is already open (a single-queue tun/tap admits one fd)."""
+
+
+class FlagMismatchError(TapengineError, OSError):
+    """The device exists with other flags (tun vs tap, multi-queue, vnet header)."""
+
+
+class DeviceGoneError(TapengineError, OSError):
+    """The device behind an open fd was deleted (EIO, EBADFD, ENODEV)."""
+
+
+#: errnos that mean "the device behind this fd is gone".
+DEVICE_GONE_ERRNOS = frozenset({_errno.EIO, _errno.EBADFD, _errno.ENODEV, _errno.ENXIO})
+
+
+def oserror(err: int, what: str, *, completed: int | None = None) -> OSError:
+    """The precise ``OSError`` subclass for ``err`` while doing ``what``.
+
+    ``completed`` (when given) is how many packets of a batch went through before the error; it is
+    stored on the exception and named in its message. This is the one errno helper of the data
+    plane: every errno other than EINTR and EAGAIN reaches Python through here.
+    """
+    message = f"{what}: {os.strerror(err)}"
+    if completed is not None:
+        message += f" (after {completed} packet{'s' if completed != 1 else ''} of the batch)"
+    if err in DEVICE_GONE_ERRNOS:
+        exc: OSError = DeviceGoneError(err, message + "; the device was probably deleted")
+    elif err in (_errno.EPERM, _errno.EACCES):
+        exc = PrivilegeError(err, message + "; this needs CAP_NET_ADMIN (run as root)")
+    else:
+        exc = OSError(err, message)  # OSError picks the subclass (BlockingIOError, ...)
+    exc.completed = completed  # type: ignore[attr-defined]
+    return exc
+
+
+IFNAMSIZ = 16  # kernel buffer for interface names, NUL included
+
+
+def check_ifname(name: object, what: str = "interface") -> str:
+    """Return ``name`` if the kernel would accept it as an interface name, else raise.
+
+    Refuses empty names, names over 15 bytes, ``.`` and ``..``, and names containing ``/``, ``:``,
+    whitespace or NUL — before any syscall is made.
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(f"{what} name must be a str, not {type(name).__name__}")
+    problem = None
+    encoded = name.encode("utf-8", "surrogateescape")
+    if not name:
+        problem = "it is empty"
+    elif len(encoded) >= IFNAMSIZ:
+        problem = f"it is {len(encoded)} bytes long; the limit is {IFNAMSIZ - 1}"
+    elif name in (".", ".."):
+        problem = "it is a path component"
+    elif "\0" in name:
+        problem = "it contains a NUL byte"
+    elif "/" in name:
+        problem = "it contains '/'"
+    elif ":" in name and what == "interface":
+        problem = "it contains ':'"
+    elif any(ch.isspace() for ch in name):
+        problem = "it contains whitespace"
+    if problem:
+        raise InvalidNameError(f"invalid {what} name {name!r}: {problem}")
+    return name

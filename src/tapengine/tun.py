@@ -1,0 +1,295 @@
+"""Opening tun/tap queues: ``/dev/net/tun``, ``TUNSETIFF`` and the ioctls around it.
+
+Opening a queue on a name that does not exist creates a non-persistent device that lives as long
+as its fds; opening one on an existing (persistent) device must use the flags it was created with.
+Every fd is non-blocking and close-on-exec. Names are checked before any syscall.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import os
+import struct
+from types import TracebackType
+from typing import Literal, Self
+
+from tapengine import _batchio
+from tapengine._ring import PacketRing
+from tapengine.errors import (
+    DeviceBusyError,
+    FlagMismatchError,
+    PrivilegeError,
+    TunUnavailableError,
+    check_ifname,
+    oserror,
+)
+
+TUN_PATH = "/dev/net/tun"
+
+
+def _iow(nr: int) -> int:
+    # _IOW('T', nr, int): direction write, 4-byte argument.
+    return (1 << 30) | (4 << 16) | (ord("T") << 8) | nr
+
+
+def _ior(nr: int) -> int:
+    return (2 << 30) | (4 << 16) | (ord("T") << 8) | nr
+
+
+TUNSETIFF = _iow(202)
+TUNSETPERSIST = _iow(203)
+TUNGETFEATURES = _ior(207)
+TUNSETOFFLOAD = _iow(208)
+TUNGETIFF = _ior(210)
+TUNSETSNDBUF = _iow(212)
+TUNSETVNETHDRSZ = _iow(216)
+
+VNET_HDR_LEN = 10  # sizeof(struct virtio_net_hdr)
+
+
+class IfFlag(enum.IntFlag):
+    """``ifr_flags`` of TUNSETIFF (linux/if_tun.h)."""
+
+    TUN = 0x0001
+    TAP = 0x0002
+    NAPI = 0x0010
+    NAPI_FRAGS = 0x0020
+    MULTI_QUEUE = 0x0100
+    PERSIST = 0x0800
+    NO_PI = 0x1000
+    VNET_HDR = 0x4000
+    TUN_EXCL = 0x8000
+
+
+class Offload(enum.IntFlag):
+    """``TUNSETOFFLOAD`` flags: what the kernel may hand us unsegmented or without checksum."""
+
+    CSUM = 0x01
+    TSO4 = 0x02
+    TSO6 = 0x04
+    TSO_ECN = 0x08
+    UFO = 0x10
+    USO4 = 0x20
+    USO6 = 0x40
+
+
+Mode = Literal["tap", "tun"]
+
+_IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, padding to 40 bytes
+
+
+def _open_control() -> int:
+    try:
+        return os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TunUnavailableError(
+            errno.ENOENT,
+            f"{TUN_PATH} does not exist: load the tun module (modprobe tun) or create the node "
+            "(mknod /dev/net/tun c 10 200)",
+        ) from None
+    except PermissionError:
+        raise PrivilegeError(
+            errno.EACCES,
+            f"cannot open {TUN_PATH}: permission denied; tun/tap needs root or CAP_NET_ADMIN",
+        ) from None
+
+
+def features() -> IfFlag:
+    """The ``TUNSETIFF`` flags this kernel supports (``TUNGETFEATURES``)."""
+    fd = _open_control()
+    try:
+        raw = fcntl.ioctl(fd, TUNGETFEATURES, b"\0" * 4)
+    finally:
+        os.close(fd)
+    return IfFlag(struct.unpack("I", raw)[0])
+
+
+def _explain_setiff(err: OSError, name: str, flags: IfFlag) -> OSError:
+    mode = "tap" if flags & IfFlag.TAP else "tun"
+    mq = "multi-queue" if flags & IfFlag.MULTI_QUEUE else "single-queue"
+    if err.errno == errno.EPERM:
+        return PrivilegeError(
+            errno.EPERM,
+            f"cannot open {mode} {name!r}: operation not permitted; this needs CAP_NET_ADMIN "
+            "(run as root) or a device created with your uid as owner",
+        )
+    if err.errno == errno.EBUSY:
+        return DeviceBusyError(
+            errno.EBUSY,
+            f"cannot open {mode} {name!r}: it is busy; a single-queue device admits one fd "
+            "(close the other user, or create the device with multi-queue)",
+        )
+    if err.errno == errno.EINVAL:
+        return FlagMismatchError(
+            errno.EINVAL,
+            f"cannot open {name!r} as a {mq} {mode}: invalid argument; the device exists with "
+            "other flags (tun vs tap, or multi-queue) or another kind of link has that name",
+        )
+    return oserror(err.errno or errno.EIO, f"cannot open {mode} {name!r}")
+
+
+class TunQueue:
+    """One open queue (fd) of a tun or tap device.
+
+    A context manager: leaving the ``with`` block closes the fd (and a non-persistent device
+    disappears with its last fd).
+    """
+
+    def __init__(self, fd: int, name: str, flags: IfFlag) -> None:
+        self._fd = fd
+        self.name = name
+        self.flags = flags
+        self.offload = Offload(0)
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        return "tap" if self.flags & IfFlag.TAP else "tun"
+
+    @property
+    def vnet_hdr(self) -> bool:
+        return bool(self.flags & IfFlag.VNET_HDR)
+
+    @property
+    def multi_queue(self) -> bool:
+        return bool(self.flags & IfFlag.MULTI_QUEUE)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise ValueError(f"the queue of {self.name!r} is closed")
+        return self._fd
+
+    # -- ioctls ---------------------------------------------------------------------------
+
+    def set_offload(self, offload: Offload) -> None:
+        """Tell the kernel which offloads we accept (``TUNSETOFFLOAD``); needs ``vnet_hdr``."""
+        if offload and not self.vnet_hdr:
+            raise ValueError(f"{self.name}: offloads need a queue opened with vnet_hdr=True")
+        try:
+            fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, int(offload))
+        except OSError as err:
+            raise oserror(err.errno, f"{self.name}: TUNSETOFFLOAD {offload!r}") from None
+        self.offload = Offload(offload)
+
+    def negotiate_offload(self, wanted: Offload) -> Offload:
+        """Enable as many of ``wanted`` as the kernel accepts, dropping refused flags one by one.
+
+        Returns what was enabled. TSO needs CSUM, so without CSUM nothing is enabled.
+        """
+        enabled = Offload(wanted)
+        for flag in (Offload.USO6, Offload.USO4, Offload.UFO, Offload.TSO_ECN, Offload.TSO6,
+                     Offload.TSO4, Offload.CSUM):
+            try:
+                self.set_offload(enabled)
+                return enabled
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise
+                enabled &= ~flag
+        self.set_offload(Offload(0))
+        return Offload(0)
+
+    def set_sndbuf(self, size: int) -> None:
+        """Bytes the device may queue toward this fd before dropping (``TUNSETSNDBUF``)."""
+        fcntl.ioctl(self.fileno(), TUNSETSNDBUF, struct.pack("i", size))
+
+    # -- batched I/O ----------------------------------------------------------------------
+
+    def recv_batch(self, ring: PacketRing, budget: int = 64) -> int:
+        """Read up to ``budget`` packets into ``ring`` (see ``tapengine.recv_batch``)."""
+        return _batchio.recv_batch(self.fileno(), ring, budget, vnet_hdr=self.vnet_hdr)
+
+    def send_batch(self, ring: PacketRing, first: int, count: int) -> int:
+        """Write ``count`` packets from ``ring`` (see ``tapengine.send_batch``)."""
+        return _batchio.send_batch(self.fileno(), ring, first, count, vnet_hdr=self.vnet_hdr)
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return f"<TunQueue {self.mode} {self.name!r} {state} flags={self.flags!r}>"
+
+
+def open_queue(
+    name: str,
+    mode: Mode = "tap",
+    *,
+    vnet_hdr: bool = False,
+    multi_queue: bool = False,
+) -> TunQueue:
+    """Open one queue of the tun or tap device ``name`` (creating it if it does not exist).
+
+    The fd is non-blocking and close-on-exec, with ``IFF_NO_PI``. With ``vnet_hdr`` every packet
+    carries a 10-byte ``virtio_net_hdr`` and the header size is reset to 10 (a persistent device
+    keeps the size a previous user set). ``multi_queue`` must match how the device was created.
+    """
+    check_ifname(name)
+    if mode not in ("tap", "tun"):
+        raise ValueError(f"mode must be 'tap' or 'tun', not {mode!r}")
+    flags = IfFlag.NO_PI | (IfFlag.TAP if mode == "tap" else IfFlag.TUN)
+    if vnet_hdr:
+        flags |= IfFlag.VNET_HDR
+    if multi_queue:
+        flags |= IfFlag.MULTI_QUEUE
+    fd = _open_control()
+    try:
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), int(flags)))
+        except OSError as err:
+            raise _explain_setiff(err, name, flags) from None
+        if vnet_hdr:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+        queue = TunQueue(fd, name, flags)
+        if vnet_hdr:
+            queue.set_offload(Offload(0))  # a persistent device keeps old offloads: start clean
+    except BaseException:
+        os.close(fd)
+        raise
+    return queue
+
+
+def open_queues(
+    name: str,
+    count: int,
+    mode: Mode = "tap",
+    *,
+    vnet_hdr: bool = False,
+) -> list[TunQueue]:
+    """Open ``count`` queues of a multi-queue device; all or none (closed again on error)."""
+    if count < 1:
+        raise ValueError(f"queue count must be >= 1, not {count}")
+    queues: list[TunQueue] = []
+    try:
+        for _ in range(count):
+            queues.append(open_queue(name, mode, vnet_hdr=vnet_hdr, multi_queue=True))
+    except BaseException:
+        for queue in queues:
+            queue.close()
+        raise
+    return queues

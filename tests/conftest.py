@@ -1,0 +1,77 @@
+"""Shared fixtures: privilege gating and namespaces that are always removed.
+
+Privileged tests take the ``privileged`` fixture. Without root (or without /dev/net/tun) they skip
+with the reason, unless ``TAPENGINE_REQUIRE_PRIVILEGED=1`` is set (as in CI), which turns the skip
+into a failure. Every namespace and link a test creates carries a unique ``te`` prefix and is
+removed by a finalizer, whether the test passed or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable, Iterator
+
+import pytest
+
+REQUIRE_PRIVILEGED = os.environ.get("TAPENGINE_REQUIRE_PRIVILEGED", "") not in ("", "0")
+
+
+def _privilege_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (CAP_NET_ADMIN) to create namespaces and tun/tap devices"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun"
+    return None
+
+
+@pytest.fixture
+def privileged() -> None:
+    problem = _privilege_problem()
+    if problem is None:
+        return
+    if REQUIRE_PRIVILEGED:
+        pytest.fail(f"TAPENGINE_REQUIRE_PRIVILEGED=1 but this test {problem}")
+    pytest.skip(problem)
+
+
+def unique_prefix() -> str:
+    """``te`` and six hex digits: short enough to leave room in a 15-byte interface name."""
+    return "te" + secrets.token_hex(3)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return unique_prefix()
+
+
+@pytest.fixture
+def make_netns(privileged: None, prefix: str) -> Iterator[Callable[[str], str]]:
+    """Factory: ``make_netns("a")`` creates namespace ``<prefix>a``; all removed at teardown."""
+    from pyroute2 import netns
+
+    created: list[str] = []
+
+    def make(suffix: str) -> str:
+        name = prefix + suffix
+        netns.create(name)
+        created.append(name)
+        return name
+
+    yield make
+    for name in reversed(created):
+        with contextlib.suppress(OSError):
+            netns.remove(name)
+
+
+@contextlib.contextmanager
+def inside_netns(name: str) -> Iterator[None]:
+    """Run the body with the calling thread inside namespace ``name`` (sockets stay there)."""
+    from pyroute2 import netns
+
+    netns.pushns(name)
+    try:
+        yield
+    finally:
+        netns.popns()
