@@ -1,0 +1,142 @@
+"""PacketRing: geometry, zero-copy views, export counting and bounds (no privilege needed)."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from tapengine import VNET_HDR_DTYPE, PacketRing
+
+
+def test_geometry_and_alignment() -> None:
+    ring = PacketRing(16, 1514)
+    assert (ring.nslots, ring.slot_size, ring.mask) == (16, 1514, 15)
+    assert ring.stride % 64 == 0 and ring.stride >= 1514
+    frames = ring.frames
+    assert frames.shape == (16, 1514)
+    assert frames.strides == (ring.stride, 1)
+    assert frames.ctypes.data % 4096 == 0, "the slab is page aligned"
+
+
+@pytest.mark.parametrize("nslots", [0, 3, 12, -4, 1 << 21])
+def test_nslots_must_be_a_power_of_two_in_range(nslots: int) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        PacketRing(nslots, 2048)
+
+
+@pytest.mark.parametrize("slot_size", [0, 63, 65536 + 129])
+def test_slot_size_bounds(slot_size: int) -> None:
+    with pytest.raises(ValueError, match="slot_size"):
+        PacketRing(8, slot_size)
+
+
+@pytest.mark.parametrize("bad", [8.0, "8", None, True])
+def test_geometry_must_be_int(bad: object) -> None:
+    with pytest.raises(TypeError):
+        PacketRing(bad, 2048)  # type: ignore[arg-type]
+
+
+def test_views_share_memory_with_the_ring() -> None:
+    ring = PacketRing(8, 128)
+    index = ring.push(b"\x01\x02\x03")
+    frames, lengths = ring.frames, ring.lengths
+    assert lengths[index] == 3
+    assert bytes(frames[index, :3]) == b"\x01\x02\x03"
+    frames[index, :3] = [9, 8, 7]  # writing through the view changes the ring
+    lengths[index] = 2
+    assert ring.packet(index) == b"\x09\x08"
+
+
+def test_free_running_indices_wrap_onto_slots() -> None:
+    ring = PacketRing(4, 64)
+    for round_ in range(3):
+        for i in range(4):
+            ring.push(bytes([round_, i]))
+        assert ring.pending == 4 and ring.free == 0
+        with pytest.raises(BufferError, match="full"):
+            ring.push(b"x")
+        held = [ring.packet(ring.head + i) for i in range(4)]
+        assert held == [bytes([round_, i]) for i in range(4)]
+        ring.consume(4)
+    assert ring.head == ring.tail == 12
+    assert ring.packet(12) == ring.packet(0) == bytes([2, 0])
+
+
+def test_consume_more_than_pending_is_refused() -> None:
+    ring = PacketRing(4, 64)
+    ring.push(b"a")
+    with pytest.raises(ValueError, match="1 pending"):
+        ring.consume(2)
+    assert ring.pending == 1
+
+
+def test_headers_view_is_the_virtio_net_hdr_layout() -> None:
+    ring = PacketRing(4, 64)
+    header = bytes([1, 3]) + (54).to_bytes(2, "little") + (1448).to_bytes(2, "little") \
+        + (34).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    index = ring.push(b"frame", header)
+    view = ring.headers
+    assert view.dtype == VNET_HDR_DTYPE and view.shape == (4,)
+    assert view[index].tolist() == (1, 3, 54, 1448, 34, 16)
+    view[index]["gso_size"] = 1200
+    assert ring.header(index)[4:6] == (1200).to_bytes(2, "little")
+
+
+def test_oversize_frame_and_bad_header_are_refused_without_moving_tail() -> None:
+    ring = PacketRing(4, 64)
+    with pytest.raises(ValueError, match="does not fit"):
+        ring.push(b"x" * 65)
+    with pytest.raises(ValueError, match="10 bytes"):
+        ring.push(b"x", b"short")
+    with pytest.raises(TypeError, match="not str"):
+        ring.push("text")  # type: ignore[arg-type]
+    assert ring.tail == 0
+
+
+def test_exports_are_counted_and_block_close_and_resize() -> None:
+    ring = PacketRing(8, 64)
+    frames = ring.frames
+    derived = frames[2:4]  # a view of a view still pins the ring
+    lengths = ring.lengths
+    assert ring.exports == 2
+    del frames
+    gc.collect()
+    with pytest.raises(BufferError, match="2 view"):
+        ring.close()
+    with pytest.raises(BufferError):
+        ring.resize(16)
+    assert not ring.closed
+    del derived, lengths
+    gc.collect()
+    assert ring.exports == 0
+    ring.resize(16, 256)
+    assert (ring.nslots, ring.slot_size, ring.pending) == (16, 256, 0)
+    ring.close()
+    assert ring.closed
+    ring.close()  # idempotent
+
+
+def test_memoryview_exports_count_too() -> None:
+    ring = PacketRing(2, 64)
+    mv = memoryview(np.asarray(ring.frames))
+    with pytest.raises(BufferError):
+        ring.close()
+    mv.release()
+    gc.collect()
+    ring.close()
+
+
+def test_closed_ring_refuses_use() -> None:
+    ring = PacketRing(2, 64)
+    ring.close()
+    for action in (lambda: ring.frames, lambda: ring.push(b"x"), lambda: ring.packet(0)):
+        with pytest.raises(ValueError, match="closed"):
+            action()
+
+
+def test_context_manager_closes() -> None:
+    with PacketRing(2, 64) as ring:
+        ring.push(b"x")
+    assert ring.closed
