@@ -93,3 +93,35 @@ def check_ifname(name: object, what: str = "interface") -> str:
     if problem:
         raise InvalidNameError(f"invalid {what} name {name!r}: {problem}")
     return name
+
+
+class DeviceExistsError(TapengineError, FileExistsError):
+    """A link or network namespace with that name already exists."""
+
+
+class DeviceNotFoundError(TapengineError, FileNotFoundError):
+    """No link or network namespace has that name."""
+
+
+class InvalidValueError(TapengineError, ValueError):
+    """A MAC address, IP address, MTU or other setting the kernel would refuse; checked first."""
+
+
+class TopologyError(TapengineError, ValueError):
+    """A topology description that cannot be built, with where the problem is.
+
+    ``source`` is the file (or ``"<dict>"``), ``line`` the 1-based line when known, ``key`` the
+    dotted key path (``"veth.a.peer_netns"``). The message names all three that are known.
+    """
+
+    def __init__(
+        self, message: str, *, source: str = "<dict>", key: str = "", line: int | None = None
+    ) -> None:
+        self.source = source
+        self.key = key
+        self.line = line
+        self.reason = message
+        where = source if line is None else f"{source}:{line}"
+        if key:
+            where += f": {key}"
+        super().__init__(f"{where}: {message}")
