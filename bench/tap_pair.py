@@ -37,6 +37,7 @@ def tap_pair() -> Iterator[TapPair]:
     netns.create(name)
     queues: list[TunQueue] = []
     try:
+        _silence_namespace(name)
         queues = [open_queue(prefix + "a"), open_queue(prefix + "b")]
         with IPRoute() as ipr:
             for queue in queues:
@@ -48,13 +49,26 @@ def tap_pair() -> Iterator[TapPair]:
                 (index,) = ipr.link_lookup(ifname=queue.name)
                 ipr.link("set", index=index, master=bridge, state="up")
             ipr.link("set", index=bridge, state="up")
-        time.sleep(0.1)  # let link-up chatter (IPv6 router solicitations) pass
+        time.sleep(0.05)
         drain(queues[1])
         yield TapPair(queues[0], queues[1], name)
     finally:
         for queue in queues:
             queue.close()
         netns.remove(name)
+
+
+def _silence_namespace(name: str) -> None:
+    """No IPv6 and no IGMP reports: the only frames on the taps are the ones we write."""
+    knobs = [f"ipv6/conf/{scope}/disable_ipv6" for scope in ("all", "default")]
+    knobs.append("ipv4/igmp_link_local_mcast_reports")
+    netns.pushns(name)  # /proc/sys/net is the namespace of the thread that opens it
+    try:
+        for knob in knobs:
+            with open(f"/proc/sys/net/{knob}", "w") as file:
+                file.write("0" if "igmp" in knob else "1")
+    finally:
+        netns.popns()
 
 
 def ethernet_frame(size: int, seq: int = 0) -> bytes:
