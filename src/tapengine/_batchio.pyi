@@ -1,0 +1,13 @@
+from typing import Protocol
+
+from tapengine._ring import PacketRing
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+def recv_batch(
+    fd: int | _HasFileno, ring: PacketRing, budget: int = 64, *, vnet_hdr: bool = False
+) -> int: ...
+def send_batch(
+    fd: int | _HasFileno, ring: PacketRing, first: int, count: int, *, vnet_hdr: bool = False
+) -> int: ...
