@@ -48,11 +48,15 @@ MIN_MTU, MAX_MTU = 68, 65535  # 68: the IPv4 minimum; 65535: what tun and veth a
 IFA_F_NODAD = 0x02
 NUD_PERMANENT = 0x80
 
-_IFF_NAMES = {
-    0x1: "UP", 0x2: "BROADCAST", 0x4: "DEBUG", 0x8: "LOOPBACK", 0x10: "POINTOPOINT",
-    0x40: "RUNNING", 0x80: "NOARP", 0x100: "PROMISC", 0x200: "ALLMULTI", 0x400: "MASTER",
-    0x800: "SLAVE", 0x1000: "MULTICAST", 0x10000: "LOWER_UP", 0x20000: "DORMANT",
-}
+# In the order ``ip link`` prints them (iproute2 print_link_flags), so output matches ``ip -j``.
+_IFF_NAMES = (
+    (0x8, "LOOPBACK"), (0x2, "BROADCAST"), (0x10, "POINTOPOINT"), (0x1000, "MULTICAST"),
+    (0x80, "NOARP"), (0x200, "ALLMULTI"), (0x100, "PROMISC"), (0x20, "NOTRAILERS"),
+    (0x4, "DEBUG"), (0x8000, "DYNAMIC"), (0x4000, "AUTOMEDIA"), (0x2000, "PORTSEL"),
+    (0x400, "MASTER"), (0x800, "SLAVE"), (0x1, "UP"), (0x10000, "LOWER_UP"),
+    (0x20000, "DORMANT"), (0x40000, "ECHO"),
+)  # fmt: skip
+IFF_UP, IFF_RUNNING = 0x1, 0x40
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
@@ -176,8 +180,12 @@ def _kind_of(msg: nlmsg) -> str:
     return kind
 
 
-def _flag_names(flags: int) -> list[str]:
-    return [name for bit, name in _IFF_NAMES.items() if flags & bit]
+def flag_names(flags: int) -> list[str]:
+    """``ifi_flags`` as ``ip link`` names them: NO-CARRIER for up without carrier, no RUNNING."""
+    names = [name for bit, name in _IFF_NAMES if flags & bit]
+    if flags & IFF_UP and not flags & IFF_RUNNING:
+        names.insert(0, "NO-CARRIER")
+    return names
 
 
 def _make(msg: nlmsg, netns: str | None) -> Link:
@@ -238,7 +246,7 @@ class Link:
                 "mtu": msg.get_attr("IFLA_MTU"),
                 "mac": msg.get_attr("IFLA_ADDRESS"),
                 "operstate": msg.get_attr("IFLA_OPERSTATE"),
-                "flags": _flag_names(msg["flags"]),
+                "flags": flag_names(msg["flags"]),
                 "up": bool(msg["flags"] & 0x1),
                 "addresses": addresses,
                 "master": master,
