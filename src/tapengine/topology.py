@@ -1,0 +1,635 @@
+"""Topologies: namespaces, taps, veths, bridges and addresses, built and torn down as one unit.
+
+A topology is TOML (or the same structure as Python data)::
+
+    prefix = "demo"                     # prepended to every namespace and link name
+
+    [netns.red]                         # namespaces, by name
+    [netns.blue]
+
+    [bridge.br0]
+    netns = "blue"
+    ports = ["vred-br"]                 # links of this topology, in the bridge's namespace
+
+    [veth.vred]
+    netns = "red"
+    peer = "vred-br"
+    peer_netns = "blue"
+    addresses = ["10.77.0.1/24"]
+
+    [tap.tap0]
+    netns = "red"
+    queues = 2
+    vnet_hdr = true
+
+    [engine]
+    ports = ["tap0"]                    # the taps the engine will serve
+
+Everything is checked before anything is made, so a bad description changes nothing and the error
+names the file, the line (when it can be found) and the key path. ``up()`` records an undo step
+*before* each creation and, if any step fails or SIGINT/SIGTERM arrives, replays the undo steps in
+reverse before re-raising. ``down()`` removes everything the description names. SIGKILL cannot
+be caught: after one, ``tapengine cleanup --prefix PREFIX`` (``cleanup_prefix``) removes the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import re
+import signal
+import threading
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from tapengine import devices, tun
+from tapengine.errors import (
+    DeviceNotFoundError,
+    InvalidNameError,
+    InvalidValueError,
+    TapengineError,
+    TopologyError,
+    check_ifname,
+)
+from tapengine.netns import (
+    check_netns_name,
+    create_netns,
+    delete_netns,
+    list_netns,
+    netns_exists,
+    run_in_netns,
+)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived; raised like Ctrl-C so the same cleanup paths handle both."""
+
+
+# -- the description -------------------------------------------------------------------------
+
+
+@dataclass
+class LinkSpec:
+    """One link to create: a tap/tun, one end of a veth pair, or a bridge (names are final)."""
+
+    kind: str  # "tap", "veth" or "bridge"
+    key: str  # the name in the description, for error messages
+    name: str
+    netns: str | None
+    mtu: int | None = None
+    mac: str | None = None
+    addresses: list[str] = field(default_factory=list)
+    up: bool = True
+    # tap
+    mode: str = "tap"
+    queues: int = 1
+    vnet_hdr: bool = False
+    owner: int | None = None
+    group: int | None = None
+    # veth
+    peer: LinkSpec | None = None
+    # bridge
+    stp: bool = False
+    ports: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EnginePort:
+    """A device the engine serves: open its queues with ``open_queues()``."""
+
+    name: str
+    netns: str | None
+    mode: str
+    queues: int
+    vnet_hdr: bool
+
+    def open_queues(self) -> list[tun.TunQueue]:
+        """Open all queues of the device, from inside its namespace (a tun fd resolves names in
+        the namespace it was opened in); the fds work from any thread afterwards."""
+        if self.queues > 1:
+            return run_in_netns(
+                self.netns, tun.open_queues, self.name, self.queues, self.mode,  # type: ignore[arg-type]
+                vnet_hdr=self.vnet_hdr,
+            )  # fmt: skip
+        return [run_in_netns(self.netns, tun.open_queue, self.name, self.mode, vnet_hdr=self.vnet_hdr)]
+
+
+_COMMON_KEYS = {"netns", "mtu", "mac", "addresses", "up"}
+_KEYS = {
+    "tap": _COMMON_KEYS | {"mode", "queues", "vnet_hdr", "owner", "group"},
+    "veth": _COMMON_KEYS
+    | {"peer", "peer_netns", "peer_mtu", "peer_mac", "peer_addresses", "peer_up"},
+    "bridge": _COMMON_KEYS | {"stp", "ports"},
+}
+_TOP_KEYS = {"prefix", "netns", "tap", "veth", "bridge", "engine"}
+_ENGINE_KEYS = {"ports"}
+
+
+class _Reader:
+    """Checks one description and turns it into specs; every error names the key path."""
+
+    def __init__(self, data: Any, source: str, text: str | None, prefix: str | None) -> None:
+        self.source = source
+        self.text = text
+        self.data = data
+        self.prefix_override = prefix
+
+    def error(self, path: tuple[str, ...], message: str) -> TopologyError:
+        return TopologyError(
+            message, source=self.source, key=".".join(path), line=_line_of(self.text, path)
+        )
+
+    def table(self, value: Any, path: tuple[str, ...], allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a table, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise self.error(
+                    (*path, str(key)),
+                    f"unknown key{suggestion}; expected one of: {', '.join(sorted(allowed))}",
+                )
+        return value
+
+    def section(self, value: Any, path: tuple[str, ...]) -> dict[str, Any]:
+        """A table of named entries (``[tap.NAME]``): any keys, each naming something."""
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a table of named entries, got {type(value).__name__}")
+        return value
+
+    def typed(self, table: dict[str, Any], path: tuple[str, ...], key: str, kind: type,
+              default: Any = None) -> Any:  # fmt: skip
+        if key not in table:
+            return default
+        value = table[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is list:
+            ok = ok and all(isinstance(item, str) for item in value)
+        if not ok:
+            expected = "a list of strings" if kind is list else f"a {kind.__name__}"
+            raise self.error((*path, key), f"expected {expected}, got {value!r}")
+        return value
+
+    def read(self) -> tuple[str, list[str], list[LinkSpec], list[EnginePort]]:
+        top = self.table(self.data, (), _TOP_KEYS)
+        prefix = self.typed(top, (), "prefix", str, "")
+        if self.prefix_override is not None:
+            prefix = self.prefix_override
+        self.prefix = prefix
+
+        namespaces = self.read_namespaces(top.get("netns", {}))
+        specs: list[LinkSpec] = []
+        for kind in ("bridge", "tap", "veth"):
+            for key, value in self.section(top.get(kind, {}), (kind,)).items():
+                specs.append(self.read_link(kind, str(key), value, namespaces))
+        self.check_unique(specs)
+        self.check_ports(specs)
+        engine = self.read_engine(top.get("engine", {}), specs)
+        return prefix, [self.final(ns, ("netns", ns), netns=True) for ns in namespaces], specs, engine
+
+    def final(self, name: str, path: tuple[str, ...], *, netns: bool = False) -> str:
+        """``prefix + name``, checked as a namespace or interface name."""
+        full = self.prefix + name
+        try:
+            if netns:
+                check_netns_name(full)
+            else:
+                check_ifname(full)
+        except InvalidNameError as err:
+            raise self.error(path, str(err)) from None
+        return full
+
+    def read_namespaces(self, value: Any) -> list[str]:
+        if isinstance(value, list):
+            names = [self.typed({"netns": value}, (), "netns", list)][0]
+        else:
+            section = self.section(value, ("netns",))
+            for name, settings in section.items():
+                self.table(settings, ("netns", name), set())
+            names = list(section)
+        for name in names:
+            self.final(name, ("netns", name), netns=True)
+        if len(set(names)) != len(names):
+            raise self.error(("netns",), "a namespace is listed twice")
+        return names
+
+    def netns_ref(self, table: dict[str, Any], path: tuple[str, ...], key: str,
+                  namespaces: list[str]) -> str | None:  # fmt: skip
+        name = self.typed(table, path, key, str)
+        if name is None:
+            return None
+        if name not in namespaces:
+            defined = ", ".join(namespaces) or "none"
+            raise self.error(
+                (*path, key),
+                f"namespace {name!r} is not defined in this topology (defined: {defined})",
+            )
+        return self.prefix + name
+
+    def settings(self, spec: LinkSpec, table: dict[str, Any], path: tuple[str, ...],
+                 prefix: str = "") -> None:  # fmt: skip
+        """mtu, mac, addresses and up (``peer_*`` for a veth's peer), checked now."""
+        mtu = self.typed(table, path, prefix + "mtu", int)
+        mac = self.typed(table, path, prefix + "mac", str)
+        addresses = self.typed(table, path, prefix + "addresses", list, [])
+        try:
+            spec.mtu = None if mtu is None else devices.check_mtu(mtu)
+        except ValueError as err:
+            raise self.error((*path, prefix + "mtu"), str(err)) from None
+        try:
+            spec.mac = None if mac is None else devices.check_mac(mac)
+        except ValueError as err:
+            raise self.error((*path, prefix + "mac"), str(err)) from None
+        for address in addresses:
+            try:
+                devices.check_cidr(address)
+            except ValueError as err:
+                raise self.error((*path, prefix + "addresses"), str(err)) from None
+        spec.addresses = list(addresses)
+        spec.up = self.typed(table, path, prefix + "up", bool, True)
+
+    def read_link(self, kind: str, key: str, value: Any, namespaces: list[str]) -> LinkSpec:
+        path = (kind, key)
+        table = self.table(value, path, _KEYS[kind])
+        spec = LinkSpec(
+            kind=kind,
+            key=key,
+            name=self.final(key, path),
+            netns=self.netns_ref(table, path, "netns", namespaces),
+        )
+        self.settings(spec, table, path)
+        if kind == "tap":
+            spec.mode = self.typed(table, path, "mode", str, "tap")
+            if spec.mode not in ("tap", "tun"):
+                raise self.error((*path, "mode"), f"expected 'tap' or 'tun', got {spec.mode!r}")
+            spec.queues = self.typed(table, path, "queues", int, 1)
+            if not 1 <= spec.queues <= devices.MAX_TAP_QUEUES:
+                raise self.error(
+                    (*path, "queues"), f"expected 1 to {devices.MAX_TAP_QUEUES}, got {spec.queues}"
+                )
+            spec.vnet_hdr = self.typed(table, path, "vnet_hdr", bool, False)
+            for ident in ("owner", "group"):
+                value = self.typed(table, path, ident, int)
+                if value is not None and value < 0:
+                    raise self.error((*path, ident), f"expected a non-negative id, got {value}")
+                setattr(spec, ident, value)
+        elif kind == "veth":
+            peer_key = self.typed(table, path, "peer", str)
+            if peer_key is None:
+                raise self.error((*path, "peer"), "a veth needs a peer name")
+            peer_netns = self.netns_ref(table, path, "peer_netns", namespaces)
+            spec.peer = LinkSpec(
+                kind="veth",
+                key=peer_key,
+                name=self.final(peer_key, (*path, "peer")),
+                netns=spec.netns if "peer_netns" not in table else peer_netns,
+            )
+            self.settings(spec.peer, table, path, prefix="peer_")
+        elif kind == "bridge":
+            spec.stp = self.typed(table, path, "stp", bool, False)
+            spec.ports = self.typed(table, path, "ports", list, [])
+        return spec
+
+    def check_unique(self, specs: list[LinkSpec]) -> None:
+        seen: dict[tuple[str | None, str], tuple[str, ...]] = {}
+        for spec in _all_links(specs):
+            path = (spec.kind, spec.key)
+            where = (spec.netns, spec.name)
+            if where in seen:
+                raise self.error(
+                    path, f"link name {spec.key!r} is used twice in the same namespace "
+                    f"(first at {'.'.join(seen[where])})",
+                )  # fmt: skip
+            seen[where] = path
+
+    def check_ports(self, specs: list[LinkSpec]) -> None:
+        by_key = {spec.key: spec for spec in _all_links(specs)}
+        attached: dict[str, str] = {}
+        for bridge in (spec for spec in specs if spec.kind == "bridge"):
+            path = ("bridge", bridge.key, "ports")
+            for port in bridge.ports:
+                target = by_key.get(port)
+                if target is None:
+                    raise self.error(path, f"port {port!r} is not a link of this topology")
+                if target is bridge or target.kind == "bridge":
+                    raise self.error(path, f"port {port!r} is a bridge; ports are taps or veths")
+                if target.netns != bridge.netns:
+                    raise self.error(
+                        path,
+                        f"port {port!r} is in namespace {target.netns!r} but the bridge is in "
+                        f"{bridge.netns!r}; a port must be in its bridge's namespace",
+                    )
+                if port in attached:
+                    raise self.error(path, f"port {port!r} is already a port of {attached[port]!r}")
+                attached[port] = bridge.key
+
+    def read_engine(self, value: Any, specs: list[LinkSpec]) -> list[EnginePort]:
+        table = self.table(value, ("engine",), _ENGINE_KEYS)
+        taps = {spec.key: spec for spec in specs if spec.kind == "tap"}
+        ports = []
+        for name in self.typed(table, ("engine",), "ports", list, []):
+            spec = taps.get(name)
+            if spec is None:
+                raise self.error(
+                    ("engine", "ports"), f"{name!r} is not a tap of this topology; the engine "
+                    f"serves taps (defined: {', '.join(taps) or 'none'})",
+                )  # fmt: skip
+            ports.append(EnginePort(spec.name, spec.netns, spec.mode, spec.queues, spec.vnet_hdr))
+        return ports
+
+
+def _all_links(specs: list[LinkSpec]) -> Iterator[LinkSpec]:
+    for spec in specs:
+        yield spec
+        if spec.peer is not None:
+            yield spec.peer
+
+
+_HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_.\"' -]+?)\s*=")
+
+
+def _split_key(dotted: str) -> tuple[str, ...]:
+    return tuple(part.strip().strip("\"'") for part in dotted.split("."))
+
+
+def _line_of(text: str | None, path: tuple[str, ...]) -> int | None:
+    """The 1-based line defining ``path`` in TOML ``text``: best effort, ``None`` if not found."""
+    if not text or not path:
+        return None
+    best: int | None = None
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER_RE.match(line)
+        if header:
+            table = _split_key(header.group(1))
+            if table == path:
+                return number
+            if path[: len(table)] == table and best is None:
+                best = number
+            continue
+        key = _KEY_RE.match(line)
+        if key:
+            full = table + _split_key(key.group(1))
+            if path[: len(full)] == full:
+                return number
+    return best
+
+
+# -- building --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _signals(mode: str) -> Iterator[list[int]]:
+    """``mode="raise"``: SIGTERM raises ``Terminated`` (SIGINT raises KeyboardInterrupt as usual).
+    ``mode="defer"``: both are remembered and re-raised once the body is done, so a teardown is
+    never cut short. Only the main thread can handle signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    pending: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if mode == "defer":
+            pending.append(signum)
+        elif signum == signal.SIGTERM:
+            raise Terminated("terminated by SIGTERM")
+        else:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield pending
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if pending:
+        raise Terminated("terminated by SIGTERM") if signal.SIGTERM in pending else KeyboardInterrupt
+
+
+class Topology:
+    """A checked description that ``up()`` builds and ``down()`` removes, each as one unit."""
+
+    def __init__(
+        self,
+        prefix: str,
+        namespaces: list[str],
+        links: list[LinkSpec],
+        engine_ports: list[EnginePort],
+        *,
+        source: str = "<dict>",
+    ) -> None:
+        self.prefix = prefix
+        self.namespaces = namespaces
+        self.links = links
+        self.engine_ports = engine_ports
+        self.source = source
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], *, source: str = "<dict>", prefix: str | None = None,
+        text: str | None = None,
+    ) -> Topology:  # fmt: skip
+        """Check ``data`` and build a ``Topology``; ``prefix`` overrides the one in ``data``."""
+        reader = _Reader(data, source, text, prefix)
+        final_prefix, namespaces, links, engine = reader.read()
+        return cls(final_prefix, namespaces, links, engine, source=source)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, prefix: str | None = None) -> Topology:
+        """Read a TOML topology; errors name the file, line and key path."""
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            match = re.search(r"line (\d+)", str(err))
+            raise TopologyError(
+                f"not valid TOML: {err}", source=str(path),
+                line=int(match.group(1)) if match else None,
+            ) from None  # fmt: skip
+        return cls.from_dict(data, source=str(path), prefix=prefix, text=text)
+
+    # -- what exists -------------------------------------------------------------------------
+
+    def all_links(self) -> list[LinkSpec]:
+        return list(_all_links(self.links))
+
+    def existing(self) -> list[str]:
+        """Namespaces and links of this description that exist now (``"ns"`` or ``"ns/link"``)."""
+        found = [ns for ns in self.namespaces if netns_exists(ns)]
+        for spec in self.all_links():
+            if spec.netns is not None and not netns_exists(spec.netns):
+                continue
+            with contextlib.suppress(DeviceNotFoundError):
+                devices.get_link(spec.name, spec.netns)
+                found.append(f"{spec.netns}/{spec.name}" if spec.netns else spec.name)
+        return found
+
+    # -- up and down -------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Build everything, or nothing: on any failure or signal, undo and re-raise."""
+        with _signals("raise"):
+            clashes = self.existing()
+            if clashes:
+                hint = f"'tapengine cleanup --prefix {self.prefix}'" if self.prefix else "down()"
+                raise TopologyError(
+                    f"already exists: {', '.join(clashes)} (remove it first, e.g. with {hint})",
+                    source=self.source,
+                )
+            try:
+                self._build()
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _record(self, what: str, undo: Callable[[], None]) -> None:
+        self._undo.append((what, undo))
+
+    def _build(self) -> None:
+        self._undo.clear()
+        for ns in self.namespaces:
+            self._record(f"netns {ns}", lambda ns=ns: delete_netns(ns, force=True))
+            create_netns(ns).owned = False  # ownership lives in the undo log
+        for spec in self.links:
+            self._record(
+                f"link {spec.name}",
+                lambda s=spec: devices.delete_link(s.name, netns=s.netns, force=True),
+            )
+            if spec.kind == "bridge":
+                devices.create_bridge(spec.name, netns=spec.netns, stp=spec.stp).owned = False
+            elif spec.kind == "tap":
+                devices.create_tap(
+                    spec.name, mode=spec.mode, queues=spec.queues, vnet_hdr=spec.vnet_hdr,
+                    owner=spec.owner, group=spec.group, netns=spec.netns,
+                ).owned = False  # fmt: skip
+            else:
+                assert spec.peer is not None
+                devices.create_veth(
+                    spec.name, spec.peer.name, netns=spec.netns, peer_netns=spec.peer.netns
+                ).owned = False
+        for spec in self.all_links():
+            self._configure(spec)
+        for bridge in (spec for spec in self.links if spec.kind == "bridge"):
+            link = devices.get_bridge(bridge.name, bridge.netns)
+            for port in bridge.ports:
+                link.attach(self.prefix + port)
+        for spec in self.all_links():
+            if spec.up:
+                devices.get_link(spec.name, spec.netns).up()
+
+    def _configure(self, spec: LinkSpec) -> None:
+        link = devices.get_link(spec.name, spec.netns)
+        if spec.mtu is not None:
+            link.set_mtu(spec.mtu)
+        if spec.mac is not None:
+            link.set_mac(spec.mac)
+        for address in spec.addresses:
+            link.add_address(address, nodad=True)
+
+    def _rollback(self) -> None:
+        with _signals("defer"):
+            while self._undo:
+                _what, undo = self._undo.pop()
+                with contextlib.suppress(Exception):
+                    undo()
+
+    def down(self) -> None:
+        """Remove every link and namespace this description names; missing ones are skipped."""
+        with _signals("defer"):
+            self._undo.clear()
+            errors: list[str] = []
+            # Links outside our namespaces first (those inside go with their namespace).
+            for spec in reversed(self.all_links()):
+                if spec.netns is None:
+                    try:
+                        devices.delete_link(spec.name, force=True)
+                    except OSError as err:
+                        errors.append(str(err))
+            for ns in reversed(self.namespaces):
+                try:
+                    delete_netns(ns, force=True)
+                except OSError as err:
+                    errors.append(str(err))
+            if errors:
+                raise TapengineError("topology down left things behind: " + "; ".join(errors))
+
+    def __enter__(self) -> Self:
+        self._handlers = _signals("raise")
+        self._handlers.__enter__()
+        try:
+            self.up()
+        except BaseException:
+            self._handlers.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.down()
+        finally:
+            self._handlers.__exit__(None, None, None)
+
+    def describe(self) -> dict[str, Any]:
+        """What this topology builds, as plain data (for ``--json`` and logs)."""
+        return {
+            "source": self.source,
+            "prefix": self.prefix,
+            "netns": self.namespaces,
+            "links": [
+                {"name": s.name, "kind": s.kind, "netns": s.netns, "addresses": s.addresses}
+                for s in self.all_links()
+            ],
+            "engine_ports": [dataclasses.asdict(port) for port in self.engine_ports],
+        }
+
+
+# -- cleanup after a crash -------------------------------------------------------------------
+
+MIN_PREFIX = 2
+
+
+def cleanup_prefix(prefix: str, *, dry_run: bool = False) -> dict[str, list[str]]:
+    """Remove every namespace whose name starts with ``prefix`` and every link that does, in the
+    current namespace and in all named namespaces. Returns what was (or would be) removed.
+
+    Refuses prefixes shorter than ``MIN_PREFIX`` characters, which would sweep the machine.
+    """
+    if not isinstance(prefix, str) or len(prefix) < MIN_PREFIX or prefix.strip() != prefix:
+        raise InvalidValueError(
+            f"refusing prefix {prefix!r}: it must be at least {MIN_PREFIX} characters without "
+            "spaces, or it would remove devices that are not yours"
+        )
+    removed: dict[str, list[str]] = {"links": [], "netns": []}
+    doomed = [ns for ns in list_netns() if ns.startswith(prefix)]
+    scopes: list[str | None] = [None] + [ns for ns in list_netns() if ns not in doomed]
+    for scope in scopes:
+        try:
+            links = devices.list_links(scope)
+        except DeviceNotFoundError:
+            continue  # the namespace vanished meanwhile
+        for link in links:
+            if link.name.startswith(prefix):
+                label = link.name if scope is None else f"{scope}/{link.name}"
+                removed["links"].append(label)
+                if not dry_run:
+                    devices.delete_link(link.name, netns=scope, force=True)
+    for ns in doomed:
+        removed["netns"].append(ns)
+        if not dry_run:
+            delete_netns(ns, force=True)
+    return removed
