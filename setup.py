@@ -4,6 +4,7 @@ The public ``.pxd`` files live beside their ``.pyx`` in ``pyx/``; ``src/tapengin
 symlinks to them so that ``cimport tapengine._ring`` works for us and for other Cython projects.
 
 ``TAPENGINE_DEBUG=1`` builds with line tracing, C assertions and bounds checks switched on.
+``TAPENGINE_ONLY=ring,batchio`` (development) rebuilds only the named extensions in place.
 """
 
 import os
@@ -14,6 +15,7 @@ from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
 DEBUG = os.environ.get("TAPENGINE_DEBUG", "") not in ("", "0")
+ONLY = {name for name in os.environ.get("TAPENGINE_ONLY", "").split(",") if name}
 
 directives = {"language_level": 3, "embedsignature": True}
 macros = []
@@ -32,6 +34,7 @@ extensions = [
         extra_compile_args=cflags,
     )
     for source in sorted((HERE / "pyx").glob("*.pyx"))
+    if not ONLY or source.stem in ONLY
 ]
 
 setup(

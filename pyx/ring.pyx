@@ -7,7 +7,7 @@ view is gone, so no view can ever point at freed memory.
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_FORMAT
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
@@ -251,22 +251,29 @@ cdef class PacketRing:
     def store(self, uint32_t index, data, header=None):
         """Copy a frame into slot ``index`` (masked) and set its length; no index moves."""
         self._check_open()
-        cdef const uint8_t[::1] frame = _as_bytes_view(data)
-        if <size_t>frame.shape[0] > self.slot_size:
-            raise ValueError(
-                f"frame of {frame.shape[0]} bytes does not fit a slot of {self.slot_size} bytes"
-            )
-        cdef const uint8_t[::1] hdr
-        if header is not None:
-            hdr = _as_bytes_view(header)
-            if hdr.shape[0] != VNET_HDR_LEN:
-                raise ValueError(f"a virtio-net header is {VNET_HDR_LEN} bytes, not {hdr.shape[0]}")
-            memcpy(ring_hdr(self, index), &hdr[0], VNET_HDR_LEN)
-        else:
-            memset(ring_hdr(self, index), 0, VNET_HDR_LEN)
-        if frame.shape[0]:
-            memcpy(ring_frame(self, index), &frame[0], frame.shape[0])
-        ring_len(self, index)[0] = frame.shape[0]
+        cdef Py_buffer frame, hdr
+        _get_bytes(data, &frame)
+        try:
+            if <size_t>frame.len > self.slot_size:
+                raise ValueError(
+                    f"frame of {frame.len} bytes does not fit a slot of {self.slot_size} bytes"
+                )
+            if header is None:
+                memset(ring_hdr(self, index), 0, VNET_HDR_LEN)
+            else:
+                _get_bytes(header, &hdr)
+                try:
+                    if hdr.len != VNET_HDR_LEN:
+                        raise ValueError(
+                            f"a virtio-net header is {VNET_HDR_LEN} bytes, not {hdr.len}"
+                        )
+                    memcpy(ring_hdr(self, index), hdr.buf, VNET_HDR_LEN)
+                finally:
+                    PyBuffer_Release(&hdr)
+            memcpy(ring_frame(self, index), frame.buf, frame.len)
+            ring_len(self, index)[0] = <uint32_t>frame.len
+        finally:
+            PyBuffer_Release(&frame)
 
     def packet(self, uint32_t index):
         """A copy (``bytes``) of the frame in slot ``index`` (masked)."""
@@ -279,10 +286,12 @@ cdef class PacketRing:
         return (<char *>ring_hdr(self, index))[:VNET_HDR_LEN]
 
 
-cdef const uint8_t[::1] _as_bytes_view(data):
+cdef int _get_bytes(data, Py_buffer *view) except -1:
+    # Returns 0 with a contiguous byte view of ``data`` held in *view (release it), or raises.
     if isinstance(data, str):
         raise TypeError("frames are bytes-like, not str")
-    return memoryview(data).cast("B")
+    PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
+    return 0
 
 
 def _checked_geometry(nslots, slot_size):
