@@ -1,0 +1,172 @@
+# tapengine._forward: the forwarder (a C loop over ports) and the MAC learning table.
+#
+# C-level API for other Cython code: a Forwarder serves up to MAX_PORTS ports, each a tun/tap
+# queue fd with its own PacketRing; counters are plain uint64 rows next to the port state, one
+# row per port, columns in the order of the Counter enum (COUNTER_NAMES in Python).
+
+from cpython.ref cimport PyObject
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+
+from tapengine._ring cimport PacketRing
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    union epoll_data_t "epoll_data":
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    enum:
+        EPOLL_CLOEXEC
+        EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
+        EPOLLIN
+        EPOLLERR
+        EPOLLHUP
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_CLOEXEC
+        EFD_NONBLOCK
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec *tp)
+    enum:
+        CLOCK_MONOTONIC_COARSE
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *mutex, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *mutex)
+    int pthread_mutex_lock(pthread_mutex_t *mutex)
+    int pthread_mutex_unlock(pthread_mutex_t *mutex)
+
+
+cdef enum:
+    MAX_PORTS = 64
+    MAX_BUDGET = 256
+    HIST_BUCKETS = 9        # batch sizes 1, 2-3, 4-7, ..., 256-511
+    MAC_WAYS = 4            # the MAC table is set-associative: 4 entries per bucket
+
+cdef enum ForwardMode:
+    MODE_WIRE = 0
+    MODE_SWITCH = 1
+
+# Verdicts of Forwarder.egress[] other than a port index (>= 0).
+cdef enum:
+    VERDICT_FLOOD = -1
+    VERDICT_MALFORMED = -2
+    VERDICT_BAD_HEADER = -3
+    VERDICT_NO_EGRESS = -4
+
+# Columns of a port's counter row. Drops are counted on the port where the packet was lost:
+# the egress port for DROP_FULL .. DROP_NEEDS_SEGMENTATION, the ingress port for the others.
+# A flooded packet counts once in the ingress port's FLOODED and once per egress in TX_PACKETS.
+cdef enum:                   # Counter
+    RX_PACKETS
+    RX_BYTES
+    RX_BATCHES
+    TX_PACKETS
+    TX_BYTES
+    FLOODED                  # frames this ingress port flooded (unknown, broadcast, multicast)
+    SEGMENTED                # superframes this egress port received as segments (software GSO)
+    DROP_FULL                # the egress fd would block (EAGAIN)
+    DROP_LINK_DOWN           # the egress link is administratively down (write gives EIO)
+    DROP_PORT_DOWN           # the egress port is down (its device is gone)
+    DROP_TX_ERROR            # any other write error, e.g. a header the kernel refuses (EINVAL)
+    DROP_NEEDS_SEGMENTATION  # segmentation toward a port without vnet header failed (gso_drops)
+    DROP_BAD_HEADER          # a virtio_net_hdr failed validation (gso_drops says why)
+    DROP_FILTERED            # switch: the destination sits behind the ingress port
+    DROP_NO_EGRESS           # no other port is up
+    DROP_MALFORMED           # shorter than an Ethernet header (switch)
+    RX_ERRORS                # read errors other than EAGAIN and a vanished device
+    LAST_ERRNO               # the errno of the last read or write error on this port
+    N_COUNTERS
+
+
+cdef struct Port:
+    int fd
+    bint vnet_hdr            # each packet carries a virtio_net_hdr (IFF_VNET_HDR)
+    bint l2                  # Ethernet frames (tap), not IP packets (tun)
+    bint up                  # cleared for good when the device vanishes
+    int down_errno           # why it went down (EBADFD, ENODEV, ...), 0 while up
+    PyObject *ring           # borrowed: Forwarder._rings holds the reference
+    uint64_t *counters       # this port's row of N_COUNTERS
+    uint64_t *hist           # this port's row of HIST_BUCKETS
+
+
+cdef struct MacEntry:
+    uint64_t key             # MAC | VALID_BIT; 0 = empty
+    uint64_t seen_ns         # CLOCK_MONOTONIC_COARSE time it was last seen as a source
+    int32_t port
+
+
+cdef class MacTable:
+    cdef MacEntry *slots           # nbuckets * MAC_WAYS entries
+    cdef uint32_t nbuckets          # power of two; capacity = nbuckets * MAC_WAYS
+    cdef uint32_t shift
+    cdef uint64_t ageing_ns
+    cdef pthread_mutex_t lock       # held by a worker for the learning/lookup pass of a batch
+    cdef uint64_t learned, moved, evicted
+
+    # _bucket_of: the first of the MAC_WAYS entries ``mac`` may live in.
+    cdef MacEntry *_bucket_of(self, uint64_t mac) noexcept nogil
+    # The four below expect the caller to hold ``lock``.
+    # learn: returns nothing of interest; never fails.
+    cdef void learn(self, uint64_t mac, int32_t port, uint64_t now) noexcept nogil
+    # lookup: the port behind ``mac``, or -1 when it is unknown or aged out.
+    cdef int32_t lookup(self, uint64_t mac, uint64_t now) noexcept nogil
+    cdef void forget_port(self, int32_t port) noexcept nogil
+    cdef uint32_t count(self, uint64_t now) noexcept nogil
+
+
+cdef class Forwarder:
+    cdef Port ports[MAX_PORTS]
+    cdef int nports
+    cdef int mode
+    cdef uint32_t budget
+    cdef int epfd
+    cdef int stopfd
+    cdef int stopping
+    cdef bint ran
+    cdef MacTable table
+    cdef list _rings
+    cdef object _counters           # numpy uint64[MAX_PORTS, N_COUNTERS], written by the loop
+    cdef object _hist               # numpy uint64[MAX_PORTS, HIST_BUCKETS]
+    cdef object _loop_stats         # numpy uint64[2]: passes, epoll waits
+    cdef uint64_t *loop_stats
+    cdef object _gso_drops          # numpy uint64[GSO_REASON_COUNT]
+    cdef uint64_t *gso_drops
+    cdef PacketRing _scratch        # segments of one superframe on their way out
+    cdef int32_t egress[MAX_BUDGET]  # switch: egress port per packet of a batch, -1 = flood
+
+    # _loop: returns 0 after stop(), or an errno from epoll_wait.
+    cdef int _loop(self) noexcept nogil
+    # _serve: packets taken from port ``i`` in one pass (>= 0).
+    cdef uint32_t _serve(self, int i) noexcept nogil
+    cdef uint32_t _serve_ring(self, int i, PacketRing ring) noexcept nogil
+    # The rest return nothing: every outcome lands in a counter.
+    cdef void _choose_egress(self, int i, PacketRing ring, uint32_t first,
+                             uint32_t n) noexcept nogil
+    cdef void _dispatch(self, int i, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil
+    cdef void _deliver(self, int i, int o, PacketRing ring, uint32_t first,
+                       uint32_t count) noexcept nogil
+    cdef void _send_run(self, int o, PacketRing ring, uint32_t first, uint32_t count) noexcept nogil
+    cdef void _segment_and_send(self, int i, int o, PacketRing ring,
+                                uint32_t index) noexcept nogil
+    cdef void _port_down(self, int i, int err) noexcept nogil

@@ -1,0 +1,693 @@
+# cython: language_level=3, embedsignature=True
+"""The forwarder: one C loop, run without the GIL, that moves packets between ports.
+
+A port is a tun/tap queue fd with its own PacketRing. Each pass of the loop drains a batch from
+every port into its ring (``ring_recv``), picks the egress of each packet, writes it straight from
+the ingress ring to the egress fd (``ring_send``) and counts. When a pass moves nothing the loop
+sleeps in ``epoll_wait`` on every port fd and an eventfd that ``stop()`` writes to; while traffic
+flows it never sleeps.
+
+Modes: ``wire`` (two ports, each forwards to the other) and ``switch`` (a MAC learning table:
+known unicast goes to its port, anything else is flooded to every other port that is up, never
+back to the ingress port).
+
+Every packet read is forwarded or counted as dropped with its reason. A device that vanishes
+(``EBADFD``, ``ENODEV``, ``ENXIO``, ``EIO`` on read, or ``EPOLLERR``/``EPOLLHUP``) marks its port
+down for good; the loop keeps serving the others.
+
+Counters are uint64 rows, one per port, in numpy arrays the loop writes in place: read them from
+Python at any time without stopping anything (each 64-bit load is atomic on the platforms we run).
+"""
+
+cimport cython
+from libc.errno cimport EBADFD, EINTR, EIO, ENODEV, ENXIO, EPIPE, errno
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from posix.unistd cimport close
+
+from tapengine._batchio cimport ring_recv, ring_send
+from tapengine._gso cimport (
+    GSO_OUT_FULL_CSUM, GSO_REASON_COUNT, gso_info, gso_segment, gso_store_hdr_len, gso_validate,
+)
+from tapengine._gso cimport VNET_F_NEEDS_CSUM, VNET_GSO_ECN, VNET_GSO_NONE
+from tapengine._ring cimport PacketRing, ring_frame, ring_hdr, ring_len
+from tapengine.syscall cimport raise_errno, write
+
+import numpy as np
+
+#: Column names of ``Forwarder.counters``, in the order of the ``Counter`` enum.
+COUNTER_NAMES = (
+    "rx_packets", "rx_bytes", "rx_batches", "tx_packets", "tx_bytes", "flooded", "segmented",
+    "drop_full", "drop_link_down", "drop_port_down", "drop_tx_error",
+    "drop_needs_segmentation", "drop_bad_header", "drop_filtered", "drop_no_egress",
+    "drop_malformed", "rx_errors", "last_errno",
+)
+assert len(COUNTER_NAMES) == N_COUNTERS
+
+#: Drop reasons (the ``drop_*`` columns without their prefix).
+DROP_REASONS = tuple(name[5:] for name in COUNTER_NAMES if name.startswith("drop_"))
+
+#: Labels of the batch-size histogram buckets: 1, 2-3, 4-7, ..., 256-511.
+HISTOGRAM_BUCKETS = tuple(
+    "1" if b == 0 else f"{1 << b}-{(2 << b) - 1}" for b in range(HIST_BUCKETS)
+)
+
+PORT_LIMIT = MAX_PORTS
+BUDGET_LIMIT = MAX_BUDGET
+MODES = ("wire", "switch")
+
+cdef enum:
+    ETH_HLEN = 14
+    SCRATCH_SLOTS = 128         # segments of one superframe: 64 KiB / 536-byte MSS fits
+    SCRATCH_SLOT_SIZE = 16384
+    STOP_TAG = MAX_PORTS        # epoll tag of the stop eventfd; ports are tagged 0..nports-1
+
+cdef extern from *:
+    """
+    #define TE_VALID_BIT (1ULL << 63)
+    """
+    const uint64_t VALID_BIT "TE_VALID_BIT"      # set in every used MacEntry.key
+    int __builtin_clz(unsigned int x) nogil
+
+
+# -- helpers for the loop ----------------------------------------------------------------------
+
+cdef inline uint64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef inline uint64_t _mac_at(const uint8_t *p) noexcept nogil:
+    return ((<uint64_t>p[0] << 40) | (<uint64_t>p[1] << 32) | (<uint64_t>p[2] << 24)
+            | (<uint64_t>p[3] << 16) | (<uint64_t>p[4] << 8) | <uint64_t>p[5])
+
+
+cdef inline bint _device_gone(int err) noexcept nogil:
+    return err == EBADFD or err == ENODEV or err == ENXIO
+
+
+cdef inline bint _needs_segmentation(const uint8_t *hdr) noexcept nogil:
+    # A superframe (gso_type set) or a packet whose checksum the sender left for us to complete.
+    return (hdr[0] & VNET_F_NEEDS_CSUM) != 0 or (hdr[1] & ~VNET_GSO_ECN) != VNET_GSO_NONE
+
+
+cdef inline int _bucket(uint32_t n) noexcept nogil:
+    # Histogram bucket of a batch of n >= 1 packets: floor(log2(n)), capped.
+    cdef int b = 31 - __builtin_clz(n)
+    return b if b < HIST_BUCKETS else HIST_BUCKETS - 1
+
+
+def format_mac(uint64_t mac):
+    """``aa:bb:cc:dd:ee:ff`` for a 48-bit MAC held in an int."""
+    return ":".join(f"{(mac >> shift) & 0xff:02x}" for shift in range(40, -8, -8))
+
+
+def parse_mac(str text):
+    """The 48-bit int of ``aa:bb:cc:dd:ee:ff``; raises ValueError on anything else."""
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(part) == 2 for part in parts):
+        raise ValueError(f"not a MAC address: {text!r}")
+    return int("".join(parts), 16)
+
+
+# -- the MAC learning table --------------------------------------------------------------------
+
+@cython.final
+cdef class MacTable:
+    """A bounded MAC learning table with ageing, shared by the workers of one switch.
+
+    Set-associative: a MAC hashes to a bucket of 4 entries. Learning refreshes a known entry,
+    else takes an empty or aged-out entry of the bucket, else evicts the bucket's least recently
+    seen entry; so the table never grows past ``capacity`` and never rehashes. A worker holds the
+    table's mutex once per batch (learning and lookups of the whole batch), not per packet.
+    """
+
+    def __cinit__(self, capacity=4096, ageing=300.0):
+        self.slots = NULL
+        if capacity < MAC_WAYS or capacity > (1 << 24):
+            raise ValueError(f"capacity must be between {MAC_WAYS} and {1 << 24}, not {capacity}")
+        if not ageing > 0:
+            raise ValueError(f"ageing must be > 0 seconds, not {ageing}")
+        cdef uint32_t nbuckets = 1
+        while nbuckets * MAC_WAYS < capacity:
+            nbuckets <<= 1
+        self.slots = <MacEntry *>calloc(nbuckets * MAC_WAYS, sizeof(MacEntry))
+        if self.slots == NULL:
+            raise MemoryError(f"cannot allocate a MAC table of {nbuckets * MAC_WAYS} entries")
+        self.nbuckets = nbuckets
+        self.ageing_ns = <uint64_t>(ageing * 1e9)
+        pthread_mutex_init(&self.lock, NULL)
+
+    def __dealloc__(self):
+        if self.slots != NULL:
+            pthread_mutex_destroy(&self.lock)
+            free(self.slots)
+
+    cdef MacEntry *_bucket_of(self, uint64_t mac) noexcept nogil:
+        cdef uint64_t h = (mac * <uint64_t>0x9E3779B97F4A7C15) >> 32
+        return self.slots + (h & (self.nbuckets - 1)) * MAC_WAYS
+
+    cdef void learn(self, uint64_t mac, int32_t port, uint64_t now) noexcept nogil:
+        cdef MacEntry *bucket = self._bucket_of(mac)
+        cdef MacEntry *free_entry = NULL
+        cdef MacEntry *oldest = NULL
+        cdef uint64_t key = mac | VALID_BIT
+        cdef int w
+        for w in range(MAC_WAYS):
+            if bucket[w].key == key:
+                if bucket[w].port != port:
+                    bucket[w].port = port
+                    self.moved += 1
+                bucket[w].seen_ns = now
+                return
+            if bucket[w].key == 0 or now - bucket[w].seen_ns > self.ageing_ns:
+                if free_entry == NULL:
+                    free_entry = &bucket[w]
+            elif oldest == NULL or bucket[w].seen_ns < oldest.seen_ns:
+                oldest = &bucket[w]
+        if free_entry == NULL:
+            free_entry = oldest
+            self.evicted += 1
+        free_entry.key = key
+        free_entry.port = port
+        free_entry.seen_ns = now
+        self.learned += 1
+
+    cdef int32_t lookup(self, uint64_t mac, uint64_t now) noexcept nogil:
+        cdef MacEntry *bucket = self._bucket_of(mac)
+        cdef uint64_t key = mac | VALID_BIT
+        cdef int w
+        for w in range(MAC_WAYS):
+            if bucket[w].key == key:
+                if now - bucket[w].seen_ns > self.ageing_ns:
+                    return -1
+                return bucket[w].port
+        return -1
+
+    cdef void forget_port(self, int32_t port) noexcept nogil:
+        cdef uint32_t k
+        for k in range(self.nbuckets * MAC_WAYS):
+            if self.slots[k].key and self.slots[k].port == port:
+                self.slots[k].key = 0
+
+    cdef uint32_t count(self, uint64_t now) noexcept nogil:
+        cdef uint32_t k, n = 0
+        for k in range(self.nbuckets * MAC_WAYS):
+            if self.slots[k].key and now - self.slots[k].seen_ns <= self.ageing_ns:
+                n += 1
+        return n
+
+    # -- Python API (each call holds the mutex briefly) -----------------------------------
+
+    @property
+    def capacity(self):
+        """Most entries the table holds."""
+        return self.nbuckets * MAC_WAYS
+
+    @property
+    def ageing(self):
+        """Seconds after which an entry not seen as a source is forgotten."""
+        return self.ageing_ns / 1e9
+
+    def __len__(self):
+        cdef uint32_t n
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            n = self.count(_now_ns())
+            pthread_mutex_unlock(&self.lock)
+        return n
+
+    def entries(self):
+        """``[(mac, port, age_seconds), ...]`` of live entries, sorted by port then MAC."""
+        cdef uint64_t now
+        cdef uint32_t k
+        cdef MacEntry *entry
+        cdef list rows = []
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            now = _now_ns()
+            for k in range(self.nbuckets * MAC_WAYS):
+                entry = &self.slots[k]
+                if entry.key and now - entry.seen_ns <= self.ageing_ns:
+                    rows.append((format_mac(entry.key & ~VALID_BIT), entry.port,
+                                 (now - entry.seen_ns) / 1e9))
+        finally:
+            pthread_mutex_unlock(&self.lock)
+        rows.sort(key=lambda row: (row[1], row[0]))
+        return rows
+
+    def lookup_mac(self, str mac):
+        """The port a MAC was learned on, or None when unknown or aged out."""
+        cdef uint64_t key = parse_mac(mac)
+        cdef int32_t port
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            port = self.lookup(key, _now_ns())
+            pthread_mutex_unlock(&self.lock)
+        return None if port < 0 else port
+
+    def learn_mac(self, str mac, int port):
+        """Teach the table that ``mac`` sits behind ``port`` (tests and static entries)."""
+        cdef uint64_t key = parse_mac(mac)
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            self.learn(key, port, _now_ns())
+            pthread_mutex_unlock(&self.lock)
+
+    def forget(self, int port):
+        """Drop every entry that points at ``port``."""
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            self.forget_port(port)
+            pthread_mutex_unlock(&self.lock)
+
+    def clear(self):
+        cdef uint32_t k
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            for k in range(self.nbuckets * MAC_WAYS):
+                self.slots[k].key = 0
+            pthread_mutex_unlock(&self.lock)
+
+    @property
+    def stats(self):
+        """``{"learned", "moved", "evicted"}``: entries created, moved to another port, evicted."""
+        return {"learned": self.learned, "moved": self.moved, "evicted": self.evicted}
+
+    def __repr__(self):
+        return f"<MacTable {len(self)}/{self.capacity} entries, ageing {self.ageing:g} s>"
+
+
+# -- the forwarder -----------------------------------------------------------------------------
+
+cdef class Forwarder:
+    """A C loop serving a set of ports; ``run()`` blocks (without the GIL) until ``stop()``.
+
+    ``mode`` is ``"wire"`` (exactly two ports) or ``"switch"`` (a ``MacTable`` shared with the
+    other workers of the same switch; one is made if none is given). ``budget`` is the most
+    packets taken from one port per pass; each port's ring needs at least that many slots.
+    A forwarder runs once: make a new one to run again.
+    """
+
+    def __cinit__(self, str mode="wire", int budget=64, MacTable table=None):
+        self.epfd = -1
+        self.stopfd = -1
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if not 1 <= budget <= MAX_BUDGET:
+            raise ValueError(f"budget must be between 1 and {MAX_BUDGET}, not {budget}")
+        self.mode = MODE_WIRE if mode == "wire" else MODE_SWITCH
+        self.budget = budget
+        if self.mode == MODE_SWITCH:
+            self.table = table if table is not None else MacTable()
+        elif table is not None:
+            raise ValueError("a MAC table is only used in switch mode")
+        self._rings = []
+        self._counters = np.zeros((MAX_PORTS, N_COUNTERS), dtype=np.uint64)
+        self._hist = np.zeros((MAX_PORTS, HIST_BUCKETS), dtype=np.uint64)
+        self._loop_stats = np.zeros(2, dtype=np.uint64)
+        self._gso_drops = np.zeros(GSO_REASON_COUNT, dtype=np.uint64)
+        cdef uint64_t[::1] gso_view = self._gso_drops
+        self.gso_drops = &gso_view[0]
+        self._scratch = PacketRing(SCRATCH_SLOTS, SCRATCH_SLOT_SIZE)
+        cdef uint64_t[::1] loop_view = self._loop_stats
+        self.loop_stats = &loop_view[0]
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise_errno(errno, "creating the forwarder's epoll instance")
+        self.stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        if self.stopfd < 0:
+            raise_errno(errno, "creating the forwarder's stop eventfd")
+        cdef epoll_event event
+        event.events = EPOLLIN
+        event.data.u64 = STOP_TAG
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.stopfd, &event) < 0:
+            raise_errno(errno, "watching the stop eventfd")
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            close(self.epfd)
+        if self.stopfd >= 0:
+            close(self.stopfd)
+
+    def add_port(self, fd, PacketRing ring not None, *, bint vnet_hdr=False, bint l2=True):
+        """Serve ``fd`` (non-blocking, one packet per read/write) through ``ring``; returns its index.
+
+        ``vnet_hdr`` says the fd carries a 10-byte virtio_net_hdr before every frame; ``l2`` that
+        frames are Ethernet (tap), not IP packets (tun). A switch needs ``l2``. The caller
+        keeps ``fd`` open for as long as the forwarder runs; the forwarder keeps ``ring`` alive.
+        """
+        cdef int cfd = fd if isinstance(fd, int) else fd.fileno()
+        if self.ran:
+            raise ValueError("cannot add a port to a forwarder that has run")
+        if cfd < 0:
+            raise ValueError(f"invalid file descriptor {cfd}")
+        if self.nports >= (2 if self.mode == MODE_WIRE else MAX_PORTS):
+            raise ValueError(f"a {MODES[self.mode]} forwarder takes at most "
+                             f"{2 if self.mode == MODE_WIRE else MAX_PORTS} ports")
+        if ring.closed:
+            raise ValueError("the packet ring is closed")
+        if self.mode == MODE_SWITCH and not l2:
+            raise ValueError("a switch forwards Ethernet frames: its ports must be taps")
+        if self.nports and self.ports[0].l2 != l2:
+            raise ValueError("cannot forward between a tun and a tap port")
+        if ring.nslots < self.budget:
+            raise ValueError(f"the ring has {ring.nslots} slots, fewer than the budget "
+                             f"of {self.budget} packets per batch")
+        cdef int index = self.nports
+        cdef epoll_event event
+        event.events = EPOLLIN
+        event.data.u64 = index
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, cfd, &event) < 0:
+            raise_errno(errno, f"watching fd {cfd}")
+        cdef uint64_t[:, ::1] counters = self._counters
+        cdef uint64_t[:, ::1] hist = self._hist
+        ring.clear()
+        self._rings.append(ring)
+        self.ports[index].fd = cfd
+        self.ports[index].vnet_hdr = vnet_hdr
+        self.ports[index].l2 = l2
+        self.ports[index].up = True
+        self.ports[index].down_errno = 0
+        self.ports[index].ring = <PyObject *>ring
+        self.ports[index].counters = &counters[index, 0]
+        self.ports[index].hist = &hist[index, 0]
+        self.nports += 1
+        return index
+
+    def run(self):
+        """Forward until ``stop()``; releases the GIL for the whole time. Runs once."""
+        if self.ran:
+            raise RuntimeError("this forwarder has already run; make a new one")
+        if self.epfd < 0:
+            raise ValueError("the forwarder is closed")
+        self.ran = True
+        cdef int err
+        with nogil:
+            err = self._loop()
+        if err:
+            raise_errno(err, "waiting for packets (epoll_wait)")
+
+    def stop(self):
+        """Ask the loop to return; safe from any thread, before or while ``run()`` runs."""
+        cdef uint64_t one = 1
+        self.stopping = 1
+        if self.stopfd >= 0:
+            write(self.stopfd, &one, sizeof(one))
+
+    def close(self):
+        """Close the epoll fd and the eventfd (the port fds belong to the caller)."""
+        self.stop()
+        if self.epfd >= 0:
+            close(self.epfd)
+            self.epfd = -1
+        if self.stopfd >= 0:
+            close(self.stopfd)
+            self.stopfd = -1
+
+    # -- state and counters, readable while the loop runs --------------------------------
+
+    @property
+    def nports(self):
+        return self.nports
+
+    @property
+    def mode(self):
+        return MODES[self.mode]
+
+    @property
+    def budget(self):
+        return self.budget
+
+    @property
+    def table(self):
+        """The MAC table (switch mode) or None."""
+        return self.table
+
+    @property
+    def counters(self):
+        """``uint64[nports, len(COUNTER_NAMES)]``: the live counters (a view, not a copy)."""
+        return self._counters[:self.nports]
+
+    @property
+    def histogram(self):
+        """``uint64[nports, len(HISTOGRAM_BUCKETS)]``: batches read per port, by size."""
+        return self._hist[:self.nports]
+
+    @property
+    def gso_drops(self):
+        """``uint64[GSO_REASON_COUNT]``: packets refused by header validation or segmentation,
+        by ``tapengine._gso.REASONS``."""
+        return self._gso_drops
+
+    @property
+    def passes(self):
+        """Passes of the loop over all ports so far."""
+        return int(self._loop_stats[0])
+
+    @property
+    def sleeps(self):
+        """Times the loop found nothing to do and slept in epoll_wait."""
+        return int(self._loop_stats[1])
+
+    def port_up(self, int index):
+        self._check_index(index)
+        return bool(self.ports[index].up)
+
+    def down_errno(self, int index):
+        """Why port ``index`` went down (an errno), or 0 while it is up."""
+        self._check_index(index)
+        return self.ports[index].down_errno
+
+    def _check_index(self, int index):
+        if not 0 <= index < self.nports:
+            raise IndexError(f"port index {index} out of range (0..{self.nports - 1})")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        return f"<Forwarder {MODES[self.mode]} {self.nports} ports, budget {self.budget}>"
+
+    # -- the loop ------------------------------------------------------------------------
+
+    cdef int _loop(self) noexcept nogil:
+        cdef epoll_event events[MAX_PORTS + 1]
+        cdef uint32_t moved
+        cdef int i, n, k, tag
+        while not self.stopping:
+            moved = 0
+            for i in range(self.nports):
+                if self.ports[i].up:
+                    moved += self._serve(i)
+            self.loop_stats[0] += 1
+            if moved:
+                continue            # busy: keep draining, never sleep
+            self.loop_stats[1] += 1
+            n = epoll_wait(self.epfd, events, MAX_PORTS + 1, -1)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                return errno
+            for k in range(n):
+                tag = <int>events[k].data.u64
+                if tag == STOP_TAG or not self.ports[tag].up:
+                    continue
+                if events[k].events & (EPOLLERR | EPOLLHUP):
+                    self._serve(tag)        # reads the error the device reports, if any
+                    self._port_down(tag, EPIPE)
+        return 0
+
+    cdef uint32_t _serve(self, int i) noexcept nogil:
+        return self._serve_ring(i, <PacketRing>self.ports[i].ring)
+
+    @cython.boundscheck(False)
+    cdef uint32_t _serve_ring(self, int i, PacketRing ring) noexcept nogil:
+        cdef Port *port = &self.ports[i]
+        cdef int err = 0
+        cdef uint32_t first = ring.tail
+        cdef uint32_t n = ring_recv(port.fd, ring, self.budget, port.vnet_hdr, &err)
+        cdef uint32_t k
+        cdef uint64_t nbytes = 0
+        if n:
+            for k in range(n):
+                nbytes += ring_len(ring, first + k)[0]
+            port.counters[RX_PACKETS] += n
+            port.counters[RX_BYTES] += nbytes
+            port.counters[RX_BATCHES] += 1
+            port.hist[_bucket(n)] += 1
+            self._choose_egress(i, ring, first, n)
+            self._dispatch(i, ring, first, n)
+            ring.head = ring.tail   # every packet was sent or counted as dropped
+        if err:
+            if _device_gone(err) or err == EIO:
+                self._port_down(i, err)
+            else:
+                port.counters[RX_ERRORS] += 1
+                port.counters[LAST_ERRNO] = err
+        return n
+
+    @cython.boundscheck(False)
+    cdef void _choose_egress(self, int i, PacketRing ring, uint32_t first,
+                             uint32_t n) noexcept nogil:
+        cdef uint64_t now
+        cdef const uint8_t *frame
+        cdef uint32_t k, index
+        cdef bint check = self.ports[i].vnet_hdr
+        cdef gso_info info
+        cdef int reason
+        cdef int32_t default = VERDICT_FLOOD
+        if self.mode == MODE_WIRE:
+            default = 1 - i if self.nports == 2 else VERDICT_NO_EGRESS
+        for k in range(n):
+            self.egress[k] = default
+            if check:
+                index = first + k
+                # Headers the kernel gave us are checked before anything is written with them;
+                # an all-zero header (no GSO, no checksum to complete) needs nothing.
+                if ring_hdr(ring, index)[0] or ring_hdr(ring, index)[1]:
+                    reason = gso_validate(ring_hdr(ring, index), ring_frame(ring, index),
+                                          ring_len(ring, index)[0], self.ports[i].l2, &info)
+                    if reason:
+                        self.egress[k] = VERDICT_BAD_HEADER
+                        self.gso_drops[reason] += 1
+                    elif info.gso_type != VNET_GSO_NONE:
+                        gso_store_hdr_len(ring_hdr(ring, index), info.hdr_len)
+        if self.mode == MODE_WIRE:
+            return
+        # Switch: one lock for the learning and lookups of the whole batch; no syscall held.
+        now = _now_ns()
+        pthread_mutex_lock(&self.table.lock)
+        for k in range(n):
+            if self.egress[k] != VERDICT_FLOOD:
+                continue
+            index = first + k
+            if ring_len(ring, index)[0] < ETH_HLEN:
+                self.egress[k] = VERDICT_MALFORMED
+                continue
+            frame = ring_frame(ring, index)
+            if not (frame[6] & 1):                  # a multicast source is never learned
+                self.table.learn(_mac_at(frame + 6), i, now)
+            if not (frame[0] & 1):                  # broadcast and multicast stay flooded
+                self.egress[k] = self.table.lookup(_mac_at(frame), now)
+        pthread_mutex_unlock(&self.table.lock)
+
+    cdef void _dispatch(self, int i, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil:
+        # Deliver the batch by verdict, runs of packets for the same port in one ring_send.
+        cdef uint32_t k = 0, run
+        cdef int32_t e
+        cdef int o
+        cdef bint sent
+        cdef uint64_t *counters = self.ports[i].counters
+        while k < n:
+            e = self.egress[k]
+            if e >= 0 and e != i and self.ports[e].up:
+                run = 1
+                while k + run < n and self.egress[k + run] == e:
+                    run += 1
+                self._deliver(i, e, ring, first + k, run)
+                k += run
+                continue
+            if e == i:
+                counters[DROP_FILTERED] += 1
+            elif e == VERDICT_MALFORMED:
+                counters[DROP_MALFORMED] += 1
+            elif e == VERDICT_BAD_HEADER:
+                counters[DROP_BAD_HEADER] += 1
+            elif e == VERDICT_NO_EGRESS:
+                counters[DROP_NO_EGRESS] += 1
+            elif e >= 0 and self.mode == MODE_WIRE:
+                self.ports[e].counters[DROP_PORT_DOWN] += 1
+            else:           # unknown unicast (or learned on a port now down), broadcast, multicast
+                counters[FLOODED] += 1
+                sent = False
+                for o in range(self.nports):
+                    if o != i and self.ports[o].up:
+                        self._deliver(i, o, ring, first + k, 1)
+                        sent = True
+                if not sent:
+                    counters[DROP_NO_EGRESS] += 1
+            k += 1
+
+    cdef void _deliver(self, int i, int o, PacketRing ring, uint32_t first,
+                       uint32_t count) noexcept nogil:
+        # Send packets [first, first + count) of port i's ring out of port o.
+        cdef uint32_t k, run_start
+        if not self.ports[i].vnet_hdr or self.ports[o].vnet_hdr:
+            self._send_run(o, ring, first, count)   # headers pass through unchanged
+            return
+        # From a vnet port to a plain one: superframes and partial checksums need software help.
+        run_start = first
+        for k in range(first, first + count):
+            if _needs_segmentation(ring_hdr(ring, k)):
+                self._send_run(o, ring, run_start, k - run_start)
+                self._segment_and_send(i, o, ring, k)
+                run_start = k + 1
+        self._send_run(o, ring, run_start, first + count - run_start)
+
+    cdef void _send_run(self, int o, PacketRing ring, uint32_t first,
+                        uint32_t count) noexcept nogil:
+        cdef Port *out = &self.ports[o]
+        cdef uint32_t sent, k
+        cdef uint64_t nbytes
+        cdef int err
+        while count:
+            sent = ring_send(out.fd, ring, first, count, out.vnet_hdr, &err)
+            if sent:
+                nbytes = 0
+                for k in range(first, first + sent):
+                    nbytes += ring_len(ring, k)[0]
+                out.counters[TX_PACKETS] += sent
+                out.counters[TX_BYTES] += nbytes
+                first += sent
+                count -= sent
+            if count == 0:
+                return
+            if err == 0:                            # EAGAIN: the egress is full
+                out.counters[DROP_FULL] += count
+                return
+            out.counters[LAST_ERRNO] = err
+            if _device_gone(err):
+                self._port_down(o, err)
+                out.counters[DROP_PORT_DOWN] += count
+                return
+            if err == EIO:                          # link down: every write would fail the same
+                out.counters[DROP_LINK_DOWN] += count
+                return
+            out.counters[DROP_TX_ERROR] += 1        # this packet is refused; try the next
+            first += 1
+            count -= 1
+
+    cdef void _segment_and_send(self, int i, int o, PacketRing ring, uint32_t index) noexcept nogil:
+        # Software segmentation (pyx/gso.pyx): the superframe (or partial checksum) at ``index``
+        # becomes plain MTU frames with every checksum complete, in the scratch ring, then goes
+        # out of port o like any other run.
+        cdef int made
+        self._scratch.head = self._scratch.tail = 0
+        made = gso_segment(ring_hdr(ring, index), ring_frame(ring, index), ring_len(ring, index)[0],
+                           self.ports[i].l2, self._scratch, GSO_OUT_FULL_CSUM)
+        if made < 0:
+            self.gso_drops[-made] += 1
+            self.ports[o].counters[DROP_NEEDS_SEGMENTATION] += 1
+            return
+        self.ports[o].counters[SEGMENTED] += 1
+        self._send_run(o, self._scratch, 0, <uint32_t>made)
+        self._scratch.head = self._scratch.tail = 0
+
+    cdef void _port_down(self, int i, int err) noexcept nogil:
+        cdef Port *port = &self.ports[i]
+        if not port.up:
+            return
+        port.up = False
+        port.down_errno = err
+        port.counters[LAST_ERRNO] = err
+        epoll_ctl(self.epfd, EPOLL_CTL_DEL, port.fd, NULL)
+        if self.mode == MODE_SWITCH:
+            pthread_mutex_lock(&self.table.lock)
+            self.table.forget_port(i)
+            pthread_mutex_unlock(&self.table.lock)
