@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from tapengine import __version__
+from tapengine.errors import TapengineError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("demo",)
+COMMAND_MODULES = ("demo", "tap", "bridge", "netns", "topology", "stats", "cleanup")
 
 
 class CommandError(Exception):
@@ -40,6 +41,13 @@ def example_epilog(*lines: str) -> str:
     return "example:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def _one_line(err: Exception) -> str:
+    # Our own OSErrors carry a complete message in strerror; "[Errno 17] " in front adds nothing.
+    if isinstance(err, OSError) and isinstance(err, TapengineError) and err.strerror:
+        return err.strerror
+    return str(err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("tapengine: interrupted", file=sys.stderr)
         return 130
     except (CommandError, OSError, ValueError) as err:
-        print(f"tapengine {args.command_name}: {err}", file=sys.stderr)
+        print(f"tapengine {args.command_name}: {_one_line(err)}", file=sys.stderr)
         return 1
 
 
