@@ -10,6 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 try:
     from tapengine._batchio import recv_batch, send_batch
+    from tapengine._gso import GsoReason, complete_checksum, segment, segment_batch
+    from tapengine._gso import validate as validate_vnet_header
     from tapengine._ring import VNET_HDR_DTYPE, PacketRing
 except ImportError as _err:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -27,15 +29,20 @@ except PackageNotFoundError:  # pragma: no cover - running from a tree that was 
 
 __all__ = [
     "VNET_HDR_DTYPE",
+    "GsoReason",
     "IfFlag",
     "Offload",
     "PacketRing",
     "TapengineError",
     "TunQueue",
     "__version__",
+    "complete_checksum",
     "features",
     "open_queue",
     "open_queues",
     "recv_batch",
+    "segment",
+    "segment_batch",
     "send_batch",
+    "validate_vnet_header",
 ]
