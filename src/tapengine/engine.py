@@ -1,0 +1,449 @@
+"""The engine: ports, one worker thread per queue, start/stop, and stats snapshots with rates.
+
+A ``Port`` is a tun/tap device with one open queue per worker. ``Engine(ports, mode)`` runs one
+``Forwarder`` (the C loop of ``tapengine._forward``) per queue index: worker *k* serves queue *k*
+of every port, so a queue is never served by two threads (that would reorder TCP) and the kernel's
+flow hash spreads flows over workers.
+
+Switch mode with several queues: the workers share one ``MacTable``. Each worker holds the table's
+mutex once per batch, for the learning and the lookups of the whole batch, never across a syscall;
+so a station learned by any worker is known to all of them at once, and a reply arriving on another
+queue is not flooded. (Per-worker tables would avoid the lock but flood every flow whose two
+directions hash to different queues.)
+
+Counters are read from the workers' live numpy arrays without stopping them; ``stats()`` sums
+them over workers into an ``EngineStats`` snapshot, and ``EngineStats.rates(earlier)`` gives rates.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import numpy as np
+
+from tapengine._forward import (
+    COUNTER_NAMES,
+    DROP_REASONS,
+    HISTOGRAM_BUCKETS,
+    Forwarder,
+    MacTable,
+)
+from tapengine._gso import REASONS as GSO_REASONS
+from tapengine._ring import MAX_SLOT_SIZE, PacketRing
+from tapengine.errors import FlagMismatchError
+from tapengine.tun import Mode, Offload, TunQueue, open_queue, open_queues
+
+EngineMode = Literal["wire", "switch"]
+
+#: Offloads asked for by default: checksum, TCP segmentation (v4, v6, ECN), UDP segmentation.
+DEFAULT_OFFLOAD = (
+    Offload.CSUM | Offload.TSO4 | Offload.TSO6 | Offload.TSO_ECN | Offload.USO4 | Offload.USO6
+)
+
+#: Drop reasons counted on the egress port (``tx.dropped``); the rest on the ingress port.
+EGRESS_DROPS = ("full", "link_down", "port_down", "tx_error", "needs_segmentation")
+INGRESS_DROPS = tuple(reason for reason in DROP_REASONS if reason not in EGRESS_DROPS)
+
+_COL = {name: k for k, name in enumerate(COUNTER_NAMES)}
+
+
+def offload_names(offload: Offload) -> list[str]:
+    """``["csum", "tso4", ...]`` for the flags set in ``offload``."""
+    return [flag.name.lower() for flag in Offload if flag & offload and flag.name]
+
+
+class Port:
+    """A tun/tap device served by the engine: its name and one open queue per worker.
+
+    Owns its queues: ``close()`` (or leaving the ``with`` block) closes them, and a device the
+    port created (non-persistent) disappears with them.
+    """
+
+    def __init__(self, name: str, queues: Sequence[TunQueue]) -> None:
+        if not queues:
+            raise ValueError(f"port {name!r} needs at least one open queue")
+        self.name = name
+        self.queues = list(queues)
+        self.mode: Mode = queues[0].mode
+        self.vnet_hdr = queues[0].vnet_hdr
+        self.offload = queues[0].offload
+
+    @property
+    def nqueues(self) -> int:
+        return len(self.queues)
+
+    def close(self) -> None:
+        for queue in self.queues:
+            queue.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        offload = "+".join(offload_names(self.offload)) or "none"
+        return f"<Port {self.mode} {self.name!r} {self.nqueues} queue(s) offload={offload}>"
+
+
+def open_port(name: str, *, mode: Mode = "tap", queues: int = 1,
+              offload: bool | Offload = True) -> Port:
+    """Open ``queues`` queues of tun/tap ``name``, creating a non-persistent device if missing.
+
+    With ``offload`` (``True`` means ``DEFAULT_OFFLOAD``) every queue gets a virtio-net header
+    and as many of the offloads as the kernel accepts; then the kernel hands over 64 KiB
+    superframes and the engine passes them through. ``offload=False`` gives plain frames.
+    A single queue opens a device created multi-queue, too.
+    """
+    wanted = DEFAULT_OFFLOAD if offload is True else Offload(offload or 0)
+    vnet_hdr = bool(wanted)
+    if queues == 1:
+        try:
+            opened = [open_queue(name, mode, vnet_hdr=vnet_hdr)]
+        except FlagMismatchError:
+            opened = open_queues(name, 1, mode, vnet_hdr=vnet_hdr)
+    else:
+        opened = open_queues(name, queues, mode, vnet_hdr=vnet_hdr)
+    try:
+        for queue in opened:
+            if wanted:
+                queue.negotiate_offload(wanted)
+    except BaseException:
+        for queue in opened:
+            queue.close()
+        raise
+    return Port(name, opened)
+
+
+@dataclass(frozen=True)
+class PortStats:
+    """One port's counters, summed over the engine's workers."""
+
+    name: str
+    up: bool
+    down_errno: int
+    counters: dict[str, int]
+    offload: list[str] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self.counters[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """Drops by reason, only the reasons that happened."""
+        return {reason: self.counters["drop_" + reason] for reason in DROP_REASONS
+                if self.counters["drop_" + reason]}
+
+    @property
+    def rx_dropped(self) -> int:
+        return sum(self.counters["drop_" + reason] for reason in INGRESS_DROPS)
+
+    @property
+    def tx_dropped(self) -> int:
+        return sum(self.counters["drop_" + reason] for reason in EGRESS_DROPS)
+
+    @property
+    def state(self) -> str:
+        if self.up:
+            return "UP"
+        return f"DOWN ({os.strerror(self.down_errno)})" if self.down_errno else "DOWN"
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine's counters; ``rates(earlier)`` compares two snapshots."""
+
+    timestamp: float                    # time.monotonic() when taken
+    elapsed: float                      # seconds since the engine started
+    mode: str
+    workers: int
+    ports: tuple[PortStats, ...]
+    batch_sizes: dict[str, int]         # batches read, by size bucket, all ports and workers
+    header_drops: dict[str, int]        # virtio-net header / segmentation refusals by reason
+    mac_table: list[tuple[str, str, float]] | None = None   # (mac, port name, age s)
+
+    def port(self, name: str) -> PortStats:
+        for port in self.ports:
+            if port.name == name:
+                return port
+        raise KeyError(name)
+
+    def rates(self, earlier: EngineStats) -> dict[str, dict[str, float]]:
+        """Per port ``rx_pps``, ``rx_bps``, ``tx_pps``, ``tx_bps`` (bits) since ``earlier``."""
+        span = self.timestamp - earlier.timestamp
+        result: dict[str, dict[str, float]] = {}
+        for now, then in zip(self.ports, earlier.ports, strict=True):
+            def per_second(name: str, now: PortStats = now, then: PortStats = then) -> float:
+                return (now.counters[name] - then.counters[name]) / span if span > 0 else 0.0
+            result[now.name] = {
+                "rx_pps": per_second("rx_packets"), "rx_bps": 8 * per_second("rx_bytes"),
+                "tx_pps": per_second("tx_packets"), "tx_bps": 8 * per_second("tx_bytes"),
+            }
+        return result
+
+    def as_json(self) -> dict[str, Any]:
+        """JSON-ready, each port shaped like ``ip -j -s link`` (``stats64.rx.packets`` ...)."""
+        return {
+            "mode": self.mode,
+            "workers": self.workers,
+            "elapsed": round(self.elapsed, 3),
+            "ports": [
+                {
+                    "ifname": port.name,
+                    "operstate": "UP" if port.up else "DOWN",
+                    "down_reason": os.strerror(port.down_errno) if port.down_errno else None,
+                    "offload": port.offload,
+                    "stats64": {
+                        "rx": {"bytes": port.rx_bytes, "packets": port.rx_packets,
+                               "errors": port.rx_errors, "dropped": port.rx_dropped},
+                        "tx": {"bytes": port.tx_bytes, "packets": port.tx_packets,
+                               "errors": port.drop_tx_error, "dropped": port.tx_dropped},
+                    },
+                    "drops": port.drops,
+                    "flooded": port.flooded,
+                    "segmented": port.segmented,
+                    "batches": port.rx_batches,
+                }
+                for port in self.ports
+            ],
+            "batch_sizes": self.batch_sizes,
+            "header_drops": self.header_drops,
+            **({"mac_table": [{"mac": mac, "port": name, "age": round(age, 1)}
+                              for mac, name, age in self.mac_table]}
+               if self.mac_table is not None else {}),
+        }
+
+    def format(self) -> str:
+        """A human table: one line per port, then drops, batch sizes and the MAC table."""
+        lines = [f"{'port':<16} {'state':<6} {'rx packets':>12} {'rx bytes':>15} "
+                 f"{'tx packets':>12} {'tx bytes':>15} {'dropped':>9}"]
+        for port in self.ports:
+            lines.append(
+                f"{port.name:<16} {'UP' if port.up else 'DOWN':<6} {port.rx_packets:>12} "
+                f"{port.rx_bytes:>15} {port.tx_packets:>12} {port.tx_bytes:>15} "
+                f"{port.rx_dropped + port.tx_dropped:>9}"
+            )
+        for port in self.ports:
+            if port.drops:
+                reasons = ", ".join(f"{reason} {n}" for reason, n in port.drops.items())
+                lines.append(f"drops on {port.name}: {reasons}")
+            if not port.up:
+                lines.append(f"{port.name} went down: {port.state[6:-1] or 'hung up'}")
+        if self.header_drops:
+            lines.append("refused virtio-net headers: " + ", ".join(
+                f"{reason} {n}" for reason, n in self.header_drops.items()))
+        batches = {size: n for size, n in self.batch_sizes.items() if n}
+        if batches:
+            lines.append("batch sizes: " + ", ".join(f"{size}: {n}" for size, n in batches.items()))
+        if self.mac_table is not None:
+            lines.append(f"MAC table: {len(self.mac_table)} entries")
+            lines += [f"  {mac}  {name}" for mac, name, _ in self.mac_table]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PortEvent:
+    """A port that went down while the engine ran."""
+
+    port: str
+    errno: int
+
+    def __str__(self) -> str:
+        reason = os.strerror(self.errno) if self.errno else "hung up"
+        gone = "the device was deleted" if self.errno in (
+            errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EIO) else "it hung up"
+        return f"port {self.port} is down ({reason}: {gone}); forwarding goes on between the others"
+
+
+class Engine:
+    """Forward between ``ports`` in ``mode`` (``"wire"``: exactly two; ``"switch"``: two or more).
+
+    Every port must have the same number of queues; one worker thread serves queue *k* of every
+    port. ``budget`` is the most packets read from a port per pass of a worker's loop. A context
+    manager: ``with Engine(...) as engine:`` starts it and stops it on the way out.
+    """
+
+    def __init__(self, ports: Sequence[Port], mode: EngineMode = "wire", *, budget: int = 64,
+                 table_size: int = 4096, ageing: float = 300.0) -> None:
+        if mode not in ("wire", "switch"):
+            raise ValueError(f"mode must be 'wire' or 'switch', not {mode!r}")
+        names = [port.name for port in ports]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a port is listed twice: {', '.join(names)}")
+        if mode == "wire" and len(ports) != 2:
+            raise ValueError(f"a wire joins exactly two ports, not {len(ports)}")
+        if mode == "switch" and len(ports) < 2:
+            raise ValueError("a switch needs at least two ports")
+        if mode == "switch" and any(port.mode != "tap" for port in ports):
+            raise ValueError("a switch forwards Ethernet frames: every port must be a tap")
+        if len({port.mode for port in ports}) > 1:
+            raise ValueError("cannot forward between a tun and a tap")
+        if len({port.nqueues for port in ports}) > 1:
+            raise ValueError("every port needs the same number of queues: "
+                             + ", ".join(f"{port.name} {port.nqueues}" for port in ports))
+        self.ports = list(ports)
+        self.mode: EngineMode = mode
+        self.budget = budget
+        self.table = MacTable(table_size, ageing) if mode == "switch" else None
+        self._forwarders: list[Forwarder] = []
+        self._threads: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+        self._reported: set[str] = set()
+        self._started = 0.0
+        self._stopped: float | None = None
+
+    @property
+    def workers(self) -> int:
+        return self.ports[0].nqueues
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def start(self) -> None:
+        """Start one worker per queue; returns at once. Raises if already started."""
+        if self._forwarders:
+            raise RuntimeError("the engine was already started")
+        nslots = 1 << (self.budget - 1).bit_length()
+        try:
+            for k in range(self.workers):
+                forwarder = Forwarder(self.mode, self.budget, self.table)
+                for port in self.ports:
+                    forwarder.add_port(port.queues[k].fileno(), PacketRing(nslots, MAX_SLOT_SIZE),
+                                       vnet_hdr=port.vnet_hdr, l2=port.mode == "tap")
+                self._forwarders.append(forwarder)
+        except BaseException:
+            for forwarder in self._forwarders:
+                forwarder.close()
+            self._forwarders.clear()
+            raise
+        self._started = time.monotonic()
+        for k, forwarder in enumerate(self._forwarders):
+            thread = threading.Thread(target=self._work, args=(forwarder,),
+                                      name=f"tapengine-worker-{k}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _work(self, forwarder: Forwarder) -> None:
+        try:
+            forwarder.run()
+        except BaseException as exc:  # reported by stop()
+            self._errors.append(exc)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every worker and wait for it; re-raises the first error a worker hit."""
+        for forwarder in self._forwarders:
+            forwarder.stop()
+        for thread in self._threads:
+            thread.join(timeout)
+        if any(thread.is_alive() for thread in self._threads):
+            raise RuntimeError("a forwarding worker did not stop")
+        if self._stopped is None and self._forwarders:
+            self._stopped = time.monotonic()
+        if self._errors:
+            raise self._errors[0]
+
+    def close(self) -> None:
+        """Stop, then free the workers' epoll and eventfd descriptors (ports stay open)."""
+        try:
+            self.stop()
+        finally:
+            for forwarder in self._forwarders:
+                forwarder.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- observing ---------------------------------------------------------------------------
+
+    def _port_state(self, index: int) -> tuple[bool, int]:
+        for forwarder in self._forwarders:
+            if not forwarder.port_up(index):
+                return False, forwarder.down_errno(index)
+        return True, 0
+
+    def stats(self) -> EngineStats:
+        """A snapshot of every counter, summed over workers, taken without stopping them."""
+        now = time.monotonic()
+        nports = len(self.ports)
+        counters = np.zeros((nports, len(COUNTER_NAMES)), dtype=np.uint64)
+        last_errno = np.zeros(nports, dtype=np.uint64)
+        hist = np.zeros(len(HISTOGRAM_BUCKETS), dtype=np.uint64)
+        header = np.zeros(len(GSO_REASONS), dtype=np.uint64)
+        for forwarder in self._forwarders:
+            live = np.array(forwarder.counters)      # one copy, then consistent sums
+            counters += live
+            last_errno = np.maximum(last_errno, live[:, _COL["last_errno"]])
+            hist += forwarder.histogram.sum(axis=0, dtype=np.uint64)
+            header += forwarder.gso_drops
+        counters[:, _COL["last_errno"]] = last_errno
+        ports = []
+        for index, port in enumerate(self.ports):
+            up, down_errno = self._port_state(index) if self._forwarders else (True, 0)
+            ports.append(PortStats(
+                name=port.name, up=up, down_errno=down_errno,
+                counters={name: int(counters[index, k]) for k, name in enumerate(COUNTER_NAMES)},
+                offload=offload_names(port.offload),
+            ))
+        table = None
+        if self.table is not None:
+            table = [(mac, self.ports[index].name, age)
+                     for mac, index, age in self.table.entries()]
+        end = self._stopped if self._stopped is not None else now
+        return EngineStats(
+            timestamp=now,
+            elapsed=end - self._started if self._forwarders else 0.0,
+            mode=self.mode,
+            workers=self.workers,
+            ports=tuple(ports),
+            batch_sizes={label: int(n) for label, n in zip(HISTOGRAM_BUCKETS, hist, strict=True)},
+            header_drops={GSO_REASONS[k]: int(n) for k, n in enumerate(header) if n},
+            mac_table=table,
+        )
+
+    def events(self) -> list[PortEvent]:
+        """Ports that went down since the last call (each reported once)."""
+        found = []
+        for index, port in enumerate(self.ports):
+            if port.name in self._reported or not self._forwarders:
+                continue
+            up, down_errno = self._port_state(index)
+            if not up:
+                self._reported.add(port.name)
+                found.append(PortEvent(port.name, down_errno))
+        return found
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (f"<Engine {self.mode} {', '.join(port.name for port in self.ports)}: "
+                f"{self.workers} worker(s), {state}>")
+
+
+def open_ports(names: Iterable[str], **kwargs: Any) -> list[Port]:
+    """``open_port`` for each name; all or none (closed again on error)."""
+    ports: list[Port] = []
+    try:
+        for name in names:
+            ports.append(open_port(name, **kwargs))
+    except BaseException:
+        for port in ports:
+            port.close()
+        raise
+    return ports
