@@ -420,6 +420,12 @@ def _open_exclusive(name: str, flags: tun.IfFlag, owner: int | None, group: int 
                     f"cannot create {name!r}: a link with that name already exists "
                     f"(delete it with 'tapengine tap del {name}', or pick another name)",
                 ) from None
+            if err.errno in (errno.EPERM, errno.EACCES):
+                raise PrivilegeError(
+                    err.errno,
+                    f"cannot create {name!r}: operation not permitted; creating a tun/tap device "
+                    "needs CAP_NET_ADMIN (run as root)",
+                ) from None
             raise tun._explain_setiff(err, name, flags) from None
         if owner is not None:
             fcntl.ioctl(fd, TUNSETOWNER, owner)
