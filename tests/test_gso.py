@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP, IPOption_Router_Alert, in4_pseudoheader
 from scapy.layers.inet6 import (
@@ -248,6 +248,41 @@ def test_kernel_hdr_len_is_ignored_and_recomputed():
                             (Shape(ipv6=True, ip_options=True), 14 + 40 + 8 + 8 + 20)):
         header, frame = superframe(shape, b"x" * 3000, 1000, kernel_hdr_len=3)
         assert gso.validate(header, frame, l2=shape.l2) == (None, expected)
+
+
+@SLOW
+@given(shape=shapes, mss=st.integers(1, 2000), size=st.integers(0, 6000),
+       edits=st.lists(st.tuples(st.integers(0, 100), st.integers(0, 255)), max_size=4),
+       header_edits=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 255)), max_size=2),
+       cut=st.integers(0, 200))
+def test_corrupted_packets_are_refused_or_split_without_losing_a_byte(
+        shape, mss, size, edits, header_edits, cut):
+    header, frame = superframe(shape, os.urandom(size), mss)
+    frame, header = bytearray(frame), bytearray(header)
+    for offset, value in edits:
+        if offset < len(frame):
+            frame[offset] = value
+    for offset, value in header_edits:
+        header[offset] = value
+    frame = bytes(frame[:len(frame) - cut] if cut < 100 else frame)
+
+    reason, hdr_len = gso.validate(bytes(header), frame, l2=shape.l2)
+
+    assert hdr_len <= len(frame)
+    event(f"refused: {reason}" if reason else f"accepted, gso_type {header[1]}")
+    if reason is not None:
+        with pytest.raises(ValueError):
+            gso.segment(bytes(header), frame, l2=shape.l2)
+        return
+    segments = gso.segment(bytes(header), frame, l2=shape.l2)
+    gso_size = struct.unpack("=BBHHHH", header)[3]
+    if header[1] == GSO_NONE:
+        assert len(segments) == 1 and len(segments[0]) == len(frame)
+        return
+    loads = [seg[hdr_len:] for seg in segments]
+    assert all(len(load) == gso_size for load in loads[:-1]) and len(loads[-1]) <= gso_size
+    joined = b"".join(loads)
+    assert joined == frame[hdr_len:hdr_len + len(joined)]
 
 
 # -- partial output (egress with checksum offload but no segmentation) ---------------------------
