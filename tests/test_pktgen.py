@@ -1,0 +1,396 @@
+"""The generator and the sink (pyx/pktgen.pyx).
+
+Frames are checked against scapy (fields and checksums) and against an independent numpy
+checksum; the sink's accounting against faults injected on purpose and against a reference model
+of its definitions; pacing against the clock; and, with privilege, the whole path through a kernel
+bridge against the kernel's own counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Ether
+
+from tapengine import PacketRing
+from tapengine._pktgen import MAGIC, Generator, Sink, monotonic
+from tapengine.traffic import GenConfig, SinkResult, parse_rate, parse_size
+
+PROBE = np.dtype([("magic", ">u4"), ("seq", ">u4"), ("sent_ns", ">u8"), ("flow", ">u2")])
+
+
+def probe_of(payload: bytes) -> np.void:
+    return np.frombuffer(payload[: PROBE.itemsize], dtype=PROBE)[0]
+
+
+def generate(config: GenConfig, count: int) -> PacketRing:
+    ring = PacketRing(1 << max(4, math.ceil(math.log2(count))), 2048)
+    config.generator().fill(ring, count)
+    return ring
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("mode", ["tap", "tun"])
+def test_frames_parse_with_scapy_with_valid_checksums(mode: str, ipv6: bool) -> None:
+    config = GenConfig(
+        mode=mode, ipv6=ipv6, sizes=parse_size("100,300"), flows=3,
+        src_mac="02:77:00:00:00:0a", dst_mac="02:77:00:00:00:0b",
+        src_ip="fd77::10" if ipv6 else "10.77.3.4", dst_ip="fd77::20" if ipv6 else "10.77.5.6",
+        src_port=4000, dst_port=5001,
+    )
+    before = monotonic()
+    ring = generate(config, 12)
+    after = monotonic()
+    seqs: dict[int, list[int]] = {}
+    for i in range(12):
+        data = ring.packet(i)
+        packet = Ether(data) if mode == "tap" else (IPv6(data) if ipv6 else IP(data))
+        if mode == "tap":
+            assert packet.src == "02:77:00:00:00:0a" and packet.dst == "02:77:00:00:00:0b"
+            assert len(data) == (100 if i % 2 == 0 else 300) - 4
+        else:
+            assert len(data) == (100 if i % 2 == 0 else 300) - 18
+        l3 = packet[IPv6] if ipv6 else packet[IP]
+        udp = packet[UDP]
+        assert (l3.src, l3.dst) == (config.addresses[0], config.addresses[1])
+        assert udp.dport == 5001
+        flow = i % 3
+        assert udp.sport == 4000 + flow
+        probe = probe_of(bytes(udp.payload))
+        assert probe["magic"] == MAGIC
+        assert probe["flow"] == flow
+        assert before <= probe["sent_ns"] <= after
+        seqs.setdefault(flow, []).append(int(probe["seq"]))
+        # scapy recomputes what we wrote incrementally
+        sent_udp = udp.chksum
+        del udp.chksum
+        if not ipv6:
+            sent_ip = l3.chksum
+            del l3.chksum
+        rebuilt = packet.__class__(bytes(packet))
+        assert rebuilt[UDP].chksum == sent_udp != 0
+        if not ipv6:
+            assert rebuilt[IP].chksum == sent_ip
+            assert rebuilt[IP].flags == "DF" and rebuilt[IP].ttl == 64
+        else:
+            assert rebuilt[IPv6].hlim == 64
+    assert seqs == {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}
+
+
+def _udp_checksum_ok(frames: np.ndarray, lengths: np.ndarray, l4: int, ipv6: bool) -> np.ndarray:
+    """RFC 768 from scratch in numpy: the sum over pseudo-header and datagram folds to 0xffff."""
+    words = frames.astype(np.uint64)
+    ok = np.zeros(len(frames), dtype=bool)
+    for row, length in enumerate(lengths.tolist()):
+        data = words[row, :length]
+        l3 = l4 - (40 if ipv6 else 20)
+        src_dst = data[l3 + 8: l3 + 40] if ipv6 else data[l3 + 12: l3 + 20]
+        udp = data[l4:length]
+        if len(udp) % 2:
+            udp = np.append(udp, np.uint64(0))
+        total = int((src_dst[0::2] << 8).sum() + src_dst[1::2].sum())
+        total += int((udp[0::2] << 8).sum() + udp[1::2].sum()) + 17 + (length - l4)
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        ok[row] = total == 0xFFFF
+    return ok
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+def test_incremental_checksum_stays_right_across_70000_packets(ipv6: bool) -> None:
+    """Sequence numbers cross 0xffff; timestamps change every word. Odd lengths included."""
+    config = GenConfig(ipv6=ipv6, sizes=parse_size("99,128"), flows=1)
+    gen = config.generator()
+    ring = PacketRing(1024, 2048)
+    l4 = 14 + (40 if ipv6 else 20)
+    checked = 0
+    while checked < 70_000:
+        ring.clear()
+        gen.fill(ring, 1024)
+        frames = ring.frames
+        ok = _udp_checksum_ok(frames[:, :128], ring.lengths.copy(), l4, ipv6)
+        del frames
+        assert ok.all(), f"bad UDP checksum in packets {checked + np.flatnonzero(~ok)}"
+        checked += 1024
+    assert gen.flow_seq[0] == checked
+
+
+def test_imix_frames_follow_the_pattern() -> None:
+    config = GenConfig(sizes=parse_size("imix"))
+    gen = config.generator()
+    ring = PacketRing(64, 2048)
+    gen.fill(ring, 24)
+    assert ring.lengths[:24].tolist() == gen.lengths[:24].tolist()
+    assert sorted(set(ring.lengths[:24].tolist())) == [60, 566, 1514]
+
+
+def test_generator_refuses_bad_parameters_before_building() -> None:
+    with pytest.raises(ValueError, match="lengths must be"):
+        Generator([40])
+    with pytest.raises(ValueError, match="flows"):
+        Generator([60], flows=0)
+    with pytest.raises(ValueError, match="bytes"):
+        Generator([80], ipv6=True, src_ip=b"\x0a\x00\x00\x01")
+
+
+# -- sink accounting against injected faults ---------------------------------------------------
+
+
+def deliver(
+    sink: Sink, source: PacketRing, order: Sequence[int], now_ns: int | None = None
+) -> None:
+    """Copy frames ``order`` (indices into ``source``) into a fresh ring and feed the sink."""
+    ring = PacketRing(1 << max(4, math.ceil(math.log2(max(len(order), 2)))), 2048)
+    for index in order:
+        ring.push(source.packet(index))
+    sink.consume(ring, ring.head, len(order), now_ns)
+
+
+def test_sink_finds_exactly_the_injected_losses_duplicates_and_reorderings() -> None:
+    flows, per_flow = 2, 100
+    source = generate(GenConfig(flows=flows), flows * per_flow)
+
+    def at(flow: int, seq: int) -> int:
+        return seq * flows + flow
+
+    order = list(range(flows * per_flow))
+    for dropped in (at(0, 5), at(0, 6), at(1, 10)):
+        order.remove(dropped)
+    order.insert(order.index(at(0, 20)) + 1, at(0, 20))            # duplicate, back to back
+    order.insert(order.index(at(1, 60)) + 1, at(1, 40))            # duplicate, late
+    i, j = order.index(at(1, 30)), order.index(at(1, 31))          # swap 30 and 31
+    order[i], order[j] = order[j], order[i]
+    order.remove(at(0, 40))                                        # 40 arrives after 45
+    order.insert(order.index(at(0, 45)) + 1, at(0, 40))
+
+    sink = Sink()
+    deliver(sink, source, order)
+    result = SinkResult.of(sink)
+    flow0, flow1 = result.per_flow
+    assert (flow0.lost, flow0.duplicates, flow0.reordered) == (2, 1, 1)
+    assert (flow1.lost, flow1.duplicates, flow1.reordered) == (1, 1, 1)
+    assert flow0.received == per_flow - 2 + 1
+    assert flow1.received == per_flow - 1 + 1
+    assert (result.lost, result.duplicates, result.reordered) == (3, 2, 2)
+    assert result.probe_packets == len(order) and result.other_packets == 0
+
+
+def test_sink_counts_no_loss_past_the_last_frame_that_arrived() -> None:
+    source = generate(GenConfig(), 10)
+    sink = Sink()
+    deliver(sink, source, range(8))     # 8 and 9 lost at the tail: invisible to a sink alone
+    assert SinkResult.of(sink).lost == 0
+    deliver(sink, source, [9])          # ... until a later frame shows the gap
+    assert SinkResult.of(sink).lost == 1
+
+
+def test_sink_counts_foreign_frames_separately() -> None:
+    source = generate(GenConfig(), 4)
+    ring = PacketRing(16, 2048)
+    foreign = [
+        bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.77.0.2")),
+        bytes(Ether() / IP(dst="10.77.0.2") / UDP(dport=9) / (b"\x00" * 40)),   # no magic
+        bytes(Ether() / IP(dst="10.77.0.2", flags="MF") / UDP() / source.packet(0)[42:]),
+        b"\x02" * 10,                                                          # runt
+    ]
+    for frame in [source.packet(0), *foreign, source.packet(1)]:
+        ring.push(frame)
+    sink = Sink()
+    sink.consume(ring, 0, len(ring))
+    result = SinkResult.of(sink)
+    assert (result.packets, result.probe_packets, result.other_packets) == (6, 2, 4)
+    assert result.other_bytes == sum(len(frame) for frame in foreign)
+    assert result.lost == 0
+
+
+def test_sink_bounds_its_flow_table() -> None:
+    source = generate(GenConfig(flows=8), 16)
+    sink = Sink(max_flows=4)
+    deliver(sink, source, range(16))
+    result = SinkResult.of(sink)
+    assert result.flows_seen == 4 and result.untracked == 8 and result.probe_packets == 16
+
+
+def test_sink_follows_sequence_numbers_across_the_32_bit_wrap() -> None:
+    source = generate(GenConfig(), 6)
+    frames = source.frames
+    for slot, seq in enumerate([0, 0x7FFFFFFF, 0xFFFFFFFE, 0xFFFFFFFF, 0, 1]):
+        frames[slot, 42 + 4: 42 + 8] = np.frombuffer(seq.to_bytes(4, "big"), np.uint8)
+    del frames
+    sink = Sink()
+    sink.consume(source, 0, 6)
+    (flow,) = SinkResult.of(sink).per_flow
+    assert flow.highest_seq == 2**32 + 1
+    assert (flow.duplicates, flow.reordered) == (0, 0)
+    assert flow.lost == 2**32 + 2 - 6
+
+
+def reference_accounting(seqs: Sequence[int]) -> tuple[int, int, int]:
+    """The sink's definitions, written the obvious way: (lost, duplicates, reordered)."""
+    seen: set[int] = set()
+    highest = -1
+    duplicates = reordered = 0
+    for seq in seqs:
+        if seq in seen:
+            duplicates += 1
+        elif seq < highest:
+            reordered += 1
+        seen.add(seq)
+        highest = max(highest, seq)
+    return highest + 1 - len(seen), duplicates, reordered
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=59), min_size=1, max_size=120))
+def test_sink_agrees_with_the_reference_model(seqs: list[int]) -> None:
+    source = generate(GenConfig(), 60)
+    sink = Sink()
+    deliver(sink, source, seqs)
+    (flow,) = SinkResult.of(sink).per_flow
+    assert (flow.lost, flow.duplicates, flow.reordered) == reference_accounting(seqs)
+
+
+def test_sink_latency_percentiles_match_the_injected_delays() -> None:
+    source = generate(GenConfig(flows=2), 2000)
+    rng = np.random.default_rng(3)
+    delays = rng.lognormal(mean=11, sigma=1.0, size=2000).astype(np.int64)
+    sink = Sink()
+    for index, delay in enumerate(delays):
+        sent = int(probe_of(source.packet(index)[42:])["sent_ns"])
+        sink.consume(source, index, 1, now_ns=sent + int(delay))
+    latency = SinkResult.of(sink).latency
+    assert latency is not None and latency.count == 2000
+    ordered = np.sort(delays)
+    for q, got in ((50, latency.p50_ns), (90, latency.p90_ns), (99, latency.p99_ns)):
+        exact = int(ordered[math.ceil(q / 100 * len(ordered)) - 1])
+        assert abs(got - exact) <= exact / 32 + 1, (q, got, exact)
+    assert latency.max_ns == ordered[-1] and latency.min_ns == ordered[0]
+    assert latency.mean_ns == pytest.approx(delays.mean())
+
+
+def test_sink_does_not_bin_timestamps_from_the_future() -> None:
+    source = generate(GenConfig(), 3)
+    sink = Sink()
+    sink.consume(source, 0, 3, now_ns=1)
+    counters = sink.counters[0]
+    assert counters["negative_latency"] == 3 and counters["latency_count"] == 0
+
+
+# -- pacing, and running on a descriptor -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def datagram_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A non-blocking AF_UNIX datagram pair: one read() or write() is one frame, as on a tun."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        yield a, b
+
+
+def test_fixed_packet_rate_is_kept_within_2_percent() -> None:
+    gen = GenConfig(rate=parse_rate("20kpps")).generator()
+    with open(os.devnull, "wb") as devnull:
+        sent = gen.send(devnull, count=10_000)
+    assert sent == 10_000
+    counters = gen.counters[0]
+    elapsed = (int(counters["last_ns"]) - int(counters["first_ns"])) / 1e9
+    assert (sent - 1) / elapsed == pytest.approx(20_000, rel=0.02)
+
+
+def test_fixed_bit_rate_counts_the_bytes_written() -> None:
+    gen = GenConfig(rate=parse_rate("8mbit"), sizes=parse_size("1004")).generator()
+    with open(os.devnull, "wb") as devnull:
+        sent = gen.send(devnull, duration=0.5)
+    counters = gen.counters[0]
+    elapsed = (int(counters["last_ns"]) - int(counters["first_ns"])) / 1e9
+    assert sent == pytest.approx(500, abs=10)     # 8 Mbit/s of 1000-byte writes: 1000/s
+    assert (int(counters["bytes"]) - 1000) * 8 / elapsed == pytest.approx(8e6, rel=0.02)
+
+
+def test_a_late_generator_catches_up_by_one_burst_at_most() -> None:
+    gen = Generator([60], rate=1000, burst=10)
+    with open(os.devnull, "wb") as devnull:
+        gen.send(devnull, count=1)
+        time.sleep(0.1)                 # 100 packets' worth of time passes unused
+        assert gen.send(devnull, duration=0.0005) <= 10 + 1
+
+
+def test_stop_ends_an_unlimited_send_from_another_thread() -> None:
+    gen = GenConfig(rate=parse_rate("50kpps")).generator()
+    with open(os.devnull, "wb") as devnull:
+        timer = threading.Timer(0.2, gen.stop)
+        timer.start()
+        started = time.monotonic()
+        gen.send(devnull)
+        assert 0.15 < time.monotonic() - started < 1.0
+        timer.join()
+
+
+def test_generator_to_sink_over_a_datagram_pair_loses_nothing() -> None:
+    gen = GenConfig(flows=4, rate=parse_rate("50kpps")).generator()
+    with datagram_pair() as (tx, rx), Sink(max_flows=4) as sink:
+        reader = threading.Thread(target=sink.run, args=(rx,), kwargs={"count": 4000,
+                                                                        "duration": 10})
+        reader.start()
+        sent = gen.send(tx, count=4000)
+        reader.join()
+        result = SinkResult.of(sink)
+    assert sent == 4000
+    assert result.probe_packets == 4000 and result.lost == 0
+    assert [flow.received for flow in result.per_flow] == [1000] * 4
+    assert result.latency is not None and result.latency.count == 4000
+
+
+def test_flat_out_send_waits_when_the_descriptor_is_full() -> None:
+    gen = Generator([1400])
+    with datagram_pair() as (tx, rx), Sink() as sink:
+        reader = threading.Thread(target=sink.run, args=(rx,), kwargs={"count": 3000,
+                                                                        "duration": 10})
+        reader.start()
+        sent = gen.send(tx, count=3000)
+        reader.join()
+    assert sent == 3000 and sink.counters[0]["probe_packets"] == 3000
+    assert gen.counters[0]["would_block"] > 0      # the socket buffer filled: EAGAIN, poll
+
+
+def test_sink_stops_on_duration_idle_and_stop() -> None:
+    with datagram_pair() as (tx, rx), Sink() as sink:
+        started = time.monotonic()
+        assert sink.run(rx, duration=0.2) == 0
+        assert 0.19 < time.monotonic() - started < 1.0
+
+        Generator([60]).send(tx, count=5)
+        started = time.monotonic()
+        assert sink.run(rx, idle=0.1, duration=5) == 5
+        assert time.monotonic() - started < 1.0
+
+        threading.Timer(0.1, sink.stop).start()
+        started = time.monotonic()
+        sink.run(rx)
+        assert time.monotonic() - started < 1.0
+
+
+def test_sink_run_reports_a_bad_descriptor_as_oserror() -> None:
+    with Sink() as sink:
+        read_end, write_end = os.pipe()
+        os.close(write_end)
+        os.close(read_end)
+        with pytest.raises(OSError):
+            sink.run(read_end, duration=0.1)
