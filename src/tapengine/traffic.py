@@ -12,18 +12,20 @@ its 64-byte frames to 84 (an explicit size that is too small is an error instead
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from tapengine import _pktgen
 from tapengine._pktgen import Generator, Sink
+from tapengine.tun import TunQueue, open_queue
 
 FCS_LEN = 4
 ETH_HLEN = 14
@@ -392,40 +394,67 @@ class SinkResult:
 
 # -- devices -----------------------------------------------------------------------------------
 
-_IFF_TUN, _IFF_TAP, _IFF_MULTI_QUEUE = 0x0001, 0x0002, 0x0100
 _IFF_UP = 0x1
+_IFLA_TUN_TYPE_TUN = 1
 
 
 @dataclass(frozen=True)
 class DeviceInfo:
     name: str
+    netns: str | None
     mode: Mode
     multi_queue: bool
     up: bool
 
 
-def probe_device(name: str, sysfs: Path = Path("/sys/class/net")) -> DeviceInfo:
-    """What kind of tun/tap ``name`` is, in the current namespace, without opening it.
+def probe_device(name: str, netns: str | None = None) -> DeviceInfo:
+    """What kind of tun/tap ``name`` is (in namespace ``netns``), asked over netlink.
 
-    Raises ``FileNotFoundError`` if there is no such device and ``ValueError`` if it is not a
-    tun or tap.
+    Raises ``FileNotFoundError`` if there is no such link and ``ValueError`` if it is not a tun
+    or tap. Nothing is opened or changed.
     """
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     from tapengine.errors import check_ifname
+    from tapengine.netns import inside_netns
 
     check_ifname(name)
-    base = sysfs / name
-    if not base.exists():
+    where = "this network namespace" if netns is None else f"namespace {netns!r}"
+    with inside_netns(netns), IPRoute() as ipr:
+        try:
+            msgs = ipr.link("get", ifname=name)
+        except NetlinkError as err:
+            if err.code != errno.ENODEV:
+                reason = os.strerror(err.code)
+                raise OSError(err.code, f"cannot look up {name!r}: {reason}") from None
+            msgs = []
+    if not msgs:
         raise FileNotFoundError(
-            f"no device {name!r} in this network namespace (create it first, e.g. "
-            f"'ip tuntap add {name} mode tap', or run inside its namespace with 'ip netns exec')"
+            errno.ENODEV,
+            f"no device {name!r} in {where} (create it first, e.g. 'tapengine tap add {name}', "
+            "or name its namespace with --netns)",
         )
-    try:
-        tun_flags = int((base / "tun_flags").read_text(), 16)
-    except FileNotFoundError:
-        raise ValueError(f"{name!r} is not a tun or tap device") from None
-    flags = int((base / "flags").read_text(), 16)
-    mode: Mode = "tap" if tun_flags & _IFF_TAP else "tun"
-    return DeviceInfo(name, mode, bool(tun_flags & _IFF_MULTI_QUEUE), bool(flags & _IFF_UP))
+    msg = msgs[0]
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
+    if kind != "tun":
+        raise ValueError(f"{name!r} is a {kind or 'hardware'} link, not a tun or tap device")
+    data = linkinfo.get_attr("IFLA_INFO_DATA")
+    tun_type = data.get_attr("IFLA_TUN_TYPE") if data is not None else None
+    multi_queue = bool(data.get_attr("IFLA_TUN_MULTI_QUEUE")) if data is not None else False
+    return DeviceInfo(
+        name, netns, "tun" if tun_type == _IFLA_TUN_TYPE_TUN else "tap", multi_queue,
+        bool(msg["flags"] & _IFF_UP),
+    )
+
+
+def open_device(info: DeviceInfo) -> TunQueue:
+    """Open one queue of the probed device, inside its namespace (the fd keeps working outside)."""
+    from tapengine.netns import inside_netns
+
+    with inside_netns(info.netns):
+        return open_queue(info.name, info.mode, multi_queue=info.multi_queue)
 
 
 # -- human output ------------------------------------------------------------------------------
@@ -478,6 +507,7 @@ __all__ = [
     "format_ns",
     "format_pps",
     "min_size",
+    "open_device",
     "parse_ip",
     "parse_mac",
     "parse_rate",

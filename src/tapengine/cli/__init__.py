@@ -16,7 +16,18 @@ from tapengine import __version__
 from tapengine.errors import TapengineError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("demo", "forward", "tap", "bridge", "netns", "topology", "stats", "cleanup")
+COMMAND_MODULES = (
+    "demo",
+    "forward",
+    "tap",
+    "bridge",
+    "netns",
+    "topology",
+    "stats",
+    "cleanup",
+    "gen",
+    "sink",
+)
 
 
 class CommandError(Exception):

@@ -1,0 +1,102 @@
+"""``tapengine sink DEV``: read frames, find loss, duplicates and reordering, measure latency."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tapengine.cli import example_epilog
+from tapengine.cli.gen import run_with_progress
+from tapengine.traffic import (
+    LatencyStats,
+    Sink,
+    SinkResult,
+    format_ns,
+    format_pps,
+    open_device,
+    probe_device,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sink", help="count frames from a tap or tun; loss, reordering and latency of probes",
+        description="Read every frame from the tap or tun DEV, recognise the probe frames of "
+        "'tapengine gen', and report per flow: lost (sequence numbers below the highest seen "
+        "that never arrived), duplicates, and reordered (arrived below the highest seen, not a "
+        "duplicate); and the one-way latency (p50/p90/p99/max) from the send timestamps, which "
+        "needs the generator on the same machine. Other frames are counted apart. Runs until "
+        "--count probe frames, --duration, --idle, or Ctrl-C.",
+        epilog=example_epilog(
+            "tapengine sink tap1 --idle 1",
+            "tapengine sink tun1 --netns lab --duration 10 --json --per-flow",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("device", metavar="DEV", help="an existing tap or tun")
+    parser.add_argument("--netns", help="the namespace DEV lives in")
+    parser.add_argument("--count", type=int, help="stop after this many probe frames")
+    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    parser.add_argument("--idle", type=float, metavar="SECONDS",
+                        help="stop this long after the last probe frame (once one arrived)")
+    parser.add_argument("--max-flows", type=int, default=1024,
+                        help="flows tracked (ids above are counted as untracked)")
+    parser.add_argument("--per-flow", action="store_true", help="per-flow results in --json")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(func=run, command_name="sink")
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name in ("count", "duration", "idle"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name} must be positive, not {value}")
+
+
+def format_latency(latency: LatencyStats | None) -> str:
+    if latency is None:
+        return "no latency samples"
+    return (f"one-way latency p50 {format_ns(latency.p50_ns)}, p90 {format_ns(latency.p90_ns)}, "
+            f"p99 {format_ns(latency.p99_ns)}, max {format_ns(latency.max_ns)}")  # fmt: skip
+
+
+def format_result(name: str, result: SinkResult) -> str:
+    return "\n".join([
+        f"sink {name}: {result.packets:,} frames ({result.bytes:,} bytes): "
+        f"{result.probe_packets:,} probe frames in {result.flows_seen} flow(s), "
+        f"{result.other_packets:,} other",
+        f"  lost {result.lost:,}, duplicates {result.duplicates:,}, reordered "
+        f"{result.reordered:,}; {format_pps(result.pps)} over {result.elapsed_s:.3f} s",
+        f"  {format_latency(result.latency)}",
+    ])  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    info = probe_device(args.device, args.netns)
+    started = time.monotonic()
+    with Sink(tun=info.mode == "tun", max_flows=args.max_flows) as sink:
+
+        def progress() -> str:
+            c = sink.counters[0]
+            rate = format_pps(int(c["packets"]) / max(time.monotonic() - started, 1e-9))
+            return (f"sink {info.name}: {int(c['packets']):,} frames ({rate}), "
+                    f"{int(c['probe_packets']):,} probes, {int(c['duplicates']):,} dup, "
+                    f"{int(c['reordered']):,} reordered")  # fmt: skip
+
+        with open_device(info) as queue:
+            _, interrupted = run_with_progress(
+                lambda: sink.run(queue, count=args.count, duration=args.duration, idle=args.idle),
+                sink.stop, progress, show=sys.stderr.isatty() and not args.quiet and not args.json,
+            )
+        result = SinkResult.of(sink)
+    if args.json:
+        out = {"device": info.name, "netns": info.netns, "mode": info.mode,
+               "interrupted": interrupted, **result.as_dict(per_flow=args.per_flow)}
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_result(info.name, result))
+    return 130 if interrupted and (args.count or args.duration or args.idle) else 0
