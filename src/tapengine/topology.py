@@ -431,7 +431,7 @@ class Topology:
         self.links = links
         self.engine_ports = engine_ports
         self.source = source
-        self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._undo: list[Callable[[], None]] = []
 
     @classmethod
     def from_dict(
@@ -492,40 +492,56 @@ class Topology:
                 self._rollback()
                 raise
 
-    def _record(self, what: str, undo: Callable[[], None]) -> None:
-        self._undo.append((what, undo))
+    def _step(self, undo: Callable[[], None] | None, action: Callable[[], object]) -> None:
+        """Run one creation step with its undo recorded first, signals held until it is done.
+
+        A step is never cut in half (pyroute2 creates a namespace in a child process that would
+        otherwise finish after our rollback); a signal that arrived meanwhile is raised right
+        after, between steps, where the undo log is exact.
+        """
+        with _signals("defer"):
+            if undo is not None:
+                self._undo.append(undo)
+            action()
 
     def _build(self) -> None:
         self._undo.clear()
         for ns in self.namespaces:
-            self._record(f"netns {ns}", lambda ns=ns: delete_netns(ns, force=True))
-            create_netns(ns).owned = False  # ownership lives in the undo log
+            self._step(lambda ns=ns: delete_netns(ns, force=True), lambda ns=ns: create_netns(ns))
         for spec in self.links:
-            self._record(
-                f"link {spec.name}",
+            self._step(
                 lambda s=spec: devices.delete_link(s.name, netns=s.netns, force=True),
+                lambda s=spec: self._create(s),
             )
-            if spec.kind == "bridge":
-                devices.create_bridge(spec.name, netns=spec.netns, stp=spec.stp).owned = False
-            elif spec.kind == "tap":
-                devices.create_tap(
-                    spec.name, mode=spec.mode, queues=spec.queues, vnet_hdr=spec.vnet_hdr,
-                    owner=spec.owner, group=spec.group, netns=spec.netns,
-                ).owned = False  # fmt: skip
-            else:
-                assert spec.peer is not None
-                devices.create_veth(
-                    spec.name, spec.peer.name, netns=spec.netns, peer_netns=spec.peer.netns
-                ).owned = False
         for spec in self.all_links():
-            self._configure(spec)
+            self._step(None, lambda s=spec: self._configure(s))
         for bridge in (spec for spec in self.links if spec.kind == "bridge"):
-            link = devices.get_bridge(bridge.name, bridge.netns)
             for port in bridge.ports:
-                link.attach(self.prefix + port)
+                self._step(
+                    None,
+                    lambda b=bridge, p=port: devices.get_bridge(b.name, b.netns).attach(
+                        self.prefix + p
+                    ),
+                )
         for spec in self.all_links():
             if spec.up:
-                devices.get_link(spec.name, spec.netns).up()
+                self._step(None, lambda s=spec: devices.get_link(s.name, s.netns).up())
+
+    @staticmethod
+    def _create(spec: LinkSpec) -> None:
+        # The Links returned own nothing here: ownership lives in the undo log.
+        if spec.kind == "bridge":
+            devices.create_bridge(spec.name, netns=spec.netns, stp=spec.stp).owned = False
+        elif spec.kind == "tap":
+            devices.create_tap(
+                spec.name, mode=spec.mode, queues=spec.queues, vnet_hdr=spec.vnet_hdr,
+                owner=spec.owner, group=spec.group, netns=spec.netns,
+            ).owned = False  # fmt: skip
+        else:
+            assert spec.peer is not None
+            devices.create_veth(
+                spec.name, spec.peer.name, netns=spec.netns, peer_netns=spec.peer.netns
+            ).owned = False
 
     def _configure(self, spec: LinkSpec) -> None:
         link = devices.get_link(spec.name, spec.netns)
@@ -539,7 +555,7 @@ class Topology:
     def _rollback(self) -> None:
         with _signals("defer"):
             while self._undo:
-                _what, undo = self._undo.pop()
+                undo = self._undo.pop()
                 with contextlib.suppress(Exception):
                     undo()
 
