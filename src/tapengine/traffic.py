@@ -410,13 +410,13 @@ class DeviceInfo:
 def probe_device(name: str, netns: str | None = None) -> DeviceInfo:
     """What kind of tun/tap ``name`` is (in namespace ``netns``), asked over netlink.
 
-    Raises ``FileNotFoundError`` if there is no such link and ``ValueError`` if it is not a tun
-    or tap. Nothing is opened or changed.
+    Raises ``DeviceNotFoundError`` (a ``FileNotFoundError``) if there is no such link and
+    ``ValueError`` if it is not a tun or tap. Nothing is opened or changed.
     """
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from tapengine.errors import check_ifname
+    from tapengine.errors import DeviceNotFoundError, check_ifname
     from tapengine.netns import inside_netns
 
     check_ifname(name)
@@ -430,7 +430,7 @@ def probe_device(name: str, netns: str | None = None) -> DeviceInfo:
                 raise OSError(err.code, f"cannot look up {name!r}: {reason}") from None
             msgs = []
     if not msgs:
-        raise FileNotFoundError(
+        raise DeviceNotFoundError(
             errno.ENODEV,
             f"no device {name!r} in {where} (create it first, e.g. 'tapengine tap add {name}', "
             "or name its namespace with --netns)",
@@ -439,7 +439,8 @@ def probe_device(name: str, netns: str | None = None) -> DeviceInfo:
     linkinfo = msg.get_attr("IFLA_LINKINFO")
     kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
     if kind != "tun":
-        raise ValueError(f"{name!r} is a {kind or 'hardware'} link, not a tun or tap device")
+        what = f"a {kind} link" if kind else "a link without a kind (hardware or loopback)"
+        raise ValueError(f"{name!r} is not a tun or tap device: it is {what}")
     data = linkinfo.get_attr("IFLA_INFO_DATA")
     tun_type = data.get_attr("IFLA_TUN_TYPE") if data is not None else None
     multi_queue = bool(data.get_attr("IFLA_TUN_MULTI_QUEUE")) if data is not None else False

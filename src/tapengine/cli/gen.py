@@ -124,6 +124,7 @@ def _config(args: argparse.Namespace, mode: str) -> GenConfig:
 
 def run(args: argparse.Namespace) -> int:
     # parse and build everything first: bad input changes nothing
+    _config(args, "tap").generator()  # the arguments alone first: their errors before lookups
     info = probe_device(args.device, args.netns)
     config = _config(args, info.mode)
     gen = config.generator()
