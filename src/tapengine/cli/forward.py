@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("a switch needs at least two taps")
     if args.mode == "switch" and args.tun:
         raise CommandError("a switch forwards Ethernet frames: --tun is not possible here")
+    if len(set(args.ports)) != len(args.ports):
+        raise CommandError(f"a device is listed twice: {' '.join(args.ports)}")
     if not 1 <= args.queues <= 64:
         raise CommandError(f"--queues must be between 1 and 64, not {args.queues}")
     if not 1 <= args.budget <= 256:
