@@ -14,8 +14,9 @@ partial checksums of ordinary packets. The C-level API is in ``gso.pxd``; the fu
 thin wrappers for tests, pcap and consumers.
 
 Output headers are all zero (flags 0, gso_type NONE): a plain frame whose checksums are complete,
-exactly what the kernel hands over for such a frame. DATA_VALID is not set: it would let the
-receiving stack skip verification, and the copy we made could in principle be wrong. With
+exactly what the kernel hands over for such a frame. DATA_VALID is deliberately not set: it would
+let the receiving stack skip verification, and we want a mistake here to show up in the kernel's
+checksum error counters, not as corrupt data. With
 ``partial_csum=True`` (``GSO_OUT_PARTIAL_CSUM``) the L4 checksum is left partial and the header
 says NEEDS_CSUM, for an egress that does checksums but not segmentation.
 """
@@ -607,9 +608,10 @@ def segment_batch(PacketRing src not None, uint32_t first, uint32_t count,
     """
     if src.closed or dst.closed:
         raise ValueError("the packet ring is closed")
-    if count > src.tail - first:
+    cdef uint32_t held = src.tail - first          # free-running indices wrap together
+    if count > held or held > src.nslots:
         raise ValueError(f"cannot segment {count} packets from slot {first}: "
-                         f"only {src.tail - first} are there")
+                         f"{src.tail - src.head} are held from slot {src.head}")
     cdef gso_stats stats
     memset(&stats, 0, sizeof(stats))
     cdef uint32_t consumed

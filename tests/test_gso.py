@@ -497,6 +497,15 @@ def test_segment_batch_drops_what_can_never_fit_the_destination():
     assert (too_small["consumed"], too_small["drops"]) == (1, {"slot_too_small": 1})
 
 
+def test_segment_batch_refuses_slots_that_hold_no_packet():
+    src = PacketRing(4, 2048)
+    src.push(bytes(Shape().build(b"x")))
+    with pytest.raises(ValueError, match="held"):
+        gso.segment_batch(src, 0, 2, PacketRing(4, 2048))
+    with pytest.raises(ValueError, match="held"):
+        gso.segment_batch(src, 5, 0, PacketRing(4, 2048))
+
+
 def test_segment_batch_partial_mode_sets_needs_csum_headers():
     src = PacketRing(2, 65536 + 128)
     dst = PacketRing(8, 2048)
