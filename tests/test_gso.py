@@ -27,6 +27,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
     in6_pseudoheader,
 )
 from scapy.layers.l2 import ARP, Dot1Q, Ether
@@ -387,6 +388,8 @@ def _malformed():
     _, udp_frame = superframe(Shape(udp=True), b"y" * 3000, 1000)
     frag = bytes(Ether(src=MAC_A, dst=MAC_B) / IPv6(src="fd77::1", dst="fd77::2") /
                  IPv6ExtHdrFragment() / TCP() / Raw(b"z" * 3000))
+    routed = bytes(Ether(src=MAC_A, dst=MAC_B) / IPv6(src="fd77::1", dst="fd77::2") /
+                   IPv6ExtHdrRouting(addresses=["fd77::3"], segleft=1) / TCP() / Raw(b"z" * 3000))
     arp = bytes(Ether(src=MAC_A, dst=MAC_B) / ARP())
     return [
         ("too_short", header, frame[:30]),
@@ -412,6 +415,7 @@ def _malformed():
         ("unsupported_protocol", vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16), arp + b"\0" * 40),
         ("unsupported_protocol", header, _patched(frame, 14 + 6, b"\x20\x00")),  # MF fragment
         ("unsupported_protocol", vnet(0, GSO_TCPV6, 0, 1000, 0, 0), frag),
+        ("unsupported_protocol", vnet(0, GSO_TCPV6, 0, 1000, 0, 0), routed),
         ("protocol_mismatch", vnet(flags, GSO_TCPV6, hdr_len, mss, start, offset), frame),
         ("protocol_mismatch", vnet(flags, GSO_TCPV4, 0, 1000, 54, 16), ip6_frame),
         ("protocol_mismatch", vnet(flags, GSO_UDP_L4, hdr_len, mss, start, offset), frame),
