@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -24,9 +24,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from tapengine import PacketRing
+from conftest import inside_netns
+from tapengine import PacketRing, TunQueue, open_queue
 from tapengine._pktgen import MAGIC, Generator, Sink, monotonic
-from tapengine.traffic import GenConfig, SinkResult, parse_rate, parse_size
+from tapengine.traffic import GenConfig, GenResult, SinkResult, parse_rate, parse_size
 
 PROBE = np.dtype([("magic", ">u4"), ("seq", ">u4"), ("sent_ns", ">u8"), ("flow", ">u2")])
 
@@ -394,3 +395,119 @@ def test_sink_run_reports_a_bad_descriptor_as_oserror() -> None:
         os.close(read_end)
         with pytest.raises(OSError):
             sink.run(read_end, duration=0.1)
+
+
+# -- privileged: through a kernel bridge, against the kernel's counters ------------------------
+
+
+class BridgedTaps:
+    """Taps ``a`` and ``b`` in a bridge inside a fresh namespace; frames written to ``a`` are
+    flooded to ``b`` (the destination MAC is never a source, so never learned)."""
+
+    def __init__(self, netns: str, a: TunQueue, b: TunQueue) -> None:
+        self.netns, self.a, self.b = netns, a, b
+
+    def stats(self, queue: TunQueue) -> dict[str, int]:
+        from pyroute2 import IPRoute
+
+        with inside_netns(self.netns), IPRoute() as ipr:
+            (link,) = ipr.get_links(ifname=queue.name)
+            return dict(link.get_attr("IFLA_STATS64"))
+
+
+@pytest.fixture
+def bridged_taps(make_netns: Callable[[str], str], prefix: str) -> Iterator[BridgedTaps]:
+    from pyroute2 import IPRoute
+
+    netns = make_netns("ns")
+    with inside_netns(netns):
+        # no IPv6 autoconfiguration or IGMP: nothing but our frames on the taps
+        for knob, value in (("ipv6/conf/all/disable_ipv6", "1"),
+                            ("ipv6/conf/default/disable_ipv6", "1"),
+                            ("ipv4/igmp_link_local_mcast_reports", "0")):
+            with open(f"/proc/sys/net/{knob}", "w") as file:
+                file.write(value)
+        # non-persistent taps created inside the namespace: they vanish with their fds
+        a = open_queue(prefix + "a", "tap")
+        b = open_queue(prefix + "b", "tap")
+    with a, b:
+        with inside_netns(netns), IPRoute() as ipr:
+            ipr.link("add", ifname=prefix + "br", kind="bridge", br_stp_state=0)
+            (bridge,) = ipr.link_lookup(ifname=prefix + "br")
+            for queue in (a, b):
+                (index,) = ipr.link_lookup(ifname=queue.name)
+                ipr.link("set", index=index, master=bridge, state="up")
+            ipr.link("set", index=bridge, state="up")
+        time.sleep(0.05)
+        with Sink() as drain:            # whatever the kernel sent while the ports came up
+            drain.run(b, duration=0.05)
+        yield BridgedTaps(netns, a, b)
+
+
+def run_sink_beside(sink: Sink, queue: TunQueue, **limits: float) -> threading.Thread:
+    thread = threading.Thread(target=sink.run, args=(queue,), kwargs=limits)
+    thread.start()
+    return thread
+
+
+@pytest.mark.privileged
+def test_bridge_path_counts_match_the_generator_and_the_kernel(bridged_taps: BridgedTaps) -> None:
+    pair = bridged_taps
+    gen = GenConfig(flows=4, sizes=parse_size("imix"), rate=parse_rate("50kpps")).generator()
+    a_before, b_before = pair.stats(pair.a), pair.stats(pair.b)
+    with Sink() as sink:
+        reader = run_sink_beside(sink, pair.b, count=20_000, duration=20)
+        sent = gen.send(pair.a, count=20_000)
+        reader.join()
+        time.sleep(0.05)
+        sink.run(pair.b, duration=0.05)     # anything still queued
+        result = SinkResult.of(sink)
+    a_after, b_after = pair.stats(pair.a), pair.stats(pair.b)
+    written = int(gen.counters[0]["bytes"])
+    assert sent == 20_000
+    assert a_after["rx_packets"] - a_before["rx_packets"] == sent
+    assert a_after["rx_bytes"] - a_before["rx_bytes"] == written
+    assert b_after["tx_packets"] - b_before["tx_packets"] == result.packets
+    assert b_after["tx_bytes"] - b_before["tx_bytes"] == result.bytes
+    assert result.probe_packets == sent and result.probe_bytes == written
+    assert (result.lost, result.duplicates, result.reordered) == (0, 0, 0)
+    assert [flow.received for flow in result.per_flow] == [5000] * 4
+
+
+@pytest.mark.privileged
+def test_flat_out_losses_seen_by_the_sink_are_the_kernels_drops(bridged_taps: BridgedTaps) -> None:
+    pair = bridged_taps
+    gen = GenConfig(flows=2).generator()
+    before = pair.stats(pair.a), pair.stats(pair.b)
+    with Sink(nslots=64) as sink:
+        sent = gen.send(pair.a, count=30_000)      # the sink starts late: tap b's queue overflows
+        sink.run(pair.b, idle=0.2, duration=10)
+        result = SinkResult.of(sink)
+    after = pair.stats(pair.a), pair.stats(pair.b)
+    dropped = sum(after[i][key] - before[i][key]
+                  for i, key in ((0, "rx_dropped"), (1, "tx_dropped")))
+    tail = sum(int(gen.flow_seq[flow.flow]) - flow.highest_seq - 1 for flow in result.per_flow)
+    assert dropped > 0
+    assert result.probe_packets == sent - dropped
+    assert result.lost + tail == dropped
+    assert result.duplicates == 0
+
+
+@pytest.mark.privileged
+def test_fixed_rate_through_the_bridge_is_lossless_in_order_and_on_rate(
+    bridged_taps: BridgedTaps,
+) -> None:
+    pair = bridged_taps
+    gen = GenConfig(flows=4, rate=parse_rate("20kpps")).generator()
+    with Sink() as sink:
+        reader = run_sink_beside(sink, pair.b, idle=0.3, duration=15)
+        sent = gen.send(pair.a, duration=2.0)
+        reader.join()
+        result = SinkResult.of(sink)
+    generated = GenResult.of(gen)
+    assert result.probe_packets == sent
+    assert (result.lost, result.duplicates, result.reordered) == (0, 0, 0)
+    assert result.pps == pytest.approx(20_000, rel=0.02)        # measured at the sink
+    assert generated.pps == pytest.approx(20_000, rel=0.02)     # and by the generator
+    assert sent == pytest.approx(40_000, rel=0.02)
+    assert result.latency is not None and result.latency.count == sent
