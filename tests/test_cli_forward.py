@@ -166,3 +166,24 @@ def test_help_shows_an_example() -> None:
         assert f"tapengine {command} " in out.split("example:")[1]
 
 
+
+
+def test_demo_forwards_the_kernels_traffic_and_removes_everything(privileged: None) -> None:
+    result = subprocess.run([sys.executable, "-m", "tapengine", "demo", "--seconds", "1",
+                             "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["iperf3"]["bytes"] > 0
+    assert "0% packet loss" in report["ping"][0]
+    for port in report["engine"]["ports"]:
+        kernel = report["kernel"][port["ifname"]]
+        assert port["stats64"]["rx"]["packets"] == kernel["tx_packets"]
+        assert port["stats64"]["tx"]["packets"] == kernel["rx_packets"]
+    removed = [line for line in result.stderr.splitlines() if line.startswith("removed")]
+    netns_a, netns_b = removed[0].split()[2], removed[0].split()[4]
+    assert netns_a not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                         text=True).stdout
+    assert netns_b not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                         text=True).stdout
+    for port in report["engine"]["ports"]:
+        assert not link_exists(port["ifname"])
