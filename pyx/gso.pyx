@@ -29,6 +29,8 @@ from tapengine._ring cimport (
     VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len,
 )
 
+from tapengine.errors import MalformedPacketError
+
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t htons(uint16_t)
 
@@ -520,9 +522,7 @@ def reason_name(int code):
 
 
 cdef _refuse(int reason, str what):
-    err = ValueError(f"{what}: {REASONS[reason]}")
-    err.reason = REASONS[reason]
-    raise err
+    raise MalformedPacketError(f"{what}: {REASONS[reason]}", REASONS[reason])
 
 
 def validate(header, frame, *, bint l2=True):
@@ -542,8 +542,9 @@ def validate(header, frame, *, bint l2=True):
 def complete_checksum(header, frame, *, bint l2=True):
     """Return a copy of a non-GSO ``frame`` with its ``NEEDS_CSUM`` checksum completed.
 
-    A frame without ``NEEDS_CSUM`` comes back unchanged. Raises ``ValueError`` (with a
-    ``reason`` attribute naming the ``REASONS`` entry) for an invalid header or a GSO frame.
+    A frame without ``NEEDS_CSUM`` comes back unchanged. Raises ``MalformedPacketError`` (a
+    ``ValueError`` whose ``reason`` names the ``REASONS`` entry) for an invalid header or a GSO
+    frame.
     """
     cdef const uint8_t[::1] h = _header_view(header)
     cdef const uint8_t[::1] f = _bytes_view(frame, "the frame")
@@ -567,7 +568,7 @@ def segment(header, frame, *, bint l2=True, bint partial_csum=False, bint with_h
     Returns the frames (``bytes``), or ``(header, frame)`` pairs with ``with_headers``. A non-GSO
     packet comes back as one frame with its checksum completed. ``partial_csum`` leaves L4
     checksums partial (pseudo-header sum, header NEEDS_CSUM) as for an egress with CSUM offload.
-    Raises ``ValueError`` (with a ``reason`` attribute) for an invalid header.
+    Raises ``MalformedPacketError`` (a ``ValueError`` with a ``reason``) for an invalid header.
     """
     cdef const uint8_t[::1] h = _header_view(header)
     cdef const uint8_t[::1] f = _bytes_view(frame, "the frame")

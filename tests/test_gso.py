@@ -37,6 +37,7 @@ from scapy.utils import checksum
 
 from tapengine import PacketRing
 from tapengine import _gso as gso
+from tapengine.errors import MalformedPacketError
 
 NEEDS_CSUM = 1
 GSO_NONE, GSO_TCPV4, GSO_UFO, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 0, 1, 3, 4, 5, 0x80
@@ -366,7 +367,7 @@ def test_inner_checksum_of_a_tunnel_packet_is_completed():
 
 def test_complete_checksum_refuses_a_superframe():
     header, frame = superframe(Shape(), b"x" * 3000, 1000)
-    with pytest.raises(ValueError, match="segment") as info:
+    with pytest.raises(MalformedPacketError, match="segment") as info:
         gso.complete_checksum(header, frame)
     assert info.value.reason == "bad_gso_type"
 
@@ -428,7 +429,7 @@ def _malformed():
                          ids=[f"{i}-{case[0]}" for i, case in enumerate(_malformed())])
 def test_malformed_packet_is_refused_with_its_reason(reason, header, frame):
     assert gso.validate(header, frame)[0] == reason
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(MalformedPacketError) as info:
         gso.segment(header, frame)
     assert info.value.reason == reason
 

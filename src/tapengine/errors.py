@@ -125,3 +125,11 @@ class TopologyError(TapengineError, ValueError):
         if key:
             where += f": {key}"
         super().__init__(f"{where}: {message}")
+
+
+class MalformedPacketError(TapengineError, ValueError):
+    """A packet or its virtio-net header is refused; ``reason`` names why (a GsoReason name)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
