@@ -6,6 +6,7 @@ iproute2 instead, so a test compares two independent paths to the same kernel st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -59,11 +60,9 @@ def leftovers(prefix: str) -> list[str]:
     """Names with ``prefix`` anywhere: namespaces, and links in the root and in all namespaces."""
     found = sorted(ns for ns in namespaces() if ns.startswith(prefix))
     for ns in [None, *namespaces()]:
-        try:
+        with contextlib.suppress(LookupError):  # a namespace of another test vanished meanwhile
             found += [f"{ns}/{i['ifname']}" for i in ip_json("link", "show", netns=ns)
                       if i["ifname"].startswith(prefix)]  # fmt: skip
-        except LookupError:
-            pass  # a namespace of another test vanished meanwhile
     return found
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from control_helpers import (
     assert_one_line_error,
     ip_json,
@@ -100,13 +101,20 @@ def test_netns_add_list_del(privileged: None, prefix: str) -> None:
     assert name not in namespaces()
 
 
+def send_loopback_udp(netns: str, count: int) -> None:
+    code = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for _ in range({count}): s.sendto(b'x' * 100, ('127.0.0.1', 9))"
+    )
+    subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], check=True)
+
+
 def test_stats_json_is_shaped_like_ip(make_netns: Callable[[str], str], prefix: str) -> None:
     ns = make_netns("a")
     # loopback traffic inside the namespace gives the counters something to show
     subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
     assert tapengine("tap", "add", prefix + "t", "--netns", ns).returncode == 0
-    code = "import socket; s=socket.socket(2,2); [s.sendto(b'x'*100,('127.0.0.1',9)) for _ in range(5)]"
-    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], check=True)
+    send_loopback_udp(ns, 5)
     ours = json.loads(tapengine("stats", "--netns", ns, "--json").stdout)
     theirs = ip_json("-s", "-s", "link", "show", netns=ns)
     assert [e["ifname"] for e in ours] == [e["ifname"] for e in theirs] == ["lo", prefix + "t"]
@@ -120,8 +128,7 @@ def test_stats_human_output_shows_the_counters_of_ip(
 ) -> None:
     ns = make_netns("a")
     subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-    code = "import socket; s=socket.socket(2,2); [s.sendto(b'x'*100,('127.0.0.1',9)) for _ in range(3)]"
-    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], check=True)
+    send_loopback_udp(ns, 3)
     output = tapengine("stats", "lo", "--netns", ns).stdout.splitlines()
     (reference,) = ip_json("-s", "link", "show", "lo", netns=ns)
     rx = reference["stats64"]["rx"]
@@ -158,7 +165,8 @@ def test_cleanup_removes_only_its_prefix(privileged: None, prefix: str) -> None:
         subprocess.run(["ip", "netns", "add", mine], check=True)
         subprocess.run(["ip", "link", "add", mine + "v", "type", "veth", "peer", "name",
                         mine + "p", "netns", other], check=True)  # fmt: skip
-        subprocess.run(["ip", "-n", other, "link", "add", other + "b", "type", "bridge"], check=True)
+        subprocess.run(["ip", "-n", other, "link", "add", other + "b", "type", "bridge"],
+                       check=True)  # fmt: skip
         dry = json.loads(tapengine("cleanup", "--prefix", mine, "--dry-run", "--json").stdout)
         assert dry == {"links": [mine + "v", f"{other}/{mine}p"], "netns": [mine]}
         assert leftovers(mine) == [mine, f"None/{mine}v", f"{other}/{mine}p"]
@@ -204,7 +212,9 @@ BAD_COMMANDS: list[tuple[list[str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("template", "fragment"), BAD_COMMANDS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+@pytest.mark.parametrize(
+    ("template", "fragment"), BAD_COMMANDS, ids=[" ".join(argv) for argv, _ in BAD_COMMANDS]
+)
 def test_bad_input_is_one_line_and_changes_nothing(
     lab: str, prefix: str, template: list[str], fragment: str
 ) -> None:

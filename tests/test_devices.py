@@ -7,8 +7,8 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
-from control_helpers import addresses, ip_json, link, remove_everything, snapshot
 
+from control_helpers import addresses, ip_json, link, remove_everything, snapshot
 from tapengine import devices, tun
 from tapengine.errors import (
     DeviceBusyError,
@@ -56,7 +56,9 @@ def test_invalid_mtu_is_refused(mtu: object) -> None:
         devices.check_mtu(mtu)
 
 
-@pytest.mark.parametrize("cidr", ["10.77.0.1", "10.77.0.300/24", "10.77.0.1/33", "fd77::1/129", "x/8"])
+@pytest.mark.parametrize(
+    "cidr", ["10.77.0.1", "10.77.0.300/24", "10.77.0.1/33", "fd77::1/129", "x/8"]
+)
 def test_invalid_address_is_refused(cidr: str) -> None:
     with pytest.raises(InvalidValueError, match="address"):
         devices.check_cidr(cidr)
@@ -80,7 +82,9 @@ def test_netlink_calls_refuse_to_run_inside_an_event_loop() -> None:
 
 
 def test_multi_queue_vnet_hdr_tap_with_owner_and_group(ns: str, prefix: str) -> None:
-    tap = devices.create_tap(prefix + "t", queues=4, vnet_hdr=True, owner=1234, group=4321, netns=ns)
+    tap = devices.create_tap(
+        prefix + "t", queues=4, vnet_hdr=True, owner=1234, group=4321, netns=ns
+    )
     assert (tap.name, tap.netns, tap.kind) == (prefix + "t", ns, "tap")
     data = tun_data(prefix + "t", ns)
     assert data["type"] == "tap"
@@ -264,9 +268,11 @@ def test_open_all_queues_of_a_multi_queue_tap(ns: str, prefix: str) -> None:
 
 def test_second_open_of_a_single_queue_tap_explains_ebusy(ns: str, prefix: str) -> None:
     devices.create_tap(prefix + "t", netns=ns)
-    with run_in_netns(ns, tun.open_queue, prefix + "t"):
-        with pytest.raises(DeviceBusyError, match="busy.*single-queue"):
-            run_in_netns(ns, tun.open_queue, prefix + "t")
+    with (
+        run_in_netns(ns, tun.open_queue, prefix + "t"),
+        pytest.raises(DeviceBusyError, match=r"busy.*single-queue"),
+    ):
+        run_in_netns(ns, tun.open_queue, prefix + "t")
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from control_helpers import ip_json, remove_everything
 
+from control_helpers import ip_json, remove_everything
 from tapengine import devices
 from tapengine.errors import DeviceNotFoundError
 from tapengine.kstats import LinkStats, rates, read_all_stats, read_stats

@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from control_helpers import ip_json, link, namespaces, remove_everything
 
+from control_helpers import ip_json, link, namespaces, remove_everything
 from tapengine import devices
 from tapengine.errors import DeviceExistsError, DeviceNotFoundError, InvalidNameError
 from tapengine.netns import (
@@ -59,7 +59,9 @@ def test_invalid_namespace_names_are_refused_before_any_syscall(bad: str) -> Non
         create_netns(bad)
 
 
-def test_created_namespace_is_listed_by_ip_with_loopback_up(owned_netns: Callable[[str], str]) -> None:
+def test_created_namespace_is_listed_by_ip_with_loopback_up(
+    owned_netns: Callable[[str], str],
+) -> None:
     name = owned_netns("a")
     namespace = create_netns(name)
     assert namespace.name == name and namespace.owned
@@ -68,7 +70,9 @@ def test_created_namespace_is_listed_by_ip_with_loopback_up(owned_netns: Callabl
     assert "UP" in link("lo", name)["flags"]
 
 
-def test_creating_an_existing_namespace_fails_and_keeps_it(make_netns: Callable[[str], str]) -> None:
+def test_creating_an_existing_namespace_fails_and_keeps_it(
+    make_netns: Callable[[str], str],
+) -> None:
     name = make_netns("a")
     before = netns_inode(name)
     with pytest.raises(DeviceExistsError, match="already exists"):
@@ -76,7 +80,9 @@ def test_creating_an_existing_namespace_fails_and_keeps_it(make_netns: Callable[
     assert netns_inode(name) == before
 
 
-def test_namespace_context_manager_deletes_what_it_created(owned_netns: Callable[[str], str]) -> None:
+def test_namespace_context_manager_deletes_what_it_created(
+    owned_netns: Callable[[str], str],
+) -> None:
     name = owned_netns("a")
     with create_netns(name) as namespace:
         assert namespace.exists()

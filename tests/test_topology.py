@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control_helpers import addresses, leftovers, link, namespaces, remove_everything, snapshot
 
+from control_helpers import addresses, leftovers, link, namespaces, remove_everything, snapshot
 from tapengine import devices
 from tapengine.errors import InvalidValueError, TopologyError
 from tapengine.kstats import read_stats
@@ -58,28 +58,43 @@ def bridged(**changes: Any) -> dict[str, Any]:
 # -- checking descriptions (nothing is built; no privilege needed) ----------------------------
 
 
+def put(section: str, name: str, key: str, value: Any) -> Any:
+    return lambda d: d[section][name].__setitem__(key, value)
+
+
+def append(*path_and_value: str) -> Any:
+    *path, value = path_and_value
+
+    def mutate(data: dict[str, Any]) -> None:
+        for key in path:
+            data = data[key]
+        data.append(value)  # type: ignore[attr-defined]
+
+    return mutate
+
+
 @pytest.mark.parametrize(
     ("mutate", "key", "fragment"),
     [
         (lambda d: d.update(colour="red"), "colour", "unknown key"),
-        (lambda d: d["veth"]["red0"].update(adresses=[]), "veth.red0.adresses", "did you mean 'addresses'"),
-        (lambda d: d["veth"]["red0"].update(netns="green"), "veth.red0.netns", "'green' is not defined"),
-        (lambda d: d["veth"]["red0"].update(peer_netns="green"), "veth.red0.peer_netns", "not defined"),
+        (put("veth", "red0", "adresses", []), "veth.red0.adresses", "did you mean 'addresses'"),
+        (put("veth", "red0", "netns", "green"), "veth.red0.netns", "'green' is not defined"),
+        (put("veth", "red0", "peer_netns", "green"), "veth.red0.peer_netns", "not defined"),
         (lambda d: d["veth"]["red0"].pop("peer"), "veth.red0.peer", "needs a peer"),
-        (lambda d: d["bridge"]["br0"]["ports"].append("ghost"), "bridge.br0.ports", "'ghost' is not a link"),
-        (lambda d: d["bridge"]["br0"]["ports"].append("red0"), "bridge.br0.ports", "bridge's namespace"),
-        (lambda d: d["engine"]["ports"].append("red0"), "engine.ports", "not a tap"),
-        (lambda d: d["tap"]["tap0"].update(mac="01:00:00:00:00:01"), "tap.tap0.mac", "multicast"),
-        (lambda d: d["tap"]["tap0"].update(mtu=10), "tap.tap0.mtu", "invalid MTU"),
-        (lambda d: d["tap"]["tap0"].update(mtu="9000"), "tap.tap0.mtu", "expected a int"),
-        (lambda d: d["veth"]["blue0"].update(addresses=["10.77.9.2"]), "veth.blue0.addresses", "prefix length"),
-        (lambda d: d["tap"]["tap0"].update(queues=0), "tap.tap0.queues", "expected 1 to"),
-        (lambda d: d["tap"]["tap0"].update(mode="eth"), "tap.tap0.mode", "'tap' or 'tun'"),
-        (lambda d: d["tap"].update({"a-very-long-tap-name": {}}), "tap.a-very-long-tap-name", "bytes long"),
+        (append("bridge", "br0", "ports", "ghost"), "bridge.br0.ports", "'ghost' is not a link"),
+        (append("bridge", "br0", "ports", "red0"), "bridge.br0.ports", "bridge's namespace"),
+        (append("engine", "ports", "red0"), "engine.ports", "not a tap"),
+        (put("tap", "tap0", "mac", "01:00:00:00:00:01"), "tap.tap0.mac", "multicast"),
+        (put("tap", "tap0", "mtu", 10), "tap.tap0.mtu", "invalid MTU"),
+        (put("tap", "tap0", "mtu", "9000"), "tap.tap0.mtu", "expected an integer"),
+        (put("veth", "blue0", "addresses", ["10.77.9.2"]), "veth.blue0.addresses", "prefix length"),
+        (put("tap", "tap0", "queues", 0), "tap.tap0.queues", "expected 1 to"),
+        (put("tap", "tap0", "mode", "eth"), "tap.tap0.mode", "'tap' or 'tun'"),
+        (lambda d: d["tap"].update({"a-long-tap-name": {}}), "tap.a-long-tap-name", "bytes long"),
         (lambda d: d["tap"].update({"red-sw": {"netns": "sw"}}), "veth", "used twice"),
         (lambda d: d.update(tap=["tap0"]), "tap", "expected a table"),
     ],
-)  # fmt: skip
+)
 def test_bad_descriptions_name_the_key_path(mutate: Any, key: str, fragment: str) -> None:
     data = bridged()
     mutate(data)

@@ -66,10 +66,14 @@ _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 def check_mac(mac: object) -> str:
     """A unicast, non-zero MAC address as ``aa:bb:cc:dd:ee:ff``, lower case; else raise."""
     if not isinstance(mac, str) or not _MAC_RE.match(mac):
-        raise InvalidValueError(f"invalid MAC address {mac!r}: expected six hex pairs like 02:00:00:00:00:01")
+        raise InvalidValueError(
+            f"invalid MAC address {mac!r}: expected six hex pairs like 02:00:00:00:00:01"
+        )
     mac = mac.lower()
     if int(mac[:2], 16) & 1:
-        raise InvalidValueError(f"invalid MAC address {mac!r}: it is multicast (lowest bit of the first byte set)")
+        raise InvalidValueError(
+            f"invalid MAC address {mac!r}: it is multicast (lowest bit of the first byte set)"
+        )
     if mac == "00:00:00:00:00:00":
         raise InvalidValueError("invalid MAC address '00:00:00:00:00:00': it is all zeros")
     return mac
@@ -77,7 +81,9 @@ def check_mac(mac: object) -> str:
 
 def check_mtu(mtu: object) -> int:
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
-        raise InvalidValueError(f"invalid MTU {mtu!r}: expected an integer from {MIN_MTU} to {MAX_MTU}")
+        raise InvalidValueError(
+            f"invalid MTU {mtu!r}: expected an integer from {MIN_MTU} to {MAX_MTU}"
+        )
     return mtu
 
 
@@ -412,7 +418,8 @@ def _open_exclusive(name: str, flags: tun.IfFlag, owner: int | None, group: int 
     fd = tun._open_control()
     try:
         try:
-            fcntl.ioctl(fd, tun.TUNSETIFF, tun._IFREQ.pack(name.encode(), int(flags | tun.IfFlag.TUN_EXCL)))
+            request = tun._IFREQ.pack(name.encode(), int(flags | tun.IfFlag.TUN_EXCL))
+            fcntl.ioctl(fd, tun.TUNSETIFF, request)
         except OSError as err:
             if err.errno == errno.EBUSY:
                 raise DeviceExistsError(
@@ -461,8 +468,12 @@ def create_tap(
     if isinstance(queues, bool) or not isinstance(queues, int) or not 1 <= queues <= MAX_TAP_QUEUES:
         raise InvalidValueError(f"invalid queue count {queues!r}: expected 1 to {MAX_TAP_QUEUES}")
     for label, ident in (("owner", owner), ("group", group)):
-        if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int) or ident < 0):
-            raise InvalidValueError(f"invalid {label} {ident!r}: expected a non-negative integer id")
+        if ident is not None and (
+            isinstance(ident, bool) or not isinstance(ident, int) or ident < 0
+        ):
+            raise InvalidValueError(
+                f"invalid {label} {ident!r}: expected a non-negative integer id"
+            )
     if netns is not None:
         check_netns_name(netns)
     flags = _tun_flags(mode, queues > 1, vnet_hdr)
@@ -550,7 +561,8 @@ def get_link(name: str, netns: str | None = None) -> Link:
 
 
 def get_bridge(name: str, netns: str | None = None) -> Bridge:
-    """The bridge ``name``; ``DeviceNotFoundError`` if missing, ``InvalidValueError`` if no bridge."""
+    """The bridge ``name``: ``DeviceNotFoundError`` if missing, ``InvalidValueError`` if another
+    kind of link has that name."""
     link = get_link(name, netns)
     if not isinstance(link, Bridge):
         raise InvalidValueError(f"{name!r} in {_where(netns)} is a {link.kind}, not a bridge")

@@ -169,7 +169,8 @@ def create_netns(name: str) -> Namespace:
     if netns_exists(name):
         raise DeviceExistsError(
             errno.EEXIST,
-            f"network namespace {name!r} already exists (delete it with 'tapengine netns del {name}')",
+            f"network namespace {name!r} already exists "
+            f"(delete it with 'tapengine netns del {name}')",
         )
     try:
         pyroute2_netns.create(name)
@@ -182,7 +183,8 @@ def create_netns(name: str) -> Namespace:
         code = err.errno or errno.EPERM
         if code in (errno.EPERM, errno.EACCES):
             raise _privilege_error(code, f"cannot create network namespace {name!r}") from None
-        raise OSError(code, f"cannot create network namespace {name!r}: {os.strerror(code)}") from None
+        message = f"cannot create network namespace {name!r}: {os.strerror(code)}"
+        raise OSError(code, message) from None
     namespace = Namespace(name, owned=True)
     try:
         # A fresh namespace has lo down; nearly every use (local sockets, engine tests) wants it up.

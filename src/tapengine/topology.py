@@ -116,7 +116,10 @@ class EnginePort:
                 self.netns, tun.open_queues, self.name, self.queues, self.mode,  # type: ignore[arg-type]
                 vnet_hdr=self.vnet_hdr,
             )  # fmt: skip
-        return [run_in_netns(self.netns, tun.open_queue, self.name, self.mode, vnet_hdr=self.vnet_hdr)]
+        queue = run_in_netns(
+            self.netns, tun.open_queue, self.name, self.mode, vnet_hdr=self.vnet_hdr  # type: ignore[arg-type]
+        )
+        return [queue]
 
 
 _COMMON_KEYS = {"netns", "mtu", "mac", "addresses", "up"}
@@ -126,6 +129,7 @@ _KEYS = {
     | {"peer", "peer_netns", "peer_mtu", "peer_mac", "peer_addresses", "peer_up"},
     "bridge": _COMMON_KEYS | {"stp", "ports"},
 }
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list of strings"}
 _TOP_KEYS = {"prefix", "netns", "tap", "veth", "bridge", "engine"}
 _ENGINE_KEYS = {"ports"}
 
@@ -172,7 +176,7 @@ class _Reader:
         if kind is list:
             ok = ok and all(isinstance(item, str) for item in value)
         if not ok:
-            expected = "a list of strings" if kind is list else f"a {kind.__name__}"
+            expected = _TYPE_NAMES[kind]
             raise self.error((*path, key), f"expected {expected}, got {value!r}")
         return value
 
@@ -191,7 +195,8 @@ class _Reader:
         self.check_unique(specs)
         self.check_ports(specs)
         engine = self.read_engine(top.get("engine", {}), specs)
-        return prefix, [self.final(ns, ("netns", ns), netns=True) for ns in namespaces], specs, engine
+        final_namespaces = [self.final(ns, ("netns", ns), netns=True) for ns in namespaces]
+        return prefix, final_namespaces, specs, engine
 
     def final(self, name: str, path: tuple[str, ...], *, netns: bool = False) -> str:
         """``prefix + name``, checked as a namespace or interface name."""
@@ -411,7 +416,9 @@ def _signals(mode: str) -> Iterator[list[int]]:
         for sig, old in previous.items():
             signal.signal(sig, old)
     if pending:
-        raise Terminated("terminated by SIGTERM") if signal.SIGTERM in pending else KeyboardInterrupt
+        if signal.SIGTERM in pending:
+            raise Terminated("terminated by SIGTERM")
+        raise KeyboardInterrupt
 
 
 class Topology:

@@ -6,13 +6,19 @@ import argparse
 
 from tapengine import devices
 from tapengine.cli import CommandError, example_epilog
-from tapengine.cli.tap import add_link_settings, apply_link_settings, check_link_settings, print_json
+from tapengine.cli.tap import (
+    add_link_settings,
+    apply_link_settings,
+    check_link_settings,
+    print_json,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bridge", help="create and delete bridges, attach and detach ports",
-        description="Create and delete Linux bridges (STP off by default), attach and detach ports.",
+        description="Create and delete Linux bridges (STP off by default); attach and detach "
+        "ports.",
         epilog=example_epilog("tapengine bridge add br0 --up", "tapengine bridge attach br0 tap0",
                               "tapengine bridge list --json"),
         formatter_class=argparse.RawDescriptionHelpFormatter,

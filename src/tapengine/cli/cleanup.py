@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Remove every network namespace whose name starts with PREFIX, and every link "
         "whose name does, in this namespace and in all named namespaces. Use it after a crash "
         "(or kill -9) left a topology half built.",
-        epilog=example_epilog("tapengine cleanup --prefix demo-", "tapengine cleanup --prefix demo- --dry-run"),
+        epilog=example_epilog("tapengine cleanup --prefix demo-",
+                              "tapengine cleanup --prefix demo- --dry-run"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--prefix", required=True, help="name prefix (at least 2 characters)")

@@ -82,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add.add_argument("name", help="interface name (at most 15 bytes)")
     add.add_argument("--tun", action="store_true", help="a layer-3 tun device instead of a tap")
-    add.add_argument("--queues", type=int, default=1, help="queues; more than 1 makes it multi-queue")
+    add.add_argument("--queues", type=int, default=1,
+                     help="number of queues; more than 1 makes it multi-queue")  # fmt: skip
     add.add_argument("--vnet-hdr", action="store_true", help="create with IFF_VNET_HDR")
     add.add_argument("--owner", type=_user_id, help="user (name or uid) allowed to open it")
     add.add_argument("--group", type=_group_id, help="group (name or gid) allowed to open it")
