@@ -276,15 +276,23 @@ def test_second_open_of_a_single_queue_tap_explains_ebusy(ns: str, prefix: str) 
 
 
 @pytest.mark.parametrize(
-    ("created", "opened"),
-    [({"queues": 2}, {"multi_queue": False}), ({"queues": 1}, {"multi_queue": True}),
-     ({"mode": "tun"}, {"mode": "tap"})],
+    ("created", "opened", "actual"),
+    [({"queues": 2}, {"multi_queue": False}, "it is a multi-queue tap"),
+     ({"queues": 1}, {"multi_queue": True}, "it is a single-queue tap"),
+     ({"mode": "tun"}, {"mode": "tap"}, "it is a single-queue tun")],
 )  # fmt: skip
 def test_open_with_other_flags_explains_einval(
-    ns: str, prefix: str, created: dict[str, object], opened: dict[str, object]
+    ns: str, prefix: str, created: dict[str, object], opened: dict[str, object], actual: str
 ) -> None:
     devices.create_tap(prefix + "t", netns=ns, **created)  # type: ignore[arg-type]
     before = link(prefix + "t", ns)
-    with pytest.raises(FlagMismatchError, match="other flags"):
+    with pytest.raises(FlagMismatchError, match="other flags") as caught:
         run_in_netns(ns, tun.open_queue, prefix + "t", **opened)
+    assert str(caught.value).endswith(actual)
     assert link(prefix + "t", ns)["linkinfo"] == before["linkinfo"]
+
+
+def test_opening_a_veth_as_a_tap_says_what_it_is(ns: str, prefix: str) -> None:
+    devices.create_veth(prefix + "v", prefix + "w", netns=ns)
+    with pytest.raises(FlagMismatchError, match="it is a veth, not a tun/tap device"):
+        run_in_netns(ns, tun.open_queue, prefix + "v")

@@ -599,6 +599,22 @@ def delete_link(name: str, *, netns: str | None = None, force: bool = False) -> 
             raise _translate(err.code, f"cannot delete link {name!r} in {_where(netns)}") from None
 
 
+def describe_link(name: str) -> str | None:
+    """How link ``name`` of the calling thread's namespace was made, for error messages:
+    ``"a multi-queue tap with vnet_hdr"``, ``"a veth, not a tun/tap device"``; None if unknown."""
+    try:
+        with rtnl(None) as ipr:
+            msg = _find(ipr, name, None)
+    except Exception:  # only an embellishment of another error: never mask that one
+        return None
+    kind = _kind_of(msg)
+    if kind not in ("tap", "tun"):
+        return f"a {kind}, not a tun/tap device"
+    data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    queues = "multi-queue" if data.get_attr("IFLA_TUN_MULTI_QUEUE") else "single-queue"
+    return f"a {queues} {kind}"
+
+
 def add_neighbor(dev: str, ip: str, mac: str, *, netns: str | None = None) -> None:
     """Add a permanent ARP (IPv4) or neighbour (IPv6) entry ``ip -> mac`` on ``dev``."""
     address = check_ip(ip)

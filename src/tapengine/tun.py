@@ -122,10 +122,14 @@ def _explain_setiff(err: OSError, name: str, flags: IfFlag) -> OSError:
             "(close the other user, or create the device with multi-queue)",
         )
     if err.errno == errno.EINVAL:
+        from tapengine.devices import describe_link  # lazy: devices imports this module
+
+        actual = describe_link(name)
         return FlagMismatchError(
             errno.EINVAL,
             f"cannot open {name!r} as a {mq} {mode}: invalid argument; the device exists with "
-            "other flags (tun vs tap, or multi-queue) or another kind of link has that name",
+            "other flags (tun vs tap, or multi-queue) or another kind of link has that name"
+            + (f": it is {actual}" if actual else ""),
         )
     return oserror(err.errno or errno.EIO, f"cannot open {mode} {name!r}")
 
