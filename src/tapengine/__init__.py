@@ -19,7 +19,11 @@ except ImportError as _err:  # pragma: no cover - exercised only on a broken ins
         f"({_err}); build them with 'make build' (or 'pip install -e .' in a checkout)"
     ) from _err
 
+from tapengine.devices import Bridge, Link, create_bridge, create_tap, create_veth, get_link
 from tapengine.errors import TapengineError
+from tapengine.kstats import LinkStats, rates, read_stats
+from tapengine.netns import Namespace, create_netns, inside_netns, run_in_netns
+from tapengine.topology import Topology
 from tapengine.tun import IfFlag, Offload, TunQueue, features, open_queue, open_queues
 
 try:
@@ -29,18 +33,32 @@ except PackageNotFoundError:  # pragma: no cover - running from a tree that was 
 
 __all__ = [
     "VNET_HDR_DTYPE",
+    "Bridge",
     "GsoReason",
     "IfFlag",
+    "Link",
+    "LinkStats",
+    "Namespace",
     "Offload",
     "PacketRing",
     "TapengineError",
+    "Topology",
     "TunQueue",
     "__version__",
     "complete_checksum",
+    "create_bridge",
+    "create_netns",
+    "create_tap",
+    "create_veth",
     "features",
+    "get_link",
+    "inside_netns",
     "open_queue",
     "open_queues",
+    "rates",
+    "read_stats",
     "recv_batch",
+    "run_in_netns",
     "segment",
     "segment_batch",
     "send_batch",
