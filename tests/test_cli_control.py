@@ -209,6 +209,8 @@ BAD_COMMANDS: list[tuple[list[str], str]] = [
     (["netns", "del", "{p}missing"], "does not exist"),
     (["stats", "{p}missing"], "no link named"),
     (["cleanup", "--prefix", "t"], "refusing prefix"),
+    (["tap", "add", "{p}u", "--netns", "{p}missing"], "does not exist"),
+    (["bridge", "add", "{p}u", "--netns", "{p}missing"], "does not exist"),
 ]
 
 
@@ -219,7 +221,7 @@ def test_bad_input_is_one_line_and_changes_nothing(
     lab: str, prefix: str, template: list[str], fragment: str
 ) -> None:
     argv = [arg.format(p=prefix, ns=lab) for arg in template]
-    if argv[0] in ("tap", "bridge", "stats") and argv[1:2] != ["--prefix"]:
+    if argv[0] in ("tap", "bridge", "stats") and "--netns" not in argv:
         argv += ["--netns", lab]
     before = snapshot(prefix)
     assert_one_line_error(tapengine(*argv), fragment)
