@@ -106,6 +106,10 @@ def check_ip(ip: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise InvalidValueError(f"invalid IP address {ip!r}") from None
 
 
+def _netns_option(netns: str | None) -> str:
+    return "" if netns is None else f" --netns {netns}"
+
+
 def _where(netns: str | None) -> str:
     return "the current namespace" if netns is None else f"namespace {netns!r}"
 
@@ -413,7 +417,9 @@ def _tun_flags(mode: str, multi_queue: bool, vnet_hdr: bool) -> tun.IfFlag:
     return flags
 
 
-def _open_exclusive(name: str, flags: tun.IfFlag, owner: int | None, group: int | None) -> int:
+def _open_exclusive(
+    name: str, flags: tun.IfFlag, owner: int | None, group: int | None, netns: str | None
+) -> int:
     """Create tun/tap ``name`` on a new fd, failing if any link has that name (``IFF_TUN_EXCL``)."""
     fd = tun._open_control()
     try:
@@ -425,7 +431,8 @@ def _open_exclusive(name: str, flags: tun.IfFlag, owner: int | None, group: int 
                 raise DeviceExistsError(
                     errno.EEXIST,
                     f"cannot create {name!r}: a link with that name already exists "
-                    f"(delete it with 'tapengine tap del {name}', or pick another name)",
+                    f"(delete it with 'tapengine tap del {name}{_netns_option(netns)}', "
+                    "or pick another name)",
                 ) from None
             if err.errno in (errno.EPERM, errno.EACCES):
                 raise PrivilegeError(
@@ -479,7 +486,7 @@ def create_tap(
     flags = _tun_flags(mode, queues > 1, vnet_hdr)
     held: list[tun.TunQueue] = []
     with inside_netns(netns):  # a tun fd creates its device in the namespace it was opened in
-        fd = _open_exclusive(name, flags, owner, group)
+        fd = _open_exclusive(name, flags, owner, group, netns)
         try:
             if persistent:
                 fcntl.ioctl(fd, tun.TUNSETPERSIST, 1)

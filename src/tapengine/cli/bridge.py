@@ -65,7 +65,8 @@ def _bridge(name: str, netns: str | None) -> devices.Bridge:
     except devices.DeviceNotFoundError:
         where = f"namespace {netns!r}" if netns else "this namespace"
         raise CommandError(
-            f"no bridge named {name!r} in {where} (create it with 'tapengine bridge add {name}')"
+            f"no bridge named {name!r} in {where} "
+            f"(create it with 'tapengine bridge add {name}{' --netns ' + netns if netns else ''}')"
         ) from None
 
 
