@@ -650,7 +650,8 @@ def cleanup_prefix(prefix: str, *, dry_run: bool = False) -> dict[str, list[str]
                 label = link.name if scope is None else f"{scope}/{link.name}"
                 removed["links"].append(label)
                 if not dry_run:
-                    devices.delete_link(link.name, netns=scope, force=True)
+                    with contextlib.suppress(DeviceNotFoundError):  # its namespace went away
+                        devices.delete_link(link.name, netns=scope, force=True)
     for ns in doomed:
         removed["netns"].append(ns)
         if not dry_run:
