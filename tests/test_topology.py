@@ -140,6 +140,29 @@ def test_example_topology_describes_its_engine_ports() -> None:
     assert {"te000000red0", "te000000red-sw", "te000000br0"} <= names
 
 
+@pytest.mark.parametrize("path", sorted(EXAMPLE.parent.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_example_is_valid(path: Path) -> None:
+    topology = Topology.from_file(path)
+    assert topology.prefix and all(ns.startswith(topology.prefix) for ns in topology.namespaces)
+    assert topology.engine_ports
+
+
+def test_wire_example_builds_and_its_ports_open_in_their_namespaces(
+    privileged: None, prefix: str
+) -> None:
+    with Topology.from_file(EXAMPLE.parent / "wire.toml", prefix=prefix) as topology:
+        assert [(p.name, p.netns) for p in topology.engine_ports] == [
+            (prefix + "red0", prefix + "red"), (prefix + "blue0", prefix + "blue"),
+        ]
+        for port in topology.engine_ports:
+            (queue,) = port.open_queues()
+            with queue:
+                assert queue.vnet_hdr and not queue.multi_queue
+                assert link(port.name, port.netns)["operstate"] != "DOWN"  # carrier: fd open
+            assert link(port.name) is None  # opened in its namespace, nothing created in root
+    assert leftovers(prefix) == []
+
+
 def test_prefix_comes_from_the_file_unless_overridden() -> None:
     assert Topology.from_file(EXAMPLE).prefix == "demo-"
     assert Topology.from_dict(bridged(prefix="ab")).namespaces == ["abred", "abblue", "absw"]
