@@ -503,8 +503,15 @@ def create_tap(
             if not held:
                 os.close(fd)
             raise
-        with rtnl(None) as ipr:
-            index = _find(ipr, name, netns)["index"]
+        try:
+            with rtnl(None) as ipr:
+                index = _find(ipr, name, netns)["index"]
+        except BaseException:
+            for queue in held:
+                queue.close()
+            with contextlib.suppress(OSError):
+                delete_link(name, force=True)  # never leave a persistent device we cannot return
+            raise
     link = Link(name, netns=netns, index=index, kind=mode, owned=True)
     link.queues = held
     return link
