@@ -615,7 +615,7 @@ def delete_link(name: str, *, netns: str | None = None, force: bool = False) -> 
 
 def describe_link(name: str) -> str | None:
     """How link ``name`` of the calling thread's namespace was made, for error messages:
-    ``"a multi-queue tap with vnet_hdr"``, ``"a veth, not a tun/tap device"``; None if unknown."""
+    ``"a multi-queue tap"``, ``"a veth, not a tun/tap device"``; None if unknown."""
     try:
         with rtnl(None) as ipr:
             msg = _find(ipr, name, None)
