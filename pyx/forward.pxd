@@ -143,6 +143,7 @@ cdef class Forwarder:
     cdef int epfd
     cdef int stopfd
     cdef int stopping
+    cdef uint32_t spin             # empty passes before sleeping in epoll_wait
     cdef bint ran
     cdef MacTable table
     cdef list _rings

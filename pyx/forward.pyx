@@ -291,7 +291,7 @@ cdef class Forwarder:
     A forwarder runs once: make a new one to run again.
     """
 
-    def __cinit__(self, str mode="wire", int budget=64, MacTable table=None):
+    def __cinit__(self, str mode="wire", int budget=64, MacTable table=None, int spin=0):
         self.epfd = -1
         self.stopfd = -1
         if mode not in MODES:
@@ -300,6 +300,9 @@ cdef class Forwarder:
             raise ValueError(f"budget must be between 1 and {MAX_BUDGET}, not {budget}")
         self.mode = MODE_WIRE if mode == "wire" else MODE_SWITCH
         self.budget = budget
+        if spin < 0:
+            raise ValueError(f"spin must be >= 0, not {spin}")
+        self.spin = spin
         if self.mode == MODE_SWITCH:
             self.table = table if table is not None else MacTable()
         elif table is not None:
@@ -478,7 +481,7 @@ cdef class Forwarder:
 
     cdef int _loop(self) noexcept nogil:
         cdef epoll_event events[MAX_PORTS + 1]
-        cdef uint32_t moved
+        cdef uint32_t moved, idle = 0
         cdef int i, n, k, tag
         while not self.stopping:
             moved = 0
@@ -487,7 +490,12 @@ cdef class Forwarder:
                     moved += self._serve(i)
             self.loop_stats[0] += 1
             if moved:
+                idle = 0
                 continue            # busy: keep draining, never sleep
+            idle += 1
+            if idle <= self.spin:
+                continue            # look again a few times before paying for a sleep
+            idle = 0
             self.loop_stats[1] += 1
             n = epoll_wait(self.epfd, events, MAX_PORTS + 1, -1)
             if n < 0:

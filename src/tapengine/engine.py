@@ -276,7 +276,7 @@ class Engine:
     """
 
     def __init__(self, ports: Sequence[Port], mode: EngineMode = "wire", *, budget: int = 64,
-                 table_size: int = 4096, ageing: float = 300.0) -> None:
+                 table_size: int = 4096, ageing: float = 300.0, spin: int = 0) -> None:
         if mode not in ("wire", "switch"):
             raise ValueError(f"mode must be 'wire' or 'switch', not {mode!r}")
         names = [port.name for port in ports]
@@ -296,6 +296,7 @@ class Engine:
         self.ports = list(ports)
         self.mode: EngineMode = mode
         self.budget = budget
+        self.spin = spin
         self.table = MacTable(table_size, ageing) if mode == "switch" else None
         self._forwarders: list[Forwarder] = []
         self._threads: list[threading.Thread] = []
@@ -319,7 +320,7 @@ class Engine:
         nslots = 1 << (self.budget - 1).bit_length()
         try:
             for k in range(self.workers):
-                forwarder = Forwarder(self.mode, self.budget, self.table)
+                forwarder = Forwarder(self.mode, self.budget, self.table, self.spin)
                 for port in self.ports:
                     forwarder.add_port(port.queues[k].fileno(), PacketRing(nslots, MAX_SLOT_SIZE),
                                        vnet_hdr=port.vnet_hdr, l2=port.mode == "tap")

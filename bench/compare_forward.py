@@ -1,0 +1,248 @@
+"""Forwarding side by side: tapengine, the naive Python forwarder, a veth pair, the kernel bridge.
+
+Every setup joins namespace A (10.77.0.1) and namespace B (10.77.0.2); only the middle differs:
+
+- ``tapengine``: ``tapengine forward ta tb`` (offloads on, the default); the taps are created by
+  the command, then their links moved into A and B.
+- ``tapengine-no-offload``: the same with ``--no-offload`` (plain MTU frames).
+- ``naive``: ``bench/baselines/naive_forward.py ta tb`` (os.read/os.write with epoll).
+- ``veth``: a veth pair straight from A to B (no forwarder at all: the ceiling).
+- ``bridge``: A's veth and B's veth joined by a kernel bridge in a third namespace.
+
+Two measurements per setup and round: TCP throughput (iperf3, one stream, A -> B) and the rate of
+60-byte frames (64 on a wire with the FCS: Ethernet + IPv4 + UDP + 18 bytes) that ``trafgen``
+(netsniff-ng) sends flat out from A, counted by the kernel on B's interface (``rx_packets``).
+Rounds interleave the setups (rotating the order each round); medians and ratios are printed as
+a Markdown table. Needs root, iperf3 and trafgen; everything lives in namespaces named
+``te<hex>...`` and is removed afterwards, also on Ctrl-C.
+
+    .venv/bin/python bench/compare_forward.py --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tapengine.devices import add_neighbor, create_bridge, create_veth, get_link
+from tapengine.kstats import read_stats
+from tapengine.netns import create_netns
+
+HERE = Path(__file__).resolve().parent
+SETUPS = ("tapengine", "tapengine-no-offload", "naive", "veth", "bridge")
+IPS = ("10.77.0.1", "10.77.0.2")
+
+
+@dataclass
+class Side:
+    netns: str
+    ifname: str
+    ip: str
+    mac: str = ""
+
+
+def netns_run(netns: str, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True,
+                          text=True, check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def netns_popen(netns: str, *argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def configure(sides: tuple[Side, Side]) -> None:
+    for side in sides:
+        link = get_link(side.ifname, side.netns)
+        link.add_address(f"{side.ip}/24")
+        link.up()
+        side.mac = link.info()["mac"]
+    for side, other in (sides, sides[::-1]):
+        add_neighbor(side.ifname, other.ip, other.mac, netns=side.netns)
+
+
+def quiet(netns: str) -> None:
+    for scope in ("all", "default"):
+        netns_run(netns, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
+
+
+@contextlib.contextmanager
+def forwarder_process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if "forwarding" not in line:
+            raise RuntimeError(f"{argv[0]} did not start: {line}{proc.communicate()[1]}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+@contextlib.contextmanager
+def topology(setup: str) -> Iterator[tuple[Side, Side]]:
+    prefix = "te" + secrets.token_hex(3)
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(create_netns(prefix + "a")).name
+        b = stack.enter_context(create_netns(prefix + "b")).name
+        for netns in (a, b):
+            quiet(netns)
+        if setup in ("tapengine", "tapengine-no-offload", "naive"):
+            taps = (prefix + "ta", prefix + "tb")
+            if setup == "naive":
+                argv = [sys.executable, str(HERE / "baselines" / "naive_forward.py"), *taps]
+            else:
+                argv = [sys.executable, "-m", "tapengine", "forward", *taps]
+                if setup == "tapengine-no-offload":
+                    argv.append("--no-offload")
+            stack.enter_context(forwarder_process(argv))
+            for tap, netns in zip(taps, (a, b), strict=True):
+                get_link(tap).move_to(netns)
+            sides = (Side(a, taps[0], IPS[0]), Side(b, taps[1], IPS[1]))
+        elif setup == "veth":
+            create_veth(prefix + "va", prefix + "vb", netns=a, peer_netns=b)
+            sides = (Side(a, prefix + "va", IPS[0]), Side(b, prefix + "vb", IPS[1]))
+        elif setup == "bridge":
+            s = stack.enter_context(create_netns(prefix + "s")).name
+            quiet(s)
+            bridge = create_bridge(prefix + "br", netns=s)
+            create_veth(prefix + "va", prefix + "sa", netns=a, peer_netns=s)
+            create_veth(prefix + "vb", prefix + "sb", netns=b, peer_netns=s)
+            for port in (prefix + "sa", prefix + "sb"):
+                bridge.attach(port)
+                get_link(port, s).up()
+            bridge.up()
+            sides = (Side(a, prefix + "va", IPS[0]), Side(b, prefix + "vb", IPS[1]))
+        else:
+            raise ValueError(setup)
+        configure(sides)
+        yield sides
+
+
+def tcp_throughput(a: Side, b: Side, seconds: float) -> float:
+    """Bits per second received by iperf3 in B from one TCP stream from A."""
+    server = netns_popen(b.netns, "iperf3", "-s", "-1", "-B", b.ip)
+    try:
+        time.sleep(0.3)
+        out = netns_run(a.netns, "iperf3", "-c", b.ip, "-t", f"{seconds:g}", "-J",
+                        timeout=seconds + 30).stdout
+        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"])
+    finally:
+        server.wait(10)
+
+
+def small_frame_rate(a: Side, b: Side, seconds: float, kind: str) -> tuple[float, float]:
+    """(frames/s counted on B's interface, frames/s offered by trafgen on A's interface).
+
+    ``kind`` "udp": IPv4/UDP to port 9 of B (B's stack takes each in, then answers with a
+    rate-limited ICMP); "raw": an IEEE local experimental ethertype (0x88b5) that B's stack
+    counts and drops at once, so the figure is the forwarding path alone.
+    """
+    if kind == "udp":
+        frame = bytes(Ether(src=a.mac, dst=b.mac) / IP(src=a.ip, dst=b.ip) /
+                      UDP(sport=9999, dport=9) / (b"\0" * 18))
+    else:
+        frame = bytes(Ether(src=a.mac, dst=b.mac, type=0x88B5) / (b"\0" * 46))
+    assert len(frame) == 60
+    with tempfile.NamedTemporaryFile("w", suffix=".cfg") as conf:
+        conf.write("{ " + ", ".join(f"0x{byte:02x}" for byte in frame) + " }\n")
+        conf.flush()
+        gen = netns_popen(a.netns, "trafgen", "-o", a.ifname, "-i", conf.name, "-P", "1",
+                          "--no-sock-mem", "-Q", "-C")
+        try:
+            time.sleep(1.0)                                 # warm up
+            rx0, tx0 = read_stats(b.ifname, b.netns), read_stats(a.ifname, a.netns)
+            time.sleep(seconds)
+            rx1, tx1 = read_stats(b.ifname, b.netns), read_stats(a.ifname, a.netns)
+        finally:
+            gen.send_signal(signal.SIGINT)
+            try:
+                gen.wait(10)
+            except subprocess.TimeoutExpired:
+                gen.kill()
+                gen.wait()
+    span = rx1.timestamp - rx0.timestamp
+    offered = (tx1.tx_packets + tx1.tx_dropped) - (tx0.tx_packets + tx0.tx_dropped)
+    return (rx1.rx_packets - rx0.rx_packets) / span, offered / span
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tcp-seconds", type=float, default=10.0)
+    parser.add_argument("--frame-seconds", type=float, default=5.0)
+    parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--frames", default="raw,udp", help="frame kinds to send: raw, udp")
+    parser.add_argument("--no-tcp", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write every run to this file")
+    args = parser.parse_args()
+    setups = args.setups.split(",")
+    kinds = [kind for kind in args.frames.split(",") if kind]
+    metrics = ([] if args.no_tcp else ["tcp"]) + [f"{kind}_pps" for kind in kinds] + \
+        [f"{kind}_offered" for kind in kinds]
+    runs = {setup: {metric: [] for metric in metrics} for setup in setups}
+    for round_ in range(args.rounds):
+        order = setups[round_ % len(setups):] + setups[:round_ % len(setups)]
+        for setup in order:
+            result: dict[str, float] = {}
+            with topology(setup) as (a, b):
+                if not args.no_tcp:
+                    result["tcp"] = tcp_throughput(a, b, args.tcp_seconds)
+                for kind in kinds:
+                    result[f"{kind}_pps"], result[f"{kind}_offered"] = \
+                        small_frame_rate(a, b, args.frame_seconds, kind)
+            for metric, value in result.items():
+                runs[setup][metric].append(value)
+            print(f"round {round_ + 1} {setup:<21} " + "  ".join(
+                f"{metric} {value / 1e9:.2f} Gbit/s" if metric == "tcp" else
+                f"{metric} {value:,.0f}/s" for metric, value in result.items()),
+                file=sys.stderr, flush=True)
+    med = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in runs.items()}
+    print(f"\n{args.rounds} interleaved rounds; TCP: iperf3, one stream, {args.tcp_seconds:g} s; "
+          f"frames: trafgen, 60-byte frames (64 with FCS), {args.frame_seconds:g} s, counted by "
+          f"the kernel on B's interface\n")
+    columns = [m for m in metrics if not m.endswith("_offered")]
+    head = ["setup"] + [("TCP Gbit/s" if m == "tcp" else f"{m[:-4]} frames/s") for m in columns]
+    head += [f"{m.replace('_pps', '')} vs {ref}" for m in columns for ref in ("bridge", "naive")
+             if ref in setups]
+    print("| " + " | ".join(head) + " |")
+    print("|---" * len(head) + "|")
+    for setup in setups:
+        cells = [setup]
+        for m in columns:
+            scale = 1e9 if m == "tcp" else 1
+            values = ", ".join(f"{v / scale:.2f}" if m == "tcp" else f"{v / 1e3:.0f}k"
+                               for v in runs[setup][m])
+            median = f"{med[setup][m] / scale:.2f}" if m == "tcp" else f"{med[setup][m]:,.0f}"
+            cells.append(f"**{median}** ({values})")
+        for m in columns:
+            for ref in ("bridge", "naive"):
+                if ref in setups:
+                    cells.append(f"{med[setup][m] / med[ref][m]:.2f}x" if med[ref][m] else "-")
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "medians": med}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
