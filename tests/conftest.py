@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -41,9 +42,35 @@ def unique_prefix() -> str:
     return "te" + secrets.token_hex(3)
 
 
+def leftovers(prefix: str) -> list[str]:
+    """Namespaces, and links of the root namespace, whose names start with ``prefix``."""
+    from pyroute2 import IPRoute, netns
+
+    found = [f"namespace {name}" for name in netns.listnetns() if name.startswith(prefix)]
+    with IPRoute() as ipr:
+        found += [
+            f"link {link.get('IFLA_IFNAME')}"
+            for link in ipr.get_links()
+            if link.get("IFLA_IFNAME", "").startswith(prefix)
+        ]
+    return found
+
+
 @pytest.fixture
-def prefix() -> str:
-    return unique_prefix()
+def prefix() -> Iterator[str]:
+    """A unique name prefix; at teardown, anything still carrying it fails the test (a leak)."""
+    name = unique_prefix()
+    yield name
+    if _privilege_problem() is not None:
+        return
+    deadline = time.monotonic() + 3.0  # the kernel destroys namespaces (and their veth peers)
+    while (leaked := leftovers(name)) and time.monotonic() < deadline:  # asynchronously
+        time.sleep(0.1)
+    if leaked:
+        from tapengine.topology import cleanup_prefix
+
+        cleanup_prefix(name)
+        pytest.fail(f"the test left behind: {', '.join(leaked)} (removed now)")
 
 
 @pytest.fixture
@@ -61,7 +88,7 @@ def make_netns(privileged: None, prefix: str) -> Iterator[Callable[[str], str]]:
 
     yield make
     for name in reversed(created):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(FileNotFoundError):  # the test may have removed it itself
             netns.remove(name)
 
 
