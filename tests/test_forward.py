@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
+
+from tapengine import PacketRing
 from tapengine._forward import (
     COUNTER_NAMES,
     DROP_REASONS,
@@ -28,8 +30,6 @@ from tapengine._forward import (
     MacTable,
 )
 from tapengine._gso import REASONS
-
-from tapengine import PacketRing
 
 COL = {name: k for k, name in enumerate(COUNTER_NAMES)}
 MAC = [f"02:00:00:00:00:{k:02x}" for k in range(8)]

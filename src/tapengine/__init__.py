@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 try:
     from tapengine._batchio import recv_batch, send_batch
+    from tapengine._forward import Forwarder, MacTable
     from tapengine._gso import GsoReason, complete_checksum, segment, segment_batch
     from tapengine._gso import validate as validate_vnet_header
     from tapengine._ring import VNET_HDR_DTYPE, PacketRing
@@ -20,6 +21,7 @@ except ImportError as _err:  # pragma: no cover - exercised only on a broken ins
     ) from _err
 
 from tapengine.devices import Bridge, Link, create_bridge, create_tap, create_veth, get_link
+from tapengine.engine import Engine, EngineStats, Port, PortStats, open_port, open_ports
 from tapengine.errors import TapengineError
 from tapengine.kstats import LinkStats, rates, read_stats
 from tapengine.netns import Namespace, create_netns, inside_netns, run_in_netns
@@ -34,13 +36,19 @@ except PackageNotFoundError:  # pragma: no cover - running from a tree that was 
 __all__ = [
     "VNET_HDR_DTYPE",
     "Bridge",
+    "Engine",
+    "EngineStats",
+    "Forwarder",
     "GsoReason",
     "IfFlag",
     "Link",
     "LinkStats",
+    "MacTable",
     "Namespace",
     "Offload",
     "PacketRing",
+    "Port",
+    "PortStats",
     "TapengineError",
     "Topology",
     "TunQueue",
@@ -53,6 +61,8 @@ __all__ = [
     "features",
     "get_link",
     "inside_netns",
+    "open_port",
+    "open_ports",
     "open_queue",
     "open_queues",
     "rates",
