@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -48,30 +49,60 @@ from pyroute2 import IPRoute, netns
 from tapengine import PacketRing, TunQueue, open_queue
 from tapengine.traffic import GenConfig, SizeMix
 
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
 
 @contextlib.contextmanager
-def lone_tap() -> Iterator[tuple[TunQueue, str, str]]:
+def inside(fd: int) -> Iterator[None]:
+    """The calling thread inside the namespace ``fd`` for the block."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd)
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
+@contextlib.contextmanager
+def lone_tap() -> Iterator[tuple[TunQueue, int, str]]:
+    """A tap (up) and a veth pair (up) alone in a fresh namespace, held by an fd.
+
+    The namespace is used through that fd, not its name, so it lives as long as we need it.
+    """
     prefix = "te" + secrets.token_hex(3)
     name = prefix + "ns"
     netns.create(name)
     try:
-        netns.pushns(name)
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            for knob in ("all", "default"):
-                with open(f"/proc/sys/net/ipv6/conf/{knob}/disable_ipv6", "w") as file:
-                    file.write("1")
-            queue = open_queue(prefix + "g", "tap")
+            with inside(fd):
+                for knob in ("all", "default"):
+                    with open(f"/proc/sys/net/ipv6/conf/{knob}/disable_ipv6", "w") as file:
+                        file.write("1")
+                queue = open_queue(prefix + "g", "tap")
+            with queue:
+                with inside(fd), IPRoute() as ipr:
+                    ipr.link("set", index=ipr.link_lookup(ifname=queue.name)[0], state="up")
+                    ipr.link("add", ifname=prefix + "v0", kind="veth", peer=prefix + "v1")
+                    for end in ("v0", "v1"):
+                        index = ipr.link_lookup(ifname=prefix + end)[0]
+                        ipr.link("set", index=index, state="up")
+                yield queue, fd, prefix + "v0"
         finally:
-            netns.popns()
-        with queue:
-            with IPRoute(netns=name) as ipr:
-                ipr.link("set", index=ipr.link_lookup(ifname=queue.name)[0], state="up")
-                ipr.link("add", ifname=prefix + "v0", kind="veth", peer=prefix + "v1")
-                for end in ("v0", "v1"):
-                    ipr.link("set", index=ipr.link_lookup(ifname=prefix + end)[0], state="up")
-            yield queue, name, prefix + "v0"
+            os.close(fd)
     finally:
-        netns.remove(name)
+        with contextlib.suppress(FileNotFoundError):
+            netns.remove(name)
 
 
 def run_gen(queue: TunQueue, size: int, packets: int) -> float:
@@ -126,15 +157,16 @@ def run_python_patching(queue: TunQueue, frames: list[bytes], packets: int) -> f
     return packets / (time.perf_counter() - start)
 
 
-def run_trafgen(veth: str, namespace: str, frame: bytes, packets: int, cpu: int) -> float:
+def run_trafgen(veth: str, namespace: int, frame: bytes, packets: int, cpu: int) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".cfg") as config:
         config.write("{ " + ", ".join(f"0x{byte:02x}" for byte in frame) + " }\n")
         config.flush()
-        command = ["ip", "netns", "exec", namespace, "taskset", "-c", str(cpu), "trafgen",
+        command = ["taskset", "-c", str(cpu), "trafgen",
                    "--dev", veth, "--conf", config.name, "--cpus", "1",
                    "--num", str(packets), "--no-sock-mem", "--notouch-irq", "--no-cpu-stats"]
         start = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                preexec_fn=lambda: setns(namespace))
         if result.returncode:
             raise RuntimeError(f"trafgen failed ({result.returncode}): {result.stderr.strip()}")
         wall = time.perf_counter() - start
