@@ -465,10 +465,11 @@ cdef class Generator:
             self.bucket.depth = 0
             return
         if burst is None:
-            # 10 ms of traffic, at least one batch of the largest frames, at most 256 of them
+            # 10 ms of traffic, at least one batch of the largest frames, at most 1024 of them
+            # (about what a tap queues by default: a catch-up burst should not overflow it)
             depth_units = rate // 100
+            depth_units = min(depth_units, 1024 * unit_max)
             depth_units = max(depth_units, self.batch * unit_max)
-            depth_units = min(depth_units, 256 * unit_max)
         else:
             depth_units = int(burst)
             if depth_units < unit_max:

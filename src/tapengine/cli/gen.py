@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dst-port", type=int, default=9, help="UDP destination port")
     parser.add_argument("--burst", type=int,
                         help="token bucket depth in packets (bits with a bit rate); "
-                        "default 10 ms of traffic, at least one batch, at most 256 frames")
+                        "default 10 ms of traffic, at least one batch, at most 1024 frames")
     parser.add_argument("--batch", type=int, default=32, help="frames per batch (1..256)")
     parser.add_argument("--per-flow", action="store_true", help="packets per flow in --json")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
