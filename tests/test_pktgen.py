@@ -511,3 +511,46 @@ def test_fixed_rate_through_the_bridge_is_lossless_in_order_and_on_rate(
     assert generated.pps == pytest.approx(20_000, rel=0.02)     # and by the generator
     assert sent == pytest.approx(40_000, rel=0.02)
     assert result.latency is not None and result.latency.count == sent
+
+
+@pytest.mark.privileged
+def test_ten_seconds_at_a_fixed_rate_through_forward_lose_nothing(
+    make_netns: Callable[[str], str], prefix: str
+) -> None:
+    """gen -> tap g -> bridge 1 -> tap a => tapengine wire => tap b -> bridge 2 -> tap s -> sink."""
+    from pyroute2 import IPRoute
+
+    from tapengine.engine import Engine, open_port
+
+    netns = make_netns("ns")
+    with inside_netns(netns):
+        for knob, value in (("ipv6/conf/all/disable_ipv6", "1"),
+                            ("ipv6/conf/default/disable_ipv6", "1"),
+                            ("ipv4/igmp_link_local_mcast_reports", "0")):
+            with open(f"/proc/sys/net/{knob}", "w") as file:
+                file.write(value)
+        g, s = open_queue(prefix + "g", "tap"), open_queue(prefix + "s", "tap")
+        a, b = open_port(prefix + "a"), open_port(prefix + "b")
+    with g, s, a, b:
+        with inside_netns(netns), IPRoute() as ipr:
+            for bridge, ports in (("br1", ("g", "a")), ("br2", ("b", "s"))):
+                ipr.link("add", ifname=prefix + bridge, kind="bridge", br_stp_state=0)
+                (master,) = ipr.link_lookup(ifname=prefix + bridge)
+                for port in ports:
+                    (index,) = ipr.link_lookup(ifname=prefix + port)
+                    ipr.link("set", index=index, master=master, state="up")
+                ipr.link("set", index=master, state="up")
+        time.sleep(0.1)
+        gen = GenConfig(flows=4, sizes=parse_size("imix"), rate=parse_rate("20kpps")).generator()
+        with Engine([a, b], "wire"), Sink() as sink:
+            sink.run(s, duration=0.1)           # whatever came up with the ports
+            sink.reset()
+            reader = run_sink_beside(sink, s, idle=0.5, duration=30)
+            sent = gen.send(g, duration=10.0)
+            reader.join()
+            result = SinkResult.of(sink)
+    assert result.probe_packets == sent
+    assert (result.lost, result.duplicates, result.reordered) == (0, 0, 0)
+    assert all(flow.reordered == 0 for flow in result.per_flow) and result.flows_seen == 4
+    assert result.pps == pytest.approx(20_000, rel=0.02)
+    assert GenResult.of(gen).pps == pytest.approx(20_000, rel=0.02)
