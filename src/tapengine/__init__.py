@@ -13,6 +13,7 @@ try:
     from tapengine._forward import Forwarder, MacTable
     from tapengine._gso import GsoReason, complete_checksum, segment, segment_batch
     from tapengine._gso import validate as validate_vnet_header
+    from tapengine._pktgen import Generator, Sink
     from tapengine._ring import VNET_HDR_DTYPE, PacketRing
 except ImportError as _err:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -26,6 +27,7 @@ from tapengine.errors import TapengineError
 from tapengine.kstats import LinkStats, rates, read_stats
 from tapengine.netns import Namespace, create_netns, inside_netns, run_in_netns
 from tapengine.topology import Topology
+from tapengine.traffic import GenConfig, GenResult, SinkResult, parse_rate, parse_size
 from tapengine.tun import IfFlag, Offload, TunQueue, features, open_queue, open_queues
 
 try:
@@ -39,6 +41,9 @@ __all__ = [
     "Engine",
     "EngineStats",
     "Forwarder",
+    "GenConfig",
+    "GenResult",
+    "Generator",
     "GsoReason",
     "IfFlag",
     "Link",
@@ -49,6 +54,8 @@ __all__ = [
     "PacketRing",
     "Port",
     "PortStats",
+    "Sink",
+    "SinkResult",
     "TapengineError",
     "Topology",
     "TunQueue",
@@ -65,6 +72,8 @@ __all__ = [
     "open_ports",
     "open_queue",
     "open_queues",
+    "parse_rate",
+    "parse_size",
     "rates",
     "read_stats",
     "recv_batch",
