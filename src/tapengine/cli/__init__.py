@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "cleanup",
     "gen",
     "sink",
+    "bench",
 )
 
 
