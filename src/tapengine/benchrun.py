@@ -1,92 +1,203 @@
-"""``tapengine bench``: the generator and sink around tapengine's wire and around the kernel's own
-path, side by side, in namespaces built for the run and removed afterwards.
+"""``tapengine bench``: tapengine's paths side by side with the kernel's own, in namespaces built
+for the run and removed afterwards.
 
-Two labs, each in its own namespace ``<prefix>e`` / ``<prefix>k``::
+Two kinds of scenario. **Frames**: the generator sends flat out into tap ``g``, the sink reads tap
+``s``; only the middle differs, each path in its own namespace ``<prefix>f<code>``::
 
-    engine:  gen -> tap g -> bridge 1 -> tap a => tapengine wire => tap b -> bridge 2 -> tap s
-    kernel:  gen -> tap g -> bridge 1 -> veth  ==  veth pair    == veth  -> bridge 2 -> tap s
+    engine:  gen -> g -> bridge 1 -> tap a => tapengine wire (Engine) => tap b -> bridge 2 -> s
+    kernel:  gen -> g -> bridge 1 -> veth  ==  kernel veth pair       == veth  -> bridge 2 -> s
+    naive:   gen -> g -> bridge 1 -> tap a => bench/baselines/naive_forward.py => tap b -> ... s
 
-Only the middle differs: a ``tapengine.Engine`` wire between two taps, or a kernel veth pair. For
-every frame size, the runs alternate engine, kernel, engine, kernel ... (``rounds`` of each); each
-run sends flat out for ``duration`` seconds and the sink measures the delivered rate, the loss and
-the one-way latency. The report holds medians, spreads (min..max) and the engine/kernel ratio.
+**TCP**: one iperf3 stream from namespace A (10.77.0.1) to namespace B (10.77.0.2) through
+``engine`` (a tapengine wire between two taps with offloads: 64 KiB superframes pass through),
+``veth`` (a veth pair straight from A to B), ``bridge`` (A's and B's veths on a kernel bridge in a
+third namespace) or ``naive`` (the naive Python forwarder between two plain taps).
+
+Runs are interleaved (every path once per round, the order rotating) and repeated; the report
+holds medians, spreads (min..max) and each scenario's ratio to the kernel's path of its kind
+(``kernel`` for frames, ``bridge`` for TCP) measured in the same run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import secrets
+import select
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from tapengine._pktgen import Sink
+import numpy as np
+
+from tapengine._pktgen import Sink, bucket_bounds
 from tapengine.engine import Engine, open_port
 from tapengine.netns import inside_netns
 from tapengine.traffic import GenConfig, GenResult, SinkResult, SizeMix, parse_size
 from tapengine.tun import TunQueue, open_queue
 
-PATHS = ("engine", "kernel")
+Kind = Literal["frames", "tcp"]
+
+FRAME_PATHS = ("engine", "kernel", "naive")
+TCP_PATHS = ("engine", "veth", "bridge", "naive")
+REFERENCE: dict[str, str] = {"frames": "kernel", "tcp": "bridge"}
 DEFAULT_SIZES = ("64", "512", "1500", "imix")
+SCENARIO_NAMES = (*FRAME_PATHS, *(f"tcp-{path}" for path in TCP_PATHS))
+SCENARIO_GROUPS = {"all": SCENARIO_NAMES, "frames": FRAME_PATHS,
+                   "tcp": tuple(f"tcp-{path}" for path in TCP_PATHS)}  # fmt: skip
+TCP_MSS = 1448  # payload of one segment on a 1500-byte MTU with TCP timestamps
+TCP_IPS = ("10.77.0.1", "10.77.0.2")
 IFF_LOWER_UP = 0x10000
+NAIVE_FORWARDER = Path(__file__).resolve().parents[2] / "bench" / "baselines" / "naive_forward.py"
+_CODE = {"engine": "e", "kernel": "k", "naive": "n", "veth": "v", "bridge": "b"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which frame paths and which TCP paths to run."""
+
+    frame_paths: tuple[str, ...]
+    tcp_paths: tuple[str, ...]
+
+
+def parse_scenarios(text: str) -> Selection:
+    """``all``, ``frames``, ``tcp`` or a comma list of ``engine,kernel,naive,tcp-engine,...``."""
+    chosen: list[str] = []
+    for part in (part.strip().lower() for part in text.split(",")):
+        if not part:
+            continue
+        if part in SCENARIO_GROUPS:
+            chosen += SCENARIO_GROUPS[part]
+        elif part in SCENARIO_NAMES:
+            chosen.append(part)
+        else:
+            raise ValueError(f"unknown scenario {part!r}: choose from "
+                             f"{', '.join((*SCENARIO_GROUPS, *SCENARIO_NAMES))}")  # fmt: skip
+    if not chosen:
+        raise ValueError("no scenario selected: name at least one, e.g. --scenarios frames")
+    return Selection(tuple(p for p in FRAME_PATHS if p in chosen),
+                     tuple(p for p in TCP_PATHS if f"tcp-{p}" in chosen))  # fmt: skip
+
+
+def parse_sizes(text: str) -> list[str]:
+    """``64,512,imix`` -> the sizes, each checked (``ValueError`` on the first bad one)."""
+    sizes = [size.strip().lower() for size in text.split(",") if size.strip()]
+    if not sizes:
+        raise ValueError("no frame size given: use e.g. --sizes 64,1500,imix")
+    for size in sizes:
+        parse_size(size)
+    return list(dict.fromkeys(sizes))
+
+
+# -- results ------------------------------------------------------------------------------------
 
 
 @dataclass
 class RunResult:
+    scenario: str           # "engine/64", "tcp/bridge"
+    kind: str               # "frames" or "tcp"
     path: str
-    size: str
-    sent: int
-    received: int
-    lost: int
-    pps: float  # delivered to the sink
-    bits_per_s: float
-    p50_ns: int | None
+    size: str               # frame size, or "tcp"
+    sent: int               # frames: generator's packets; TCP: bytes the sender sent
+    received: int           # frames: probe frames at the sink; TCP: bytes received
+    lost: int               # frames only; TCP retransmissions for TCP
+    pps: float              # frames delivered to the sink; TCP: received bytes / TCP_MSS per s
+    bits_per_s: float       # frames: bytes written by the generator that arrived; TCP: goodput
+    p50_ns: int | None      # one-way latency (frames) or TCP's mean round-trip time (iperf3)
     p99_ns: int | None
+    histogram: list[int] | None = field(default=None, repr=False)  # sink's latency histogram
 
 
 @dataclass
 class ScenarioSummary:
+    scenario: str
+    kind: str
     path: str
     size: str
     runs: int
     median_pps: float
     spread_pps: tuple[float, float]
     median_bits_per_s: float
-    median_loss_ratio: float
+    spread_bits_per_s: tuple[float, float]
+    median_loss_ratio: float | None
     median_p50_ns: float | None
     median_p99_ns: float | None
-    ratio_to_kernel: float | None = None
+    reference: str                   # the kernel path this scenario is compared with
+    ratio_to_kernel: float | None = None   # median packets/s (frames) or Gbit/s (TCP) ratio
+    latency: list[tuple[int, int]] = field(default_factory=list)  # (bucket ns, frames), all runs
 
 
 @dataclass
 class BenchReport:
     rounds: int
     duration_s: float
+    tcp_duration_s: float
     prefix: str  # of the namespaces and links the run built (and removed)
+    sizes: list[str] = field(default_factory=list)
     scenarios: list[ScenarioSummary] = field(default_factory=list)
     runs: list[RunResult] = field(default_factory=list)
+    elapsed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for run in out["runs"]:
+            del run["histogram"]
+        return out
+
+    def scenario(self, name: str) -> ScenarioSummary:
+        for summary in self.scenarios:
+            if summary.scenario == name:
+                return summary
+        raise KeyError(name)
 
 
-class Lab:
+# -- building the labs -------------------------------------------------------------------------
+
+
+@dataclass
+class FrameLab:
     """One namespace with the generator's tap ``g`` and the sink's tap ``s`` on two bridges."""
 
-    def __init__(self, netns: str, prefix: str, g: TunQueue, s: TunQueue) -> None:
-        self.netns, self.prefix, self.g, self.s = netns, prefix, g, s
+    path: str
+    netns: str
+    g: TunQueue
+    s: TunQueue
+
+
+@dataclass
+class TcpLab:
+    """Namespaces A and B joined by one path; ``forwarder`` is its forwarding process, if any."""
+
+    path: str
+    a: str
+    b: str
 
 
 def _quiet(netns: str) -> None:
+    """No IPv6 and no IGMP reports: the only frames in the namespace are the ones we send."""
     with inside_netns(netns):
         for knob, value in (("ipv6/conf/all/disable_ipv6", "1"),
                             ("ipv6/conf/default/disable_ipv6", "1"),
                             ("ipv4/igmp_link_local_mcast_reports", "0")):  # fmt: skip
             with open(f"/proc/sys/net/{knob}", "w") as file:
                 file.write(value)
+
+
+def _netns(stack: contextlib.ExitStack, name: str) -> str:
+    from tapengine.netns import create_netns
+
+    stack.enter_context(create_netns(name))
+    _quiet(name)
+    return name
 
 
 def _bridges(netns: str, prefix: str, left: str, right: str) -> None:
@@ -118,51 +229,132 @@ def _wait_running(netns: str, names: Sequence[str], timeout: float = 5.0) -> Non
 
 
 @contextlib.contextmanager
-def labs(prefix: str | None = None) -> Iterator[dict[str, Lab]]:
-    """Build both labs; everything is removed on the way out, on errors and on KeyboardInterrupt."""
-    from tapengine.netns import create_netns, delete_netns
+def naive_forwarder(tap_a: str, tap_b: str, timeout: float = 10.0) -> Iterator[int]:
+    """Run ``bench/baselines/naive_forward.py TAP_A TAP_B`` (it creates both taps in the calling
+    thread's namespace); yields its pid once it forwards, stops it with SIGTERM on the way out."""
+    if not NAIVE_FORWARDER.exists():
+        raise FileNotFoundError(f"the naive forwarder {NAIVE_FORWARDER} is missing: run from a "
+                                "source checkout, or leave out the naive scenarios")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(NAIVE_FORWARDER), tap_a, tap_b],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        if "forwarding" not in line:
+            proc.kill()
+            raise RuntimeError(f"the naive forwarder did not start: {line.strip()} "
+                               f"{proc.communicate()[1].strip()}".strip())  # fmt: skip
+        yield proc.pid
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
 
+
+def _move(names: Sequence[str], netns: Sequence[str]) -> None:
+    from tapengine.devices import get_link
+
+    for name, where in zip(names, netns, strict=True):
+        get_link(name).move_to(where)
+
+
+def build_frame_lab(stack: contextlib.ExitStack, prefix: str, path: str) -> FrameLab:
+    netns = _netns(stack, prefix + "f" + _CODE[path])
+    with inside_netns(netns):
+        g = stack.enter_context(open_queue(prefix + "g", "tap"))
+        s = stack.enter_context(open_queue(prefix + "s", "tap"))
+        if path == "engine":
+            a = stack.enter_context(open_port(prefix + "a"))
+            b = stack.enter_context(open_port(prefix + "b"))
+    if path == "engine":
+        _bridges(netns, prefix, "a", "b")
+        stack.enter_context(Engine([a, b], "wire"))
+    elif path == "naive":
+        # created in this namespace by the forwarder process, then moved (its fds keep working)
+        stack.enter_context(naive_forwarder(prefix + "na", prefix + "nb"))
+        _move((prefix + "na", prefix + "nb"), (netns, netns))
+        _bridges(netns, prefix, "na", "nb")
+    elif path == "kernel":
+        from tapengine.devices import create_veth
+
+        create_veth(prefix + "v1", prefix + "v2", netns=netns)
+        _bridges(netns, prefix, "v1", "v2")
+        _wait_running(netns, [prefix + "v1", prefix + "v2"])
+    else:
+        raise ValueError(f"unknown frame path {path!r}")
+    return FrameLab(path, netns, g, s)
+
+
+def _address(sides: Sequence[tuple[str, str]]) -> None:
+    """Give A's and B's interface their address, bring them up, and add static neighbours."""
+    from tapengine.devices import add_neighbor, get_link
+
+    macs = []
+    for (netns, ifname), ip in zip(sides, TCP_IPS, strict=True):
+        link = get_link(ifname, netns)
+        link.add_address(f"{ip}/24")
+        link.up()
+        macs.append(link.info()["mac"])
+    for (netns, ifname), ip, mac in zip(sides, TCP_IPS[::-1], macs[::-1], strict=True):
+        add_neighbor(ifname, ip, mac, netns=netns)
+
+
+def build_tcp_lab(stack: contextlib.ExitStack, prefix: str, path: str) -> TcpLab:
+    from tapengine.devices import create_bridge, create_veth, get_link
+
+    code = "t" + _CODE[path]
+    a, b = _netns(stack, prefix + code + "a"), _netns(stack, prefix + code + "b")
+    taps = (prefix + code + "a", prefix + code + "b")   # link names, unique in every namespace
+    if path == "engine":
+        ports = [stack.enter_context(open_port(tap)) for tap in taps]
+        _move(taps, (a, b))
+        stack.enter_context(Engine(ports, "wire"))
+    elif path == "naive":
+        stack.enter_context(naive_forwarder(*taps))
+        _move(taps, (a, b))
+    elif path == "veth":
+        create_veth(taps[0], taps[1], netns=a, peer_netns=b)
+    elif path == "bridge":
+        s = _netns(stack, prefix + code + "s")
+        bridge = create_bridge(prefix + "br", netns=s)
+        ports = (prefix + code + "sa", prefix + code + "sb")
+        for tap, port, side in zip(taps, ports, (a, b), strict=True):
+            create_veth(tap, port, netns=side, peer_netns=s)
+            bridge.attach(port)
+            get_link(port, s).up()
+        bridge.up()
+    else:
+        raise ValueError(f"unknown TCP path {path!r}")
+    _address(((a, taps[0]), (b, taps[1])))
+    return TcpLab(path, a, b)
+
+
+@contextlib.contextmanager
+def labs(selection: Selection, prefix: str | None = None
+         ) -> Iterator[tuple[dict[str, FrameLab], dict[str, TcpLab]]]:
+    """Build every lab ``selection`` needs; all is removed on the way out, on errors and on
+    KeyboardInterrupt (namespaces last, so links inside them go with them)."""
     prefix = prefix or "te" + secrets.token_hex(3)
-    created: list[str] = []
     with contextlib.ExitStack() as stack:
-        try:
-            built: dict[str, Lab] = {}
-            for path in PATHS:
-                netns = prefix + path[0]
-                create_netns(netns)
-                created.append(netns)
-                _quiet(netns)
-                with inside_netns(netns):
-                    g = stack.enter_context(open_queue(prefix + "g", "tap"))
-                    s = stack.enter_context(open_queue(prefix + "s", "tap"))
-                    if path == "engine":
-                        a = stack.enter_context(open_port(prefix + "a"))
-                        b = stack.enter_context(open_port(prefix + "b"))
-                if path == "engine":
-                    _bridges(netns, prefix, "a", "b")
-                    stack.enter_context(Engine([a, b], "wire"))
-                else:
-                    from pyroute2 import IPRoute
-
-                    with inside_netns(netns), IPRoute() as ipr:
-                        ipr.link("add", ifname=prefix + "v1", kind="veth", peer=prefix + "v2")
-                    _bridges(netns, prefix, "v1", "v2")
-                    _wait_running(netns, [prefix + "v1", prefix + "v2"])
-                built[path] = Lab(netns, prefix, g, s)
-            time.sleep(0.1)
-            yield built
-        finally:
-            stack.close()
-            for netns in reversed(created):
-                with contextlib.suppress(OSError):
-                    delete_netns(netns, force=True)
+        frames = {path: build_frame_lab(stack, prefix, path) for path in selection.frame_paths}
+        tcp = {path: build_tcp_lab(stack, prefix, path) for path in selection.tcp_paths}
+        time.sleep(0.1)
+        yield frames, tcp
 
 
-def run_once(lab: Lab, path: str, size: str, duration: float) -> RunResult:
+# -- one run ------------------------------------------------------------------------------------
+
+
+def run_frames(lab: FrameLab, size: str, duration: float) -> RunResult:
     """Flat out for ``duration`` seconds through ``lab``; the sink reports what arrived."""
     gen = GenConfig(sizes=parse_size(size), flows=4).generator()
     with Sink(max_flows=4) as sink:
-        sink.run(lab.s, duration=0.02)          # leftovers of the previous run
+        sink.run(lab.s, duration=0.05)          # leftovers of the previous run
         sink.reset()
         reader = threading.Thread(target=sink.run, args=(lab.s,),
                                   kwargs={"idle": 0.3, "duration": duration + 10})
@@ -175,81 +367,233 @@ def run_once(lab: Lab, path: str, size: str, duration: float) -> RunResult:
                 sink.stop()
                 reader.join()
         result = SinkResult.of(sink)
+        histogram = [int(n) for n in sink.histogram]
     sent = GenResult.of(gen)
     bits = result.probe_bytes * 8 / result.elapsed_s if result.elapsed_s > 0 else 0.0
     latency = result.latency
-    return RunResult(path, size, sent.packets, result.probe_packets,
-                     sent.packets - result.probe_packets, result.pps, bits,
-                     latency.p50_ns if latency else None, latency.p99_ns if latency else None)
+    return RunResult(f"{lab.path}/{size}", "frames", lab.path, size, sent.packets,
+                     result.probe_packets, sent.packets - result.probe_packets, result.pps, bits,
+                     latency.p50_ns if latency else None, latency.p99_ns if latency else None,
+                     histogram)  # fmt: skip
+
+
+def _in_netns(netns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def run_tcp(lab: TcpLab, duration: float) -> RunResult:
+    """One iperf3 TCP stream from A to B for ``duration`` seconds."""
+    server = subprocess.Popen(_in_netns(lab.b, "iperf3", "-s", "-1", "-B", TCP_IPS[1]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        out = ""
+        for _attempt in range(20):          # until the server listens
+            time.sleep(0.1)
+            client = subprocess.run(
+                _in_netns(lab.a, "iperf3", "-c", TCP_IPS[1], "-t", f"{duration:g}", "-J"),
+                capture_output=True, text=True, timeout=duration + 30)
+            out = client.stdout
+            if client.returncode == 0:
+                break
+            if server.poll() is not None:
+                raise RuntimeError(f"iperf3 server in {lab.b} exited: {server.stderr.read()}")
+        report = json.loads(out)
+        if "error" in report:
+            raise RuntimeError(f"iperf3 through {lab.path}: {report['error']}")
+    finally:
+        if server.poll() is None:
+            try:
+                server.wait(5)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    end = report["end"]
+    received = end["sum_received"]
+    sender = end["streams"][0]["sender"]
+    rtt = sender.get("mean_rtt")
+    seconds = received["seconds"] or duration
+    return RunResult(f"tcp/{lab.path}", "tcp", lab.path, "tcp", int(end["sum_sent"]["bytes"]),
+                     int(received["bytes"]), int(end["sum_sent"].get("retransmits", 0)),
+                     received["bytes"] / TCP_MSS / seconds, float(received["bits_per_second"]),
+                     int(rtt * 1000) if rtt else None, None)  # fmt: skip
+
+
+# -- summaries ----------------------------------------------------------------------------------
+
+
+def _latency_buckets(runs: Sequence[RunResult]) -> list[tuple[int, int]]:
+    hists = [run.histogram for run in runs if run.histogram]
+    if not hists:
+        return []
+    total = np.sum(np.array(hists, dtype=np.uint64), axis=0)
+    low, high = bucket_bounds()
+    return [(int(low[k] + (high[k] - low[k]) // 2), int(total[k])) for k in np.flatnonzero(total)]
 
 
 def summarize(report: BenchReport) -> None:
-    by_key: dict[tuple[str, str], list[RunResult]] = {}
+    by_key: dict[str, list[RunResult]] = {}
     for run in report.runs:
-        by_key.setdefault((run.path, run.size), []).append(run)
-    summaries: dict[tuple[str, str], ScenarioSummary] = {}
-    for (path, size), runs in by_key.items():
+        by_key.setdefault(run.scenario, []).append(run)
+    summaries: dict[str, ScenarioSummary] = {}
+    for name, runs in by_key.items():
+        first = runs[0]
         pps = [run.pps for run in runs]
+        bits = [run.bits_per_s for run in runs]
         p50 = [run.p50_ns for run in runs if run.p50_ns is not None]
         p99 = [run.p99_ns for run in runs if run.p99_ns is not None]
-        summaries[path, size] = ScenarioSummary(
-            path, size, len(runs), statistics.median(pps), (min(pps), max(pps)),
-            statistics.median(run.bits_per_s for run in runs),
-            statistics.median(run.lost / run.sent if run.sent else 0.0 for run in runs),
+        loss = (statistics.median(run.lost / run.sent if run.sent else 0.0 for run in runs)
+                if first.kind == "frames" else None)
+        summaries[name] = ScenarioSummary(
+            name, first.kind, first.path, first.size, len(runs),
+            statistics.median(pps), (min(pps), max(pps)),
+            statistics.median(bits), (min(bits), max(bits)), loss,
             statistics.median(p50) if p50 else None, statistics.median(p99) if p99 else None,
+            REFERENCE[first.kind], latency=_latency_buckets(runs),
         )
-    for (path, size), summary in summaries.items():
-        kernel = summaries.get(("kernel", size))
-        if kernel and kernel.median_pps > 0:
-            summary.ratio_to_kernel = summary.median_pps / kernel.median_pps
-        del path
+    for summary in summaries.values():
+        ref_name = (f"{summary.reference}/{summary.size}" if summary.kind == "frames"
+                    else f"tcp/{summary.reference}")
+        ref = summaries.get(ref_name)
+        if summary.kind == "frames" and ref and ref.median_pps > 0:
+            summary.ratio_to_kernel = summary.median_pps / ref.median_pps
+        elif summary.kind == "tcp" and ref and ref.median_bits_per_s > 0:
+            summary.ratio_to_kernel = summary.median_bits_per_s / ref.median_bits_per_s
     report.scenarios = list(summaries.values())
 
 
-def run_bench(sizes: Sequence[str] = DEFAULT_SIZES, *, rounds: int = 5, duration: float = 2.0,
-              progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Build the labs, run every size through both paths ``rounds`` times interleaved, tear down."""
+def _rotate(items: Sequence[str], k: int) -> list[str]:
+    k %= max(1, len(items))
+    return [*items[k:], *items[:k]]
+
+
+def run_bench(selection: Selection, sizes: Sequence[str] = DEFAULT_SIZES, *, rounds: int = 5,
+              duration: float = 2.0, tcp_duration: float = 3.0,
+              progress: Progress | None = None, prefix: str | None = None) -> BenchReport:
+    """Build the labs, run every scenario ``rounds`` times interleaved, tear everything down."""
+    sizes = [str(size) for size in sizes]
     for size in sizes:
         parse_size(size)  # bad sizes fail before anything is built
-    if rounds < 1 or duration <= 0:
-        raise ValueError("rounds must be >= 1 and duration > 0")
-    report = BenchReport(rounds, duration, "te" + secrets.token_hex(3))
-    total = len(sizes) * rounds * len(PATHS)
-    with labs(report.prefix) as built:
-        for size in sizes:
-            for _ in range(rounds):
-                for path in PATHS:
-                    run = run_once(built[path], path, size, duration)
-                    report.runs.append(run)
-                    if progress:
-                        progress(f"[{len(report.runs)}/{total}] {path:<6} {size:>5}: "
-                                 f"{run.pps:,.0f} pps delivered, {run.lost:,} lost")
+    if rounds < 1 or duration <= 0 or tcp_duration < 1:
+        raise ValueError("rounds must be >= 1, duration > 0 and the TCP duration >= 1 s")
+    started = time.monotonic()
+    report = BenchReport(rounds, duration, tcp_duration, prefix or "te" + secrets.token_hex(3),
+                         sizes if selection.frame_paths else [])
+    total = (len(report.sizes) * len(selection.frame_paths) + len(selection.tcp_paths)) * rounds
+
+    def record(run: RunResult) -> None:
+        report.runs.append(run)
+        if progress:
+            if run.kind == "frames":
+                detail = (f"{run.pps:>12,.0f} pps {run.bits_per_s / 1e9:6.3f} Gbit/s delivered,"
+                          f" {run.lost / run.sent if run.sent else 0:6.1%} lost")
+            else:
+                detail = f"{run.bits_per_s / 1e9:6.2f} Gbit/s, {run.lost} retransmits"
+            progress(f"[{len(report.runs)}/{total}] {run.scenario:<13} {detail}")
+
+    if progress:
+        progress(f"building namespaces {report.prefix}* ...")
+    with labs(selection, report.prefix) as (frame_labs, tcp_labs):
+        for size in report.sizes:
+            for round_ in range(rounds):
+                for path in _rotate(selection.frame_paths, round_):
+                    record(run_frames(frame_labs[path], size, duration))
+        for round_ in range(rounds):
+            for path in _rotate(selection.tcp_paths, round_):
+                record(run_tcp(tcp_labs[path], tcp_duration))
     summarize(report)
+    report.elapsed_s = time.monotonic() - started
     return report
 
 
-def format_table(report: BenchReport) -> str:
-    lines = [f"{'path':<7}{'size':>6}{'pps (median)':>14}{'spread':>22}{'Gbit/s':>8}"
-             f"{'loss':>7}{'p50':>10}{'p99':>10}{'vs kernel':>10}"]  # fmt: skip
-    order = {size: k for k, size in enumerate(dict.fromkeys(s.size for s in report.scenarios))}
-    for s in sorted(report.scenarios, key=lambda s: (order[s.size], PATHS.index(s.path))):
-        spread = f"{s.spread_pps[0]:,.0f}..{s.spread_pps[1]:,.0f}"
-        p50 = f"{s.median_p50_ns / 1e3:,.0f} µs" if s.median_p50_ns is not None else "-"
-        p99 = f"{s.median_p99_ns / 1e3:,.0f} µs" if s.median_p99_ns is not None else "-"
-        ratio = f"{s.ratio_to_kernel:.2f}x" if s.ratio_to_kernel is not None else "-"
-        lines.append(f"{s.path:<7}{s.size:>6}{s.median_pps:>14,.0f}{spread:>22}"
-                     f"{s.median_bits_per_s / 1e9:>8.3f}{s.median_loss_ratio:>7.1%}{p50:>10}"
-                     f"{p99:>10}{ratio:>10}")  # fmt: skip
-    return "\n".join(lines)
+# -- output -------------------------------------------------------------------------------------
+
+
+def _order(report: BenchReport) -> list[ScenarioSummary]:
+    sizes = {size: k for k, size in enumerate(report.sizes)}
+
+    def key(s: ScenarioSummary) -> tuple[int, int, int]:
+        if s.kind == "frames":
+            return (0, sizes.get(s.size, 99), FRAME_PATHS.index(s.path))
+        return (1, 0, TCP_PATHS.index(s.path))
+
+    return sorted(report.scenarios, key=key)
+
+
+def _us(ns: float | None) -> str:
+    return "-" if ns is None else f"{ns / 1e3:,.0f} µs"
+
+
+def format_table(report: BenchReport, *, markdown: bool = False) -> str:
+    head = ["scenario", "packets/s", "spread (min..max)", "Gbit/s", "loss", "p50", "p99",
+            "vs kernel"]
+    rows = []
+    for s in _order(report):
+        if s.kind == "frames":
+            spread = f"{s.spread_pps[0]:,.0f}..{s.spread_pps[1]:,.0f}"
+            loss = f"{s.median_loss_ratio:.1%}" if s.median_loss_ratio is not None else "-"
+            p50, p99 = _us(s.median_p50_ns), _us(s.median_p99_ns)
+        else:
+            spread = f"{s.spread_bits_per_s[0] / 1e9:.2f}..{s.spread_bits_per_s[1] / 1e9:.2f} G"
+            loss, p50, p99 = "-", (_us(s.median_p50_ns) + " rtt" if s.median_p50_ns else "-"), "-"
+        ratio = f"{s.ratio_to_kernel:.2f}x {s.reference}" if s.ratio_to_kernel is not None else "-"
+        rows.append([s.scenario, f"{s.median_pps:,.0f}", spread,
+                     f"{s.median_bits_per_s / 1e9:.3f}", loss, p50, p99, ratio])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(row[k]) for row in [head, *rows]) for k in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) if k == 0 else cell.rjust(w)
+                               for k, (cell, w) in enumerate(zip(row, widths, strict=True)))
+                     for row in [head, *rows])  # fmt: skip
+
+
+def legend(report: BenchReport) -> str:
+    return (
+        f"{report.rounds} interleaved round(s); frames: {report.duration_s:g} s flat out per run, "
+        "4 flows, sizes with FCS; packets/s and Gbit/s are what the sink received (delivered, not "
+        "offered: a forwarder that cannot keep up loses frames in its tap's queue, see 'loss'); "
+        "p50/p99: one-way latency under that load (queueing included). TCP: one iperf3 stream, "
+        f"{report.tcp_duration_s:g} s per run, Gbit/s = iperf3 goodput, packets/s = goodput / "
+        f"{TCP_MSS}-byte segments, rtt = iperf3's mean round-trip time. 'vs kernel': median "
+        "ratio to the kernel's path of the same kind in the same run (frames: veth pair between "
+        "the bridges; TCP: kernel bridge). Medians, spread = min..max over the rounds."
+    )
+
+
+def machine() -> str:
+    """One line describing this machine: CPU model and count, kernel, Python."""
+    import platform
+
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (f"{os.cpu_count()} x {model}, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 __all__ = [
+    "DEFAULT_SIZES",
+    "FRAME_PATHS",
+    "SCENARIO_NAMES",
+    "TCP_PATHS",
     "BenchReport",
+    "FrameLab",
     "RunResult",
     "ScenarioSummary",
+    "Selection",
     "SizeMix",
+    "TcpLab",
     "format_table",
     "labs",
+    "legend",
+    "machine",
+    "parse_scenarios",
+    "parse_sizes",
     "run_bench",
-    "run_once",
+    "run_frames",
+    "run_tcp",
 ]  # fmt: skip
