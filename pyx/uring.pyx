@@ -1,0 +1,560 @@
+# cython: language_level=3, embedsignature=True
+"""Batched tun/tap I/O through io_uring: one ``io_uring_enter`` carries a whole batch.
+
+The same reads and writes as ``tapengine._batchio`` (one packet per read or write; iovec[0] the
+virtio-net header when the fd has IFF_VNET_HDR, iovec[1] the frame slot), queued as SQEs and
+submitted together. Raw system calls and our own header (``pyx/uring.h``); no liburing.
+
+What the kernel does with them, and what this module relies on (checked by ``available()``):
+
+- O_NONBLOCK on the fd is NOT enough: for a file that supports non-blocking I/O (a tun fd is a
+  char device with FMODE_NOWAIT) io_uring retries an ``-EAGAIN`` read by arming a poll, so the
+  read would stay pending and land in a ring slot later. Every SQE therefore carries
+  ``RWF_NOWAIT``: a read with nothing queued completes at once with ``-EAGAIN``, and every SQE of
+  a batch has completed when ``io_uring_enter`` returns, so no request outlives the call;
+- SQEs are issued in submission order, inline, by the submitting thread: reads of one fd take the
+  queue's packets in order. A read can find the queue empty (``-EAGAIN``) and the next one find a
+  packet that arrived meanwhile: the packets after such a gap are moved down so the slots stay
+  contiguous and ordered;
+- writes are linked (``IOSQE_IO_LINK``): when one fails, the kernel cancels every write after it,
+  so exactly the packets before the failure went out, as with a writev() loop.
+
+When io_uring is missing, disabled (``kernel.io_uring_disabled``), refused by a seccomp filter, or
+``TAPENGINE_NO_URING=1`` is set, ``available()`` is false and ``open_batch_io()`` hands out the
+readv/writev backend instead.
+"""
+
+cimport cython
+from libc.errno cimport EAGAIN, EBADF, EBUSY, EINTR, ENOSYS, EPROTO, errno
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memmove, memset
+from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+from posix.unistd cimport close
+
+from tapengine._ring cimport VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len
+from tapengine.syscall cimport iovec, raise_errno, would_block
+
+cdef extern from "<errno.h>" nogil:
+    enum: ECANCELED
+
+import os
+import threading
+
+from tapengine import _batchio
+
+MAX_ENTRIES = 4096
+
+# Setup flags tried in order; the first the kernel accepts wins. SINGLE_ISSUER + DEFER_TASKRUN
+# (6.1+) run completion work only inside our own io_uring_enter; the ring starts disabled so
+# that the thread that first submits, not the one that created it, becomes its single issuer.
+_SETUP_CHOICES = (
+    TE_SETUP_SINGLE_ISSUER | TE_SETUP_DEFER_TASKRUN | TE_SETUP_R_DISABLED,
+    TE_SETUP_COOP_TASKRUN,
+    0,
+)
+_NEEDED_OPS = {"READ": TE_OP_READ, "WRITE": TE_OP_WRITE, "READV": TE_OP_READV,
+               "WRITEV": TE_OP_WRITEV}
+
+
+cdef class UringIO:
+    """One io_uring for batched reads and writes on tun/tap fds; never shared between threads.
+
+    ``entries`` (a power of two, at most 4096) bounds the SQEs of one submission; longer batches
+    go in several. Everything is allocated here; nothing per packet. The first thread that moves
+    packets through it owns it; any other thread is refused.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.ring_fd = -1
+        self.sq_map = self.cq_map = NULL
+        self.sqes = NULL
+        self.iovs = NULL
+        self.res = NULL
+
+    def __init__(self, entries=256):
+        if self.ring_fd >= 0:
+            raise RuntimeError("UringIO is already set up")
+        if not isinstance(entries, int) or entries < 1 or entries > MAX_ENTRIES \
+                or entries & (entries - 1):
+            raise ValueError(f"entries must be a power of two from 1 to {MAX_ENTRIES}, "
+                             f"not {entries!r}")
+        if not available():
+            raise OSError(ENOSYS, f"io_uring cannot be used here: {unavailable_reason()}")
+        self._setup_any(entries)
+
+    cdef int _setup_any(self, uint32_t entries) except -1:
+        # Returns 0 with the first setup flags the kernel accepts; raises the last refusal.
+        last = None
+        for flags in _SETUP_CHOICES:
+            try:
+                return self._setup(entries, flags)
+            except OSError as exc:
+                last = exc
+        raise last
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef int _setup(self, uint32_t entries, uint32_t flags) except -1:
+        # Returns 0 with the rings mapped; raises OSError (nothing left behind) otherwise.
+        cdef te_uring_params p
+        cdef size_t sq_len, cq_len
+        cdef void *m
+        cdef uint32_t i
+        cdef uint32_t *array
+        memset(&p, 0, sizeof(p))
+        p.flags = flags
+        fd = te_io_uring_setup(entries, &p)
+        if fd < 0:
+            raise_errno(errno, f"io_uring_setup({entries}, flags={flags:#x})")
+        self.ring_fd = fd
+        try:
+            if not (p.features & TE_FEAT_NODROP):
+                raise OSError(ENOSYS, "io_uring without IORING_FEAT_NODROP (kernel < 5.5)")
+            sq_len = p.sq_off.array + p.sq_entries * sizeof(uint32_t)
+            cq_len = p.cq_off.cqes + p.cq_entries * sizeof(te_cqe)
+            if p.features & TE_FEAT_SINGLE_MMAP:
+                sq_len = cq_len = max(sq_len, cq_len)
+            m = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                     TE_OFF_SQ_RING)
+            if m == MAP_FAILED:
+                raise_errno(errno, "mapping the io_uring submission ring")
+            self.sq_map, self.sq_map_len = <uint8_t *>m, sq_len
+            if p.features & TE_FEAT_SINGLE_MMAP:
+                self.cq_map, self.cq_map_len = self.sq_map, 0
+            else:
+                m = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                         TE_OFF_CQ_RING)
+                if m == MAP_FAILED:
+                    raise_errno(errno, "mapping the io_uring completion ring")
+                self.cq_map, self.cq_map_len = <uint8_t *>m, cq_len
+            self.sqes_len = p.sq_entries * sizeof(te_sqe)
+            m = mmap(NULL, self.sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                     TE_OFF_SQES)
+            if m == MAP_FAILED:
+                raise_errno(errno, "mapping the io_uring submission entries")
+            self.sqes = <te_sqe *>m
+            self.iovs = <iovec *>calloc(2 * p.sq_entries, sizeof(iovec))
+            self.res = <int32_t *>calloc(p.sq_entries, sizeof(int32_t))
+            if self.iovs == NULL or self.res == NULL:
+                raise MemoryError("cannot allocate the io_uring batch state")
+        except BaseException:
+            self._free()
+            raise
+        self.sq_head = <uint32_t *>(self.sq_map + p.sq_off.head)
+        self.sq_tail = <uint32_t *>(self.sq_map + p.sq_off.tail)
+        self.sq_mask = (<uint32_t *>(self.sq_map + p.sq_off.ring_mask))[0]
+        self.cq_head = <uint32_t *>(self.cq_map + p.cq_off.head)
+        self.cq_tail = <uint32_t *>(self.cq_map + p.cq_off.tail)
+        self.cq_mask = (<uint32_t *>(self.cq_map + p.cq_off.ring_mask))[0]
+        self.cqes = <te_cqe *>(self.cq_map + p.cq_off.cqes)
+        # SQE i always sits in array slot i: the indirection is set once, never touched again.
+        array = <uint32_t *>(self.sq_map + p.sq_off.array)
+        for i in range(p.sq_entries):
+            array[i] = i
+        self.local_tail = self.sq_tail[0]
+        self.entries = p.sq_entries
+        self.setup_flags = flags
+        self.features = p.features
+        self.enabled = not (flags & TE_SETUP_R_DISABLED)
+        self.dead = 0
+        memset(self.hint, 0, sizeof(self.hint))
+        return 0
+
+    cdef void _free(self) noexcept:
+        if self.sqes != NULL:
+            munmap(self.sqes, self.sqes_len)
+        if self.cq_map != NULL and self.cq_map != self.sq_map:
+            munmap(self.cq_map, self.cq_map_len)
+        if self.sq_map != NULL:
+            munmap(self.sq_map, self.sq_map_len)
+        if self.ring_fd >= 0:
+            close(self.ring_fd)     # nothing is in flight: every batch completes before return
+        free(self.iovs)
+        free(self.res)
+        self.sqes = NULL
+        self.sq_map = self.cq_map = NULL
+        self.iovs = NULL
+        self.res = NULL
+        self.ring_fd = -1
+
+    cdef int _own(self) noexcept nogil:
+        # Returns 0 when the calling thread may submit, else the errno to report.
+        if self.ring_fd < 0:
+            return EBADF
+        if self.dead:
+            return self.dead
+        if self.enabled:
+            return 0 if pthread_equal(self.owner, pthread_self()) else EBUSY
+        if te_io_uring_register(self.ring_fd, TE_REGISTER_ENABLE_RINGS, NULL, 0) < 0 \
+                and self.setup_flags & TE_SETUP_R_DISABLED:
+            return errno
+        self.owner = pthread_self()
+        self.enabled = True
+        return 0
+
+    @cython.boundscheck(False)
+    cdef int _run(self, uint32_t n) noexcept nogil:
+        # Submits the n SQEs queued after local_tail - n and waits for all n completions; their
+        # results land in res[user_data]. Returns 0, or the errno that makes the ring unusable
+        # (then self.dead is set: SQEs may still be queued, so nothing may be submitted again).
+        cdef uint32_t reaped = 0, head, tail
+        cdef int ret
+        cdef te_cqe *cqe
+        te_store_release(self.sq_tail, self.local_tail)
+        while True:
+            head = self.cq_head[0]
+            tail = te_load_acquire(self.cq_tail)
+            while head != tail:
+                cqe = &self.cqes[head & self.cq_mask]
+                self.res[cqe.user_data] = cqe.res
+                head += 1
+                reaped += 1
+            te_store_release(self.cq_head, head)
+            if reaped >= n:
+                return 0
+            ret = te_io_uring_enter(self.ring_fd, self.local_tail - te_load_acquire(self.sq_head),
+                                    n - reaped, TE_ENTER_GETEVENTS)
+            self.enters += 1
+            if ret < 0 and errno != EINTR and errno != EAGAIN and errno != EBUSY:
+                self.dead = errno
+                return errno
+
+    # -- Python API ---------------------------------------------------------------------------
+
+    @property
+    def backend(self):
+        """``"io_uring"``: which backend moves the packets."""
+        return "io_uring"
+
+    @property
+    def flags(self):
+        """Names of the io_uring setup flags the kernel accepted for this ring."""
+        names = {TE_SETUP_SINGLE_ISSUER: "SINGLE_ISSUER", TE_SETUP_DEFER_TASKRUN: "DEFER_TASKRUN",
+                 TE_SETUP_R_DISABLED: "R_DISABLED", TE_SETUP_COOP_TASKRUN: "COOP_TASKRUN"}
+        return [name for bit, name in names.items() if self.setup_flags & bit]
+
+    @property
+    def closed(self):
+        return self.ring_fd < 0
+
+    def close(self):
+        """Unmap the rings and close the io_uring fd (also done when the object goes away)."""
+        self._free()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def recv_batch(self, fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False):
+        """Read up to ``budget`` packets from a non-blocking tun/tap fd into the ring's free slots.
+
+        Same contract as ``tapengine.recv_batch``: packets land at ``ring.tail`` onwards, in order,
+        and ``tail`` advances by the number returned; any error other than ``EAGAIN`` raises the
+        matching ``OSError`` subclass with ``completed`` = packets read (and kept) before it.
+        """
+        cdef int cfd = _check_fd(fd)
+        _check_ring(ring)
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0, not {budget}")
+        cdef uint32_t cbudget = min(budget, ring.nslots)
+        cdef int err
+        cdef uint32_t n
+        self._check_thread()
+        with nogil:
+            n = uring_recv(self, cfd, ring, cbudget, vnet_hdr, &err)
+        if err:
+            raise_errno(err, f"reading a batch from fd {cfd} through io_uring", n)
+        return n
+
+    def send_batch(self, fd, PacketRing ring not None, first, count, *, bint vnet_hdr=False):
+        """Write ``count`` packets from slots ``first`` onwards (free-running, masked) to a fd.
+
+        Same contract as ``tapengine.send_batch``: returns the number written (fewer means
+        ``EAGAIN``); any other error raises with ``completed`` = packets written before it, and no
+        packet after the failing one was written. ``head`` is not moved.
+        """
+        cdef int cfd = _check_fd(fd)
+        _check_ring(ring)
+        if count < 0 or count > ring.nslots:
+            raise ValueError(f"count must be between 0 and {ring.nslots}, not {count}")
+        cdef uint32_t cfirst = first, ccount = count
+        cdef int err
+        cdef uint32_t n
+        self._check_thread()
+        with nogil:
+            n = uring_send(self, cfd, ring, cfirst, ccount, vnet_hdr, &err)
+        if err:
+            raise_errno(err, f"writing a batch to fd {cfd} through io_uring", n)
+        return n
+
+    def stats(self):
+        """Counters since creation: syscalls, SQEs, empty reads and packets moved to close gaps."""
+        return {"enters": self.enters, "submitted": self.submitted,
+                "empty_reads": self.empty_reads, "moved": self.moved}
+
+    def _check_thread(self):
+        if self.ring_fd < 0:
+            raise ValueError("the io_uring is closed")
+        if self.enabled and not pthread_equal(self.owner, pthread_self()):
+            raise RuntimeError("this UringIO belongs to another thread; give each thread its own")
+
+
+cdef inline void _prep(te_sqe *sqe, uint8_t opcode, int fd, void *addr, uint32_t length,
+                       uint8_t flags, uint64_t user_data) noexcept nogil:
+    sqe.opcode = opcode
+    sqe.flags = flags
+    sqe.ioprio = 0
+    sqe.fd = fd
+    sqe.off = 0                 # tun/tap fds have no file position
+    sqe.addr = <uint64_t>addr
+    sqe.len = length
+    sqe.rw_flags = TE_RWF_NOWAIT  # never park a request: see the module docstring
+    sqe.user_data = user_data
+    sqe.buf_index = 0
+    sqe.personality = 0
+    sqe.file_index = 0
+    sqe.addr3 = 0
+    sqe.pad2 = 0
+
+
+cdef inline void _queue_rw(UringIO io, uint32_t k, bint write, int fd, PacketRing ring,
+                           uint32_t index, uint32_t length, bint vnet_hdr,
+                           uint8_t flags) noexcept nogil:
+    # Queues the k-th SQE of a batch: packet slot ``index`` of ``ring``, ``length`` frame bytes.
+    cdef te_sqe *sqe = &io.sqes[io.local_tail & io.sq_mask]
+    cdef iovec *iov
+    io.local_tail += 1
+    if vnet_hdr:
+        iov = &io.iovs[2 * k]
+        iov[0].iov_base = ring_hdr(ring, index)
+        iov[0].iov_len = VNET_HDR_LEN
+        iov[1].iov_base = ring_frame(ring, index)
+        iov[1].iov_len = length
+        _prep(sqe, TE_OP_WRITEV if write else TE_OP_READV, fd, iov, 2, flags, k)
+    else:
+        _prep(sqe, TE_OP_WRITE if write else TE_OP_READ, fd, ring_frame(ring, index), length,
+              flags, k)
+
+
+@cython.boundscheck(False)
+@cython.cdivision(True)
+cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
+                         int *err) noexcept nogil:
+    # Returns the packets read into [tail, tail + n) (tail advanced); *err = 0 or the errno.
+    cdef uint32_t n = 0, wave, k, base, want, got
+    cdef int32_t r
+    cdef size_t hdr_len = VNET_HDR_LEN if vnet_hdr else 0
+    cdef uint32_t room = ring_free(ring)
+    cdef bint stop = False
+    cdef uint32_t *hint = &io.hint[<uint32_t>fd & (HINT_SLOTS - 1)]
+    err[0] = io._own()
+    if err[0]:
+        return 0
+    if budget > room:
+        budget = room
+    # A read finding the queue empty costs an SQE, an extra enter costs a syscall: start with
+    # what this fd had last time (plus a little), and double while every read finds a packet.
+    want = hint[0] + hint[0] // 4 + 1
+    while n < budget and not stop:
+        wave = budget - n
+        if wave > want:
+            wave = want
+        if wave > io.entries:
+            wave = io.entries
+        base = n
+        for k in range(wave):
+            _queue_rw(io, k, False, fd, ring, ring.tail + base + k, ring.slot_size, vnet_hdr, 0)
+        io.submitted += wave
+        err[0] = io._run(wave)
+        if err[0]:
+            break       # the ring is unusable; these reads' results are unknown
+        for k in range(wave):
+            r = io.res[k]
+            if r >= 0 and <size_t>r >= hdr_len:
+                if base + k != n:
+                    # A gap: an earlier read of this wave found the queue empty, this one a packet
+                    # that arrived meanwhile. Move it down so the slots stay contiguous.
+                    got = <uint32_t>(r - hdr_len)
+                    memmove(ring_frame(ring, ring.tail + n), ring_frame(ring, ring.tail + base + k),
+                            got)
+                    memcpy(ring_hdr(ring, ring.tail + n), ring_hdr(ring, ring.tail + base + k),
+                           VNET_HDR_LEN)
+                    io.moved += 1
+                ring_len(ring, ring.tail + n)[0] = <uint32_t>(r - hdr_len)
+                n += 1
+                continue
+            stop = True
+            if r >= 0:
+                if err[0] == 0:
+                    err[0] = EPROTO     # a vnet fd always prepends a whole header
+            elif r == -EAGAIN or r == -EINTR:
+                io.empty_reads += 1
+            elif err[0] == 0:
+                err[0] = -r
+        want = wave * 2
+    hint[0] = n
+    ring.tail += n
+    return n
+
+
+@cython.boundscheck(False)
+cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, uint32_t count,
+                         bint vnet_hdr, int *err) noexcept nogil:
+    # Returns the packets written from slot ``first`` on; *err = 0 or the errno that stopped it.
+    cdef uint32_t n = 0, chunk, k
+    cdef int32_t r
+    err[0] = io._own()
+    if err[0]:
+        return 0
+    while n < count:
+        chunk = count - n
+        if chunk > io.entries:
+            chunk = io.entries
+        for k in range(chunk):
+            # linked: a failed write cancels the rest of the chain, so nothing after it goes out
+            _queue_rw(io, k, True, fd, ring, first + n + k, ring_len(ring, first + n + k)[0],
+                      vnet_hdr, TE_IOSQE_IO_LINK if k + 1 < chunk else 0)
+        io.submitted += chunk
+        err[0] = io._run(chunk)
+        if err[0]:
+            return n    # the ring is unusable: report only what is known to be written
+        for k in range(chunk):
+            r = io.res[k]
+            if r < 0:
+                if r != -EAGAIN and r != -EINTR and r != -ECANCELED:
+                    err[0] = -r
+                return n + k
+        n += chunk
+    return n
+
+
+cdef int _check_fd(fd) except -1:
+    # Returns the descriptor number of an int or an object with fileno().
+    if not isinstance(fd, int):
+        fd = fd.fileno()
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor {fd}")
+    return fd
+
+
+cdef int _check_ring(PacketRing ring) except -1:
+    # Returns 0 for an open ring; raises ValueError for a closed one.
+    if ring.slab == NULL:
+        raise ValueError("the packet ring is closed")
+    return 0
+
+
+# -- the runtime probe ---------------------------------------------------------------------------
+
+_probe_lock = threading.Lock()
+_probe_result = None        # None until probed, then "" (usable) or why not
+
+
+def _probe():
+    """Why io_uring cannot carry our batches here, or "" when it can (one ring, one pipe)."""
+    cdef te_uring_params p
+    cdef te_probe probe
+    cdef int fd
+    memset(&p, 0, sizeof(p))
+    fd = te_io_uring_setup(4, &p)
+    if fd < 0:
+        return f"io_uring_setup failed: {os.strerror(errno)}"
+    try:
+        memset(&probe, 0, sizeof(probe))
+        if te_io_uring_register(fd, TE_REGISTER_PROBE, &probe, TE_PROBE_OPS) < 0:
+            return f"IORING_REGISTER_PROBE failed: {os.strerror(errno)} (kernel < 5.6)"
+        for name, op in _NEEDED_OPS.items():
+            if op > probe.last_op or not (probe.ops[op].flags & TE_IO_URING_OP_SUPPORTED):
+                return f"IORING_OP_{name} is not supported"
+    finally:
+        close(fd)
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return _check_nonblocking_semantics(rfd, wfd)
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+cdef str _check_nonblocking_semantics(int rfd, int wfd):
+    # A read of an empty O_NONBLOCK fd must complete at once with -EAGAIN (never wait), and a
+    # write then a read must each complete within their enter. Returns "" when they do.
+    cdef UringIO io = UringIO.__new__(UringIO)
+    cdef PacketRing ring = PacketRing(4, 64)
+    cdef int err = 0
+    cdef uint32_t n
+    try:
+        io._setup_any(4)
+    except OSError as exc:
+        return f"io_uring_setup failed: {exc}"
+    try:
+        with nogil:
+            n = uring_recv(io, rfd, ring, 1, False, &err)
+        if err or n != 0 or io.empty_reads != 1:
+            return f"a read of an empty non-blocking fd did not complete with EAGAIN ({err}, {n})"
+        ring.push(b"tapengin")
+        with nogil:
+            n = uring_send(io, wfd, ring, 0, 1, False, &err)
+        if err or n != 1:
+            return f"a write through io_uring failed ({os.strerror(err) if err else n})"
+        ring.consume(1)
+        with nogil:
+            n = uring_recv(io, rfd, ring, 1, False, &err)
+        if err or n != 1 or ring.packet(ring.head) != b"tapengin":
+            return "a read through io_uring did not return what was written"
+        return ""
+    finally:
+        io.close()
+        ring.close()
+
+
+def available():
+    """True when batches can go through io_uring here (probed once per process).
+
+    False when the kernel lacks io_uring or the opcodes we use, when it is disabled
+    (``kernel.io_uring_disabled``) or filtered (seccomp, containers), or when the environment sets
+    ``TAPENGINE_NO_URING=1``.
+    """
+    return unavailable_reason() == ""
+
+
+def unavailable_reason():
+    """Why ``available()`` is false, or "" when it is true."""
+    global _probe_result
+    if os.environ.get("TAPENGINE_NO_URING", "") not in ("", "0"):
+        return "TAPENGINE_NO_URING is set"
+    if _probe_result is None:
+        with _probe_lock:
+            if _probe_result is None:
+                _probe_result = _probe()
+    return _probe_result
+
+
+class ReadvIO:
+    """The readv/writev backend behind the same interface as ``UringIO``."""
+
+    backend = "readv"
+
+    def recv_batch(self, fd, ring, budget=64, *, vnet_hdr=False):
+        return _batchio.recv_batch(fd, ring, budget, vnet_hdr=vnet_hdr)
+
+    def send_batch(self, fd, ring, first, count, *, vnet_hdr=False):
+        return _batchio.send_batch(fd, ring, first, count, vnet_hdr=vnet_hdr)
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        pass
+
+
+def open_batch_io(entries=256):
+    """A ``UringIO`` when io_uring is available here, else the readv/writev ``ReadvIO``."""
+    return UringIO(entries) if available() else ReadvIO()
