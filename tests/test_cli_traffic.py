@@ -196,24 +196,3 @@ def test_gen_stops_at_its_duration(lab: Lab) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["packets"] == pytest.approx(500, abs=15)
     assert time.monotonic() - started < 10
-
-
-
-@pytest.mark.privileged
-def test_bench_json_has_both_paths_with_ratios_and_leaves_nothing() -> None:
-    from pyroute2 import netns
-
-    result = tapengine("bench", "--sizes", "64", "--rounds", "1", "--duration", "0.3", "--json",
-                       timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    scenarios = {(s["path"], s["size"]): s for s in report["scenarios"]}
-    assert set(scenarios) == {("engine", "64"), ("kernel", "64")}
-    assert scenarios["kernel", "64"]["ratio_to_kernel"] == 1.0
-    engine = scenarios["engine", "64"]
-    assert engine["median_pps"] > 0
-    assert engine["ratio_to_kernel"] == pytest.approx(
-        engine["median_pps"] / scenarios["kernel", "64"]["median_pps"])
-    for run in report["runs"]:
-        assert run["received"] + run["lost"] == run["sent"] > 0
-    assert not [name for name in netns.listnetns() if name.startswith(report["prefix"])]
