@@ -63,7 +63,7 @@ def test_sizes_are_checked_and_deduplicated() -> None:
 
 def _frames(path: str, size: str, pps: float, lost: int = 0) -> RunResult:
     return RunResult(f"{path}/{size}", "frames", path, size, 1000, 1000 - lost, lost, pps,
-                     pps * 480, 1000, 5000)
+                     pps * 480, 1000, 5000, 2 * pps)
 
 
 def _tcp(path: str, bits: float) -> RunResult:
@@ -82,6 +82,7 @@ def test_summary_takes_medians_spreads_and_ratios_to_the_kernel_path_of_its_kind
     assert (engine.median_pps, engine.spread_pps, engine.runs) == (200, (100, 300), 3)
     assert engine.ratio_to_kernel == pytest.approx(200 / 450)
     assert kernel.ratio_to_kernel == 1.0 and kernel.median_loss_ratio == pytest.approx(0.1)
+    assert kernel.median_offered_pps == 900
     tcp = report.scenario("tcp/engine")
     assert tcp.reference == "bridge" and tcp.ratio_to_kernel == pytest.approx(0.5)
     assert tcp.median_loss_ratio is None
@@ -168,6 +169,7 @@ def test_bench_json_has_every_scenario_with_medians_and_ratios(
         if run["kind"] == "frames":
             assert run["received"] + run["lost"] == run["sent"] > 0
             assert run["p50_ns"] <= run["p99_ns"]
+            assert run["offered_pps"] > 0
     # the runs alternate: no scenario runs twice before every other of its kind ran once
     order = [run["scenario"] for run in report["runs"]]
     assert sorted(order[:3]) == sorted(order[3:6]) == ["engine/64", "kernel/64", "naive/64"]

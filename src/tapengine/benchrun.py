@@ -114,6 +114,7 @@ class RunResult:
     bits_per_s: float       # frames: bytes written by the generator that arrived; TCP: goodput
     p50_ns: int | None      # one-way latency (frames) or TCP's mean round-trip time (iperf3)
     p99_ns: int | None
+    offered_pps: float | None = None    # frames: what the generator wrote into tap g per second
     histogram: list[int] | None = field(default=None, repr=False)  # sink's latency histogram
 
 
@@ -129,6 +130,7 @@ class ScenarioSummary:
     median_bits_per_s: float
     spread_bits_per_s: tuple[float, float]
     median_loss_ratio: float | None
+    median_offered_pps: float | None
     median_p50_ns: float | None
     median_p99_ns: float | None
     reference: str                   # the kernel path this scenario is compared with
@@ -374,7 +376,7 @@ def run_frames(lab: FrameLab, size: str, duration: float) -> RunResult:
     return RunResult(f"{lab.path}/{size}", "frames", lab.path, size, sent.packets,
                      result.probe_packets, sent.packets - result.probe_packets, result.pps, bits,
                      latency.p50_ns if latency else None, latency.p99_ns if latency else None,
-                     histogram)  # fmt: skip
+                     sent.pps, histogram)  # fmt: skip
 
 
 def _in_netns(netns: str, *argv: str) -> list[str]:
@@ -441,12 +443,14 @@ def summarize(report: BenchReport) -> None:
         bits = [run.bits_per_s for run in runs]
         p50 = [run.p50_ns for run in runs if run.p50_ns is not None]
         p99 = [run.p99_ns for run in runs if run.p99_ns is not None]
-        loss = (statistics.median(run.lost / run.sent if run.sent else 0.0 for run in runs)
-                if first.kind == "frames" else None)
+        loss = offered = None
+        if first.kind == "frames":
+            loss = statistics.median(run.lost / run.sent if run.sent else 0.0 for run in runs)
+            offered = statistics.median(run.offered_pps or 0.0 for run in runs)
         summaries[name] = ScenarioSummary(
             name, first.kind, first.path, first.size, len(runs),
             statistics.median(pps), (min(pps), max(pps)),
-            statistics.median(bits), (min(bits), max(bits)), loss,
+            statistics.median(bits), (min(bits), max(bits)), loss, offered,
             statistics.median(p50) if p50 else None, statistics.median(p99) if p99 else None,
             REFERENCE[first.kind], latency=_latency_buckets(runs),
         )
@@ -524,20 +528,22 @@ def _us(ns: float | None) -> str:
 
 
 def format_table(report: BenchReport, *, markdown: bool = False) -> str:
-    head = ["scenario", "packets/s", "spread (min..max)", "Gbit/s", "loss", "p50", "p99",
-            "vs kernel"]
+    head = ["scenario", "packets/s", "spread (min..max)", "Gbit/s", "offered/s", "loss", "p50",
+            "p99", "vs kernel"]
     rows = []
     for s in _order(report):
         if s.kind == "frames":
             spread = f"{s.spread_pps[0]:,.0f}..{s.spread_pps[1]:,.0f}"
             loss = f"{s.median_loss_ratio:.1%}" if s.median_loss_ratio is not None else "-"
+            offered = f"{s.median_offered_pps:,.0f}" if s.median_offered_pps else "-"
             p50, p99 = _us(s.median_p50_ns), _us(s.median_p99_ns)
         else:
             spread = f"{s.spread_bits_per_s[0] / 1e9:.2f}..{s.spread_bits_per_s[1] / 1e9:.2f} G"
-            loss, p50, p99 = "-", (_us(s.median_p50_ns) + " rtt" if s.median_p50_ns else "-"), "-"
+            loss, offered, p99 = "-", "-", "-"
+            p50 = _us(s.median_p50_ns) + " rtt" if s.median_p50_ns else "-"
         ratio = f"{s.ratio_to_kernel:.2f}x {s.reference}" if s.ratio_to_kernel is not None else "-"
         rows.append([s.scenario, f"{s.median_pps:,.0f}", spread,
-                     f"{s.median_bits_per_s / 1e9:.3f}", loss, p50, p99, ratio])
+                     f"{s.median_bits_per_s / 1e9:.3f}", offered, loss, p50, p99, ratio])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -549,16 +555,21 @@ def format_table(report: BenchReport, *, markdown: bool = False) -> str:
 
 
 def legend(report: BenchReport) -> str:
-    return (
-        f"{report.rounds} interleaved round(s); frames: {report.duration_s:g} s flat out per run, "
-        "4 flows, sizes with FCS; packets/s and Gbit/s are what the sink received (delivered, not "
-        "offered: a forwarder that cannot keep up loses frames in its tap's queue, see 'loss'); "
-        "p50/p99: one-way latency under that load (queueing included). TCP: one iperf3 stream, "
-        f"{report.tcp_duration_s:g} s per run, Gbit/s = iperf3 goodput, packets/s = goodput / "
-        f"{TCP_MSS}-byte segments, rtt = iperf3's mean round-trip time. 'vs kernel': median "
-        "ratio to the kernel's path of the same kind in the same run (frames: veth pair between "
-        "the bridges; TCP: kernel bridge). Medians, spread = min..max over the rounds."
-    )
+    """What the table's columns mean, one line each."""
+    return "\n".join((
+        f"{report.rounds} interleaved rounds; medians, spread = min..max over the rounds.",
+        f"frames: the generator flat out for {report.duration_s:g} s per run, 4 flows, sizes "
+        "with FCS (imix = 64/570/1518 in 7:4:1).",
+        "  packets/s, Gbit/s: DELIVERED to the sink, not offered; offered/s: what the generator "
+        "wrote;",
+        "  loss: the share that never arrived (a forwarder that falls behind loses it in its "
+        "tap's queue);",
+        "  p50, p99: one-way latency under that load, queueing included.",
+        f"tcp: one iperf3 stream for {report.tcp_duration_s:g} s per run; Gbit/s = goodput, "
+        f"packets/s = goodput in {TCP_MSS}-byte segments, rtt = iperf3's mean round-trip time.",
+        "vs kernel: ratio of medians to the kernel's path of the same kind in the same run "
+        "(frames: kernel = a veth pair between the same bridges; tcp: bridge = a kernel bridge).",
+    ))
 
 
 def machine() -> str:
