@@ -14,6 +14,17 @@
 #define __NR_io_uring_setup 425
 #define __NR_io_uring_enter 426
 #define __NR_io_uring_register 427
+/* A number for the calling thread, never reused within the process (unlike pthread_t or a tid,
+ * which a new thread can inherit from a dead one): the owner check of a ring. */
+static inline uint64_t te_thread_id(void)
+{
+    static uint64_t next = 0;
+    static __thread uint64_t mine = 0;
+    if (mine == 0)
+        mine = __atomic_add_fetch(&next, 1, __ATOMIC_RELAXED);
+    return mine;
+}
+
 #endif
 
 /* Submission queue entry: only the fields a read or write fills, unions flattened. */
@@ -141,6 +152,17 @@ static inline uint32_t te_load_acquire(const uint32_t *p)
 static inline void te_store_release(uint32_t *p, uint32_t v)
 {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+/* A number for the calling thread, never reused within the process (unlike pthread_t or a tid,
+ * which a new thread can inherit from a dead one): the owner check of a ring. */
+static inline uint64_t te_thread_id(void)
+{
+    static uint64_t next = 0;
+    static __thread uint64_t mine = 0;
+    if (mine == 0)
+        mine = __atomic_add_fetch(&next, 1, __ATOMIC_RELAXED);
+    return mine;
 }
 
 #endif

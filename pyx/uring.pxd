@@ -12,12 +12,6 @@ from tapengine._ring cimport PacketRing
 from tapengine.syscall cimport iovec
 
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    pthread_t pthread_self()
-    int pthread_equal(pthread_t a, pthread_t b)
-
-
 cdef extern from "uring.h" nogil:
     struct te_sqe:
         uint8_t opcode
@@ -78,6 +72,7 @@ cdef extern from "uring.h" nogil:
     int te_io_uring_register(int fd, uint32_t opcode, void *arg, uint32_t nr_args)
     uint32_t te_load_acquire(const uint32_t *p)
     void te_store_release(uint32_t *p, uint32_t v)
+    uint64_t te_thread_id()
 
 
 cdef enum:
@@ -105,8 +100,9 @@ cdef class UringIO:
     cdef readonly uint32_t entries
     cdef readonly uint32_t setup_flags
     cdef readonly uint32_t features
-    cdef bint enabled               # rings set up disabled are enabled by their first submitter
-    cdef pthread_t owner
+    cdef bint enabled               # owned: the first thread that submits takes it (and enables it)
+    cdef uint64_t owner             # te_thread_id() of the owning thread
+    cdef public bint link_writes    # (experiments only) False: unlinked writes, inexact on error
     cdef int dead                   # errno that left submissions in an unknown state, else 0
     cdef uint32_t hint[HINT_SLOTS]  # packets the last recv on this fd found
     # counters, for benchmarks and profiles

@@ -157,8 +157,9 @@ cdef class UringIO:
         self.entries = p.sq_entries
         self.setup_flags = flags
         self.features = p.features
-        self.enabled = not (flags & TE_SETUP_R_DISABLED)
+        self.enabled = False       # until the first thread that submits takes it
         self.dead = 0
+        self.link_writes = True
         memset(self.hint, 0, sizeof(self.hint))
         return 0
 
@@ -180,17 +181,18 @@ cdef class UringIO:
         self.ring_fd = -1
 
     cdef int _own(self) noexcept nogil:
-        # Returns 0 when the calling thread may submit, else the errno to report.
+        # Returns 0 when the calling thread may submit, else the errno to report. The first
+        # caller becomes the owner (and enables a ring set up disabled: its single issuer).
         if self.ring_fd < 0:
             return EBADF
         if self.dead:
             return self.dead
         if self.enabled:
-            return 0 if pthread_equal(self.owner, pthread_self()) else EBUSY
-        if te_io_uring_register(self.ring_fd, TE_REGISTER_ENABLE_RINGS, NULL, 0) < 0 \
-                and self.setup_flags & TE_SETUP_R_DISABLED:
+            return 0 if self.owner == te_thread_id() else EBUSY
+        if self.setup_flags & TE_SETUP_R_DISABLED and \
+                te_io_uring_register(self.ring_fd, TE_REGISTER_ENABLE_RINGS, NULL, 0) < 0:
             return errno
-        self.owner = pthread_self()
+        self.owner = te_thread_id()
         self.enabled = True
         return 0
 
@@ -299,7 +301,7 @@ cdef class UringIO:
     def _check_thread(self):
         if self.ring_fd < 0:
             raise ValueError("the io_uring is closed")
-        if self.enabled and not pthread_equal(self.owner, pthread_self()):
+        if self.enabled and not self.owner == te_thread_id():
             raise RuntimeError("this UringIO belongs to another thread; give each thread its own")
 
 
@@ -417,7 +419,7 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
         for k in range(chunk):
             # linked: a failed write cancels the rest of the chain, so nothing after it goes out
             _queue_rw(io, k, True, fd, ring, first + n + k, ring_len(ring, first + n + k)[0],
-                      vnet_hdr, TE_IOSQE_IO_LINK if k + 1 < chunk else 0)
+                      vnet_hdr, TE_IOSQE_IO_LINK if k + 1 < chunk and io.link_writes else 0)
         io.submitted += chunk
         err[0] = io._run(chunk)
         if err[0]:

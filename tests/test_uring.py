@@ -1,0 +1,385 @@
+"""UringIO (pyx/uring.pyx) against the kernel: the same behaviours as tests/test_batchio.py through
+io_uring, plus order under load, thread ownership and the readv/writev fallback."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from pyroute2 import IPRoute
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+import tapengine._batchio
+from conftest import inside_netns
+from netutil import move_link, stats64
+from tapengine import PacketRing, TunQueue, open_queue
+from tapengine import _uring as uring
+from tapengine.errors import DeviceGoneError
+from test_batchio import (
+    LOCAL_IP,
+    PEER_IP,
+    PEER_MAC,
+    PORT,
+    Endpoint,
+    checksums_are_valid,
+    endpoint,  # noqa: F401  (the fixture, shared with test_batchio)
+    ours,
+    send_udp_from_netns,
+)
+
+needs_uring = pytest.mark.skipif(not uring.available(),
+                                 reason=f"io_uring unusable here: {uring.unavailable_reason()}")
+
+ETHERTYPE = b"\x88\xb5"  # experimental: the bridge floods it, nothing else parses it
+
+
+@pytest.fixture
+def io() -> Iterator[uring.UringIO]:
+    with uring.UringIO(64) as ring_io:
+        yield ring_io
+
+
+def drain(io: uring.UringIO, queue: TunQueue, ring: PacketRing, want: int,
+          timeout: float = 5.0) -> list[bytes]:
+    """Read through io_uring until ``want`` of our UDP packets arrived; every frame, in order."""
+    deadline = time.monotonic() + timeout
+    frames: list[bytes] = []
+    while time.monotonic() < deadline:
+        n = io.recv_batch(queue, ring, 64, vnet_hdr=queue.vnet_hdr)
+        frames += [ring.packet(ring.head + i) for i in range(n)]
+        ring.consume(n)
+        if len(ours(frames, queue.mode)) >= want:
+            break
+        if n == 0:
+            time.sleep(0.005)
+    return frames
+
+
+def in_thread(work: Callable[[], object], timeout: float = 10.0) -> object:
+    """Run ``work`` in a fresh thread; fail (rather than hang) if it does not return in time."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("ok", work()))
+        except BaseException as exc:  # handed back to the test
+            outcome.append(("raised", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert outcome, f"no result within {timeout} s: an io_uring request waited instead of failing"
+    kind, value = outcome[0]  # type: ignore[misc]
+    if kind == "raised":
+        raise value  # type: ignore[misc]
+    return value
+
+
+def test_probe_finds_io_uring_or_says_why() -> None:
+    reason = uring.unavailable_reason()
+    assert uring.available() is (reason == "")
+    if reason == "":
+        with uring.UringIO(8) as ring_io:
+            assert ring_io.backend == "io_uring"
+            assert ring_io.entries == 8
+
+
+@needs_uring
+def test_a_ring_takes_the_strongest_setup_flags_the_kernel_accepts(io: uring.UringIO) -> None:
+    # 6.1+ takes SINGLE_ISSUER|DEFER_TASKRUN (started disabled); older kernels COOP_TASKRUN or none
+    assert io.flags in (["SINGLE_ISSUER", "DEFER_TASKRUN", "R_DISABLED"], ["COOP_TASKRUN"], [])
+
+
+@needs_uring
+@pytest.mark.parametrize("endpoint", [("tap", False), ("tun", False), ("tap", True)],
+                         indirect=True, ids=["tap", "tun", "tap-vnet"])
+def test_recv_batch_returns_exactly_what_the_kernel_sent(endpoint: Endpoint,  # noqa: F811
+                                                         io: uring.UringIO) -> None:
+    payloads = [os.urandom(size) for size in (1, 18, 100, 600, 1472)] * 8
+    ring = PacketRing(64, 2048)
+    send_udp_from_netns(endpoint.netns, payloads)
+    frames = drain(io, endpoint.queue, ring, len(payloads))
+    received = ours(frames, endpoint.queue.mode)
+    assert [bytes(p[UDP].payload) for p in received] == payloads
+    for packet in received:
+        assert (packet.src, packet.dst) == (LOCAL_IP, PEER_IP)
+        assert checksums_are_valid(packet)
+    if endpoint.queue.mode == "tap":
+        assert all(Ether(f).dst == PEER_MAC for f in frames if IP in Ether(f))
+    if endpoint.queue.vnet_hdr:  # no offloads negotiated: plain headers, nothing to complete
+        assert set(ring.headers["gso_type"].tolist()) == {0}
+
+
+@needs_uring
+@pytest.mark.parametrize("endpoint", [("tap", False), ("tun", False), ("tap", True)],
+                         indirect=True, ids=["tap", "tun", "tap-vnet"])
+def test_send_batch_delivers_to_the_kernel_stack(endpoint: Endpoint,  # noqa: F811
+                                                 io: uring.UringIO) -> None:
+    queue = endpoint.queue
+    payloads = [b"%04d" % i + os.urandom(i * 7 % 1400) for i in range(100)]
+    ring = PacketRing(128, 2048)
+    for payload in payloads:
+        packet = IP(src=PEER_IP, dst=LOCAL_IP) / UDP(sport=PORT, dport=PORT) / payload
+        if queue.mode == "tap":
+            packet = Ether(src=PEER_MAC, dst=endpoint.mac) / packet
+        ring.push(bytes(packet))
+    with inside_netns(endpoint.netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((LOCAL_IP, PORT))
+        sock.settimeout(5)
+        before = stats64(queue.name, endpoint.netns)
+        sent = io.send_batch(queue, ring, ring.head, ring.pending, vnet_hdr=queue.vnet_hdr)
+        assert sent == len(payloads)
+        ring.consume(sent)
+        received = [sock.recv(2048) for _ in payloads]
+    after = stats64(queue.name, endpoint.netns)
+    assert received == payloads
+    assert after["rx_packets"] - before["rx_packets"] == len(payloads)
+    assert after["rx_bytes"] - before["rx_bytes"] == sum(
+        ring.lengths[i] for i in range(len(payloads)))
+
+
+@needs_uring
+def test_recv_batch_on_an_idle_fd_returns_zero_at_once(privileged: None, prefix: str) -> None:
+    # O_NONBLOCK alone would let io_uring park the read on a poll; RWF_NOWAIT makes it EAGAIN.
+    ring = PacketRing(8, 2048)
+
+    def idle() -> tuple[int, int, dict[str, int]]:
+        with uring.UringIO(8) as ring_io, open_queue(prefix + "i") as queue:
+            return ring_io.recv_batch(queue, ring, 8), ring_io.recv_batch(queue, ring, 0), \
+                ring_io.stats()
+
+    full, empty, stats = in_thread(idle)  # type: ignore[misc]
+    assert (full, empty) == (0, 0)
+    assert stats["empty_reads"] == 1
+    assert ring.tail == 0
+
+
+@needs_uring
+def test_recv_batch_respects_budget_and_ring_space(endpoint: Endpoint,  # noqa: F811
+                                                   io: uring.UringIO) -> None:
+    ring = PacketRing(4, 2048)
+    send_udp_from_netns(endpoint.netns, [b"x"] * 10)
+    time.sleep(0.05)
+    assert io.recv_batch(endpoint.queue, ring, 3) == 3
+    assert io.recv_batch(endpoint.queue, ring, 64) == 1  # only one slot left
+    assert io.recv_batch(endpoint.queue, ring, 64) == 0  # full: nothing read, nothing lost
+    assert ring.pending == 4
+    ring.consume(4)
+    assert io.recv_batch(endpoint.queue, ring, 64) == 4  # the rest, in order after the first
+    assert ring.pending == 4
+
+
+@needs_uring
+def test_send_batch_error_mid_batch_sends_nothing_after_it(endpoint: Endpoint,  # noqa: F811
+                                                           io: uring.UringIO) -> None:
+    ring = PacketRing(4, 2048)
+    frame = Ether(src=PEER_MAC, dst=endpoint.mac) / IP(src=PEER_IP, dst=LOCAL_IP) \
+        / UDP(sport=PORT, dport=PORT)
+    ring.push(bytes(frame / b"first"))
+    ring.push(b"\x00" * 5)  # shorter than an Ethernet header: the tap driver refuses it
+    ring.push(bytes(frame / b"third"))
+    with inside_netns(endpoint.netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.bind((LOCAL_IP, PORT))
+        before = stats64(endpoint.queue.name, endpoint.netns)
+        with pytest.raises(OSError) as caught:
+            io.send_batch(endpoint.queue, ring, 0, 3)
+        sock.settimeout(1)
+        assert sock.recv(2048) == b"first"
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):  # the linked write after the failure was cancelled
+            sock.recv(2048)
+    after = stats64(endpoint.queue.name, endpoint.netns)
+    assert caught.value.errno == errno.EINVAL
+    assert caught.value.completed == 1  # type: ignore[attr-defined]
+    assert "after 1 packet" in str(caught.value)
+    assert after["rx_packets"] - before["rx_packets"] == 1
+
+
+@needs_uring
+def test_device_deleted_under_the_fd_is_reported(endpoint: Endpoint,  # noqa: F811
+                                                 io: uring.UringIO) -> None:
+    with IPRoute(netns=endpoint.netns) as ipr:
+        ipr.link("del", index=ipr.link_lookup(ifname=endpoint.queue.name)[0])
+    ring = PacketRing(4, 2048)
+    with pytest.raises(DeviceGoneError) as caught:
+        io.recv_batch(endpoint.queue, ring, 4)
+    assert caught.value.completed == 0  # type: ignore[attr-defined]
+    assert "deleted" in str(caught.value)
+    ring.push(b"\x00" * 60)
+    with pytest.raises(DeviceGoneError):
+        io.send_batch(endpoint.queue, ring, 0, 1)
+
+
+@pytest.fixture
+def tap_pair(make_netns: Callable[[str], str],
+             prefix: str) -> Iterator[tuple[TunQueue, TunQueue, str]]:
+    """Taps a and b opened here, bridged in a fresh namespace (IPv6 off): a's frames reach b."""
+    netns = make_netns("ns")
+    with inside_netns(netns):
+        for knob in ("all", "default"):
+            with open(f"/proc/sys/net/ipv6/conf/{knob}/disable_ipv6", "w") as file:
+                file.write("1")
+    with open_queue(prefix + "a") as a, open_queue(prefix + "b") as b:
+        for queue in (a, b):
+            move_link(queue.name, netns)
+        with IPRoute(netns=netns) as ipr:
+            ipr.link("add", ifname=prefix + "br", kind="bridge", br_stp_state=0)
+            (bridge,) = ipr.link_lookup(ifname=prefix + "br")
+            for queue in (a, b):
+                (index,) = ipr.link_lookup(ifname=queue.name)
+                ipr.link("set", index=index, master=bridge, state="up")
+            ipr.link("set", index=bridge, state="up")
+        time.sleep(0.05)
+        while True:  # anything the kernel sent while the links came up
+            try:
+                os.read(b.fileno(), 65536)
+            except BlockingIOError:
+                break
+        yield a, b, netns
+
+
+def numbered(seq: int, size: int) -> bytes:
+    header = b"\x02\x00\x00\x77\x00\x99" + b"\x02\x00\x00\x77\x00\x01" + ETHERTYPE
+    return header + seq.to_bytes(4, "big") + b"\xa5" * (size - len(header) - 4)
+
+
+@needs_uring
+def test_numbered_frames_keep_their_order_under_load(
+        tap_pair: tuple[TunQueue, TunQueue, str]) -> None:
+    a, b, netns = tap_pair
+    batch = 64
+    total = 320 * batch
+    done = threading.Event()
+
+    def send_all() -> int:
+        # its own ring: a UringIO belongs to one thread
+        with uring.UringIO(64) as tx_io:
+            ring = PacketRing(batch, 2048)
+            seq = 0
+            while seq < total:
+                ring.head = ring.tail = 0
+                for i in range(batch):
+                    ring.push(numbered(seq + i, 64 + (seq + i) % 700))
+                sent = 0
+                while sent < batch:
+                    sent += tx_io.send_batch(a, ring, sent, batch - sent)
+                seq += batch
+        done.set()
+        return seq
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    seen: list[int] = []
+    ring = PacketRing(256, 2048)
+    dropped_before = stats64(b.name, netns)["tx_dropped"]
+    with uring.UringIO(64) as rx_io:
+        sender.start()
+        deadline = time.monotonic() + 60
+        idle_since = None
+        while time.monotonic() < deadline:
+            n = rx_io.recv_batch(b, ring, 1 + len(seen) % 48)  # odd budgets, reads racing writes
+            for i in range(n):
+                frame = ring.packet(ring.head + i)
+                if frame[12:14] != ETHERTYPE:
+                    continue  # the kernel's own (IGMP reports from the bridge)
+                assert len(frame) == 64 + int.from_bytes(frame[14:18], "big") % 700
+                seen.append(int.from_bytes(frame[14:18], "big"))
+            ring.consume(n)
+            if n == 0 and done.is_set():
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > 0.5:
+                    break
+            elif n:
+                idle_since = None
+        stats = rx_io.stats()
+    sender.join(5)
+    assert seen == sorted(set(seen)), "frames were reordered or duplicated"
+    dropped = stats64(b.name, netns)["tx_dropped"] - dropped_before
+    # whatever is missing was dropped by the kernel (tap b's queue full), never by us
+    assert set(seen) <= set(range(total))
+    assert total - len(seen) <= dropped, (len(seen), dropped, stats)
+    assert len(seen) > total // 2
+
+
+@needs_uring
+def test_a_ring_belongs_to_the_thread_that_first_uses_it(privileged: None, prefix: str) -> None:
+    ring = PacketRing(4, 2048)
+    with uring.UringIO(8) as ring_io, open_queue(prefix + "o") as queue:
+        # created here, first used by a worker thread: the worker owns it
+        assert in_thread(lambda: ring_io.recv_batch(queue, ring, 4)) == 0
+        with pytest.raises(RuntimeError, match="another thread"):
+            ring_io.recv_batch(queue, ring, 4)
+        with pytest.raises(RuntimeError, match="another thread"):
+            in_thread(lambda: ring_io.recv_batch(queue, ring, 4))
+
+
+def test_without_io_uring_the_readv_backend_is_used(privileged: None, prefix: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAPENGINE_NO_URING", "1")
+    assert not uring.available()
+    assert "TAPENGINE_NO_URING" in uring.unavailable_reason()
+    with pytest.raises(OSError) as caught:
+        uring.UringIO(8)
+    assert caught.value.errno == errno.ENOSYS
+    calls: list[str] = []
+    real_recv, real_send = tapengine._batchio.recv_batch, tapengine._batchio.send_batch
+    monkeypatch.setattr(tapengine._batchio, "recv_batch",
+                        lambda *a, **k: calls.append("recv") or real_recv(*a, **k))
+    monkeypatch.setattr(tapengine._batchio, "send_batch",
+                        lambda *a, **k: calls.append("send") or real_send(*a, **k))
+    ring = PacketRing(4, 2048)
+    ring.push(b"\x00" * 60)
+    with uring.open_batch_io() as backend, open_queue(prefix + "f") as queue:
+        assert backend.backend == "readv"
+        assert backend.recv_batch(queue, ring, 4) == 0
+        with pytest.raises(OSError) as down:  # the link is down: EIO, as from writev
+            backend.send_batch(queue, ring, ring.head, 1)
+    assert down.value.errno == errno.EIO
+    assert calls == ["recv", "send"]
+    monkeypatch.delenv("TAPENGINE_NO_URING")
+    if uring.available():
+        with uring.open_batch_io(8) as backend:
+            assert backend.backend == "io_uring"
+
+
+@needs_uring
+def test_bad_arguments_are_refused_before_any_io(io: uring.UringIO) -> None:
+    ring = PacketRing(4, 64)
+    with pytest.raises(ValueError, match="budget"):
+        io.recv_batch(0, ring, -1)
+    with pytest.raises(ValueError, match="count"):
+        io.send_batch(0, ring, 0, 5)
+    with pytest.raises(ValueError, match="file descriptor"):
+        io.recv_batch(-1, ring, 1)
+    with pytest.raises(TypeError):
+        io.recv_batch(0, None, 1)  # type: ignore[arg-type]
+    for entries in (0, 3, 8192, "8"):
+        with pytest.raises(ValueError, match="entries"):
+            uring.UringIO(entries)  # type: ignore[arg-type]
+    ring.close()
+    with pytest.raises(ValueError, match="closed"):
+        io.recv_batch(0, ring, 1)
+    io.close()
+    with pytest.raises(ValueError, match="closed"):
+        io.recv_batch(0, PacketRing(4, 64), 1)
+
+
+@needs_uring
+def test_closed_fd_raises_ebadf_with_completed_zero(io: uring.UringIO) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    os.close(write_end)
+    with pytest.raises(OSError) as caught:
+        io.recv_batch(read_end, PacketRing(4, 64), 4)
+    assert caught.value.errno == errno.EBADF
+    assert caught.value.completed == 0  # type: ignore[attr-defined]
