@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -133,6 +134,13 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path: Path) -> None:
                             timeout=60)  # fmt: skip
     assert_one_line_error(result, "matplotlib", "pip install")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_tcp_without_iperf3_says_so_before_building_anything() -> None:
+    result = subprocess.run([sys.executable, "-m", "tapengine", "bench", "--scenarios", "tcp"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PATH": "/nonexistent"})  # fmt: skip
+    assert_one_line_error(result, "iperf3 is not installed", "--scenarios frames")
 
 
 # -- command line: real runs -------------------------------------------------------------------

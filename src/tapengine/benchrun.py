@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import select
+import shutil
 import statistics
 import subprocess
 import sys
@@ -388,20 +389,20 @@ def run_tcp(lab: TcpLab, duration: float) -> RunResult:
     server = subprocess.Popen(_in_netns(lab.b, "iperf3", "-s", "-1", "-B", TCP_IPS[1]),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        out = ""
         for _attempt in range(20):          # until the server listens
             time.sleep(0.1)
             client = subprocess.run(
                 _in_netns(lab.a, "iperf3", "-c", TCP_IPS[1], "-t", f"{duration:g}", "-J"),
                 capture_output=True, text=True, timeout=duration + 30)
-            out = client.stdout
-            if client.returncode == 0:
+            if client.returncode == 0 or server.poll() is not None:
                 break
-            if server.poll() is not None:
-                raise RuntimeError(f"iperf3 server in {lab.b} exited: {server.stderr.read()}")
-        report = json.loads(out)
-        if "error" in report:
-            raise RuntimeError(f"iperf3 through {lab.path}: {report['error']}")
+        try:
+            report = json.loads(client.stdout)
+        except ValueError:
+            report = {"error": (client.stderr.strip() or "no output").splitlines()[-1]}
+        if client.returncode != 0 or "error" in report:
+            raise RuntimeError(f"iperf3 through the {lab.path} path failed: "
+                               f"{report.get('error', f'exit code {client.returncode}')}")
     finally:
         if server.poll() is None:
             try:
@@ -479,6 +480,9 @@ def run_bench(selection: Selection, sizes: Sequence[str] = DEFAULT_SIZES, *, rou
         parse_size(size)  # bad sizes fail before anything is built
     if rounds < 1 or duration <= 0 or tcp_duration < 1:
         raise ValueError("rounds must be >= 1, duration > 0 and the TCP duration >= 1 s")
+    if selection.tcp_paths and not shutil.which("iperf3"):
+        raise FileNotFoundError("iperf3 is not installed (apt-get install iperf3, "
+                                "or make system-deps), or leave out TCP: --scenarios frames")
     started = time.monotonic()
     report = BenchReport(rounds, duration, tcp_duration, prefix or "te" + secrets.token_hex(3),
                          sizes if selection.frame_paths else [])
