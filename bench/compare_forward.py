@@ -5,6 +5,7 @@ Every setup joins namespace A (10.77.0.1) and namespace B (10.77.0.2); only the 
 - ``tapengine``: ``tapengine forward ta tb`` (offloads on, the default); the taps are created by
   the command, then their links moved into A and B.
 - ``tapengine-no-offload``: the same with ``--no-offload`` (plain MTU frames).
+- ``tapengine-uring``: the same with ``--io uring`` (a batch per io_uring submission).
 - ``naive``: ``bench/baselines/naive_forward.py ta tb`` (os.read/os.write with epoll).
 - ``veth``: a veth pair straight from A to B (no forwarder at all: the ceiling).
 - ``bridge``: A's veth and B's veth joined by a kernel bridge in a third namespace.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import secrets
 import signal
 import statistics
@@ -43,7 +45,7 @@ from tapengine.kstats import read_stats
 from tapengine.netns import create_netns
 
 HERE = Path(__file__).resolve().parent
-SETUPS = ("tapengine", "tapengine-no-offload", "naive", "veth", "bridge")
+SETUPS = ("tapengine", "tapengine-no-offload", "tapengine-uring", "naive", "veth", "bridge")
 IPS = ("10.77.0.1", "10.77.0.2")
 
 
@@ -53,6 +55,16 @@ class Side:
     ifname: str
     ip: str
     mac: str = ""
+    forwarder_pid: int | None = None     # the userspace forwarder between A and B, if any
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far; 0 without one."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def netns_run(netns: str, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -99,14 +111,14 @@ def forwarder_process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
 
 
 @contextlib.contextmanager
-def topology(setup: str) -> Iterator[tuple[Side, Side]]:
+def topology(setup: str, pin_cpu: int | None = None) -> Iterator[tuple[Side, Side]]:
     prefix = "te" + secrets.token_hex(3)
     with contextlib.ExitStack() as stack:
         a = stack.enter_context(create_netns(prefix + "a")).name
         b = stack.enter_context(create_netns(prefix + "b")).name
         for netns in (a, b):
             quiet(netns)
-        if setup in ("tapengine", "tapengine-no-offload", "naive"):
+        if setup in ("tapengine", "tapengine-no-offload", "tapengine-uring", "naive"):
             taps = (prefix + "ta", prefix + "tb")
             if setup == "naive":
                 argv = [sys.executable, str(HERE / "baselines" / "naive_forward.py"), *taps]
@@ -114,10 +126,14 @@ def topology(setup: str) -> Iterator[tuple[Side, Side]]:
                 argv = [sys.executable, "-m", "tapengine", "forward", *taps]
                 if setup == "tapengine-no-offload":
                     argv.append("--no-offload")
-            stack.enter_context(forwarder_process(argv))
+                if setup == "tapengine-uring":
+                    argv += ["--io", "uring"]
+            if pin_cpu is not None:
+                argv = ["taskset", "-c", str(pin_cpu), *argv]
+            pid = stack.enter_context(forwarder_process(argv)).pid
             for tap, netns in zip(taps, (a, b), strict=True):
                 get_link(tap).move_to(netns)
-            sides = (Side(a, taps[0], IPS[0]), Side(b, taps[1], IPS[1]))
+            sides = (Side(a, taps[0], IPS[0], forwarder_pid=pid), Side(b, taps[1], IPS[1]))
         elif setup == "veth":
             create_veth(prefix + "va", prefix + "vb", netns=a, peer_netns=b)
             sides = (Side(a, prefix + "va", IPS[0]), Side(b, prefix + "vb", IPS[1]))
@@ -150,8 +166,10 @@ def tcp_throughput(a: Side, b: Side, seconds: float) -> float:
         server.wait(10)
 
 
-def small_frame_rate(a: Side, b: Side, seconds: float, kind: str) -> tuple[float, float]:
-    """(frames/s counted on B's interface, frames/s offered by trafgen on A's interface).
+def small_frame_rate(a: Side, b: Side, seconds: float,
+                     kind: str) -> tuple[float, float, float]:
+    """(frames/s counted on B's interface, frames/s offered by trafgen on A's interface,
+    frames per CPU-second of the userspace forwarder, 0 where there is none).
 
     ``kind`` "udp": IPv4/UDP to port 9 of B (B's stack takes each in, then answers with a
     rate-limited ICMP); "raw": an IEEE local experimental ethertype (0x88b5) that B's stack
@@ -171,8 +189,10 @@ def small_frame_rate(a: Side, b: Side, seconds: float, kind: str) -> tuple[float
         try:
             time.sleep(1.0)                                 # warm up
             rx0, tx0 = read_stats(b.ifname, b.netns), read_stats(a.ifname, a.netns)
+            cpu0 = cpu_seconds(a.forwarder_pid)
             time.sleep(seconds)
             rx1, tx1 = read_stats(b.ifname, b.netns), read_stats(a.ifname, a.netns)
+            cpu1 = cpu_seconds(a.forwarder_pid)
         finally:
             gen.send_signal(signal.SIGINT)
             try:
@@ -182,7 +202,9 @@ def small_frame_rate(a: Side, b: Side, seconds: float, kind: str) -> tuple[float
                 gen.wait()
     span = rx1.timestamp - rx0.timestamp
     offered = (tx1.tx_packets + tx1.tx_dropped) - (tx0.tx_packets + tx0.tx_dropped)
-    return (rx1.rx_packets - rx0.rx_packets) / span, offered / span
+    received = rx1.rx_packets - rx0.rx_packets
+    per_cpu = received / (cpu1 - cpu0) if cpu1 > cpu0 else 0.0
+    return received / span, offered / span, per_cpu
 
 
 def main() -> int:
@@ -193,23 +215,27 @@ def main() -> int:
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--frames", default="raw,udp", help="frame kinds to send: raw, udp")
     parser.add_argument("--no-tcp", action="store_true")
+    parser.add_argument("--pin", type=int, default=1, metavar="CPU",
+                        help="run the userspace forwarders on this CPU (trafgen's sender is "
+                             "pinned to CPU 0 by trafgen itself); -1: leave it to the scheduler")
     parser.add_argument("--json", type=Path, help="also write every run to this file")
     args = parser.parse_args()
     setups = args.setups.split(",")
     kinds = [kind for kind in args.frames.split(",") if kind]
     metrics = ([] if args.no_tcp else ["tcp"]) + [f"{kind}_pps" for kind in kinds] + \
-        [f"{kind}_offered" for kind in kinds]
+        [f"{kind}_per_cpu_s" for kind in kinds] + [f"{kind}_offered" for kind in kinds]
     runs = {setup: {metric: [] for metric in metrics} for setup in setups}
     for round_ in range(args.rounds):
         order = setups[round_ % len(setups):] + setups[:round_ % len(setups)]
         for setup in order:
             result: dict[str, float] = {}
-            with topology(setup) as (a, b):
+            with topology(setup, None if args.pin < 0 else args.pin) as (a, b):
                 if not args.no_tcp:
                     result["tcp"] = tcp_throughput(a, b, args.tcp_seconds)
                 for kind in kinds:
-                    result[f"{kind}_pps"], result[f"{kind}_offered"] = \
-                        small_frame_rate(a, b, args.frame_seconds, kind)
+                    (result[f"{kind}_pps"], result[f"{kind}_offered"],
+                     result[f"{kind}_per_cpu_s"]) = small_frame_rate(a, b, args.frame_seconds,
+                                                                     kind)
             for metric, value in result.items():
                 runs[setup][metric].append(value)
             print(f"round {round_ + 1} {setup:<21} " + "  ".join(
@@ -217,13 +243,19 @@ def main() -> int:
                 f"{metric} {value:,.0f}/s" for metric, value in result.items()),
                 file=sys.stderr, flush=True)
     med = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in runs.items()}
-    print(f"\n{args.rounds} interleaved rounds; TCP: iperf3, one stream, {args.tcp_seconds:g} s; "
+    pinned = "not pinned" if args.pin < 0 else f"pinned to CPU {args.pin}"
+    print(f"\nuserspace forwarders {pinned}; trafgen's sender on CPU 0; {os.cpu_count()} CPUs")
+    print(f"{args.rounds} interleaved rounds; TCP: iperf3, one stream, {args.tcp_seconds:g} s; "
           f"frames: trafgen, 60-byte frames (64 with FCS), {args.frame_seconds:g} s, counted by "
           f"the kernel on B's interface\n")
     columns = [m for m in metrics if not m.endswith("_offered")]
-    head = ["setup"] + [("TCP Gbit/s" if m == "tcp" else f"{m[:-4]} frames/s") for m in columns]
-    head += [f"{m.replace('_pps', '')} vs {ref}" for m in columns for ref in ("bridge", "naive")
-             if ref in setups]
+    head = ["setup"] + [("TCP Gbit/s" if m == "tcp" else f"{m[:-4]} frames/s"
+                         if m.endswith("_pps") else f"{m[:-10]} frames per forwarder CPU-s")
+                        for m in columns]
+    ratios = [(m, ref) for m in columns for ref in ("bridge", "naive") if ref in setups
+              and not (ref == "bridge" and m.endswith("_per_cpu_s"))]
+    head += [f"{m.replace('_pps', '').replace('_per_cpu_s', ' per CPU-s')} vs {ref}"
+             for m, ref in ratios]
     print("| " + " | ".join(head) + " |")
     print("|---" * len(head) + "|")
     for setup in setups:
@@ -234,10 +266,9 @@ def main() -> int:
                                for v in runs[setup][m])
             median = f"{med[setup][m] / scale:.2f}" if m == "tcp" else f"{med[setup][m]:,.0f}"
             cells.append(f"**{median}** ({values})")
-        for m in columns:
-            for ref in ("bridge", "naive"):
-                if ref in setups:
-                    cells.append(f"{med[setup][m] / med[ref][m]:.2f}x" if med[ref][m] else "-")
+        for m, ref in ratios:
+            cells.append(f"{med[setup][m] / med[ref][m]:.2f}x"
+                         if med[ref][m] and med[setup][m] else "-")
         print("| " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "medians": med}, indent=2))

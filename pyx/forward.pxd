@@ -8,6 +8,7 @@ from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
 from tapengine._ring cimport PacketRing
+from tapengine._uring cimport UringIO
 
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -145,7 +146,9 @@ cdef class Forwarder:
     cdef int stopping
     cdef uint32_t spin             # empty passes before sleeping in epoll_wait
     cdef bint ran
+    cdef bint running
     cdef MacTable table
+    cdef UringIO io                 # None: readv/writev (tapengine._batchio), else io_uring
     cdef list _rings
     cdef object _counters           # numpy uint64[MAX_PORTS, N_COUNTERS], written by the loop
     cdef object _hist               # numpy uint64[MAX_PORTS, HIST_BUCKETS]

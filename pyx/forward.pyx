@@ -26,6 +26,7 @@ from libc.stdlib cimport calloc, free
 from posix.unistd cimport close
 
 from tapengine._batchio cimport ring_recv, ring_send
+from tapengine._uring cimport UringIO, uring_recv, uring_send
 from tapengine._gso cimport (
     GSO_OUT_FULL_CSUM, GSO_REASON_COUNT, gso_info, gso_segment, gso_store_hdr_len, gso_validate,
 )
@@ -291,7 +292,8 @@ cdef class Forwarder:
     A forwarder runs once: make a new one to run again.
     """
 
-    def __cinit__(self, str mode="wire", int budget=64, MacTable table=None, int spin=0):
+    def __cinit__(self, str mode="wire", int budget=64, MacTable table=None, int spin=0,
+                  UringIO io=None):
         self.epfd = -1
         self.stopfd = -1
         if mode not in MODES:
@@ -303,6 +305,7 @@ cdef class Forwarder:
         if spin < 0:
             raise ValueError(f"spin must be >= 0, not {spin}")
         self.spin = spin
+        self.io = io
         if self.mode == MODE_SWITCH:
             self.table = table if table is not None else MacTable()
         elif table is not None:
@@ -387,9 +390,13 @@ cdef class Forwarder:
         if self.epfd < 0:
             raise ValueError("the forwarder is closed")
         self.ran = True
+        self.running = True
         cdef int err
-        with nogil:
-            err = self._loop()
+        try:
+            with nogil:
+                err = self._loop()
+        finally:
+            self.running = False
         if err:
             raise_errno(err, "waiting for packets (epoll_wait)")
 
@@ -401,8 +408,12 @@ cdef class Forwarder:
             write(self.stopfd, &one, sizeof(one))
 
     def close(self):
-        """Close the epoll fd and the eventfd (the port fds belong to the caller)."""
+        """Close the epoll fd, the eventfd and the io_uring (the port fds belong to the caller)."""
+        if self.running:
+            raise RuntimeError("the forwarder is running: stop() it and let run() return first")
         self.stop()
+        if self.io is not None:
+            self.io.close()
         if self.epfd >= 0:
             close(self.epfd)
             self.epfd = -1
@@ -519,7 +530,11 @@ cdef class Forwarder:
         cdef Port *port = &self.ports[i]
         cdef int err = 0
         cdef uint32_t first = ring.tail
-        cdef uint32_t n = ring_recv(port.fd, ring, self.budget, port.vnet_hdr, &err)
+        cdef uint32_t n
+        if self.io is None:
+            n = ring_recv(port.fd, ring, self.budget, port.vnet_hdr, &err)
+        else:
+            n = uring_recv(self.io, port.fd, ring, self.budget, port.vnet_hdr, &err)
         cdef uint32_t k
         cdef uint64_t nbytes = 0
         if n:
@@ -645,7 +660,10 @@ cdef class Forwarder:
         cdef uint64_t nbytes
         cdef int err
         while count:
-            sent = ring_send(out.fd, ring, first, count, out.vnet_hdr, &err)
+            if self.io is None:
+                sent = ring_send(out.fd, ring, first, count, out.vnet_hdr, &err)
+            else:
+                sent = uring_send(self.io, out.fd, ring, first, count, out.vnet_hdr, &err)
             if sent:
                 nbytes = 0
                 for k in range(first, first + sent):

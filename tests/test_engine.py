@@ -8,10 +8,12 @@ exactly with the engine's (what the engine read from a tap is what the kernel se
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from pyroute2 import IPRoute
 
 from fwdnet import (
     Host,
@@ -89,6 +91,15 @@ def test_wire_carries_ping_and_200_mb_of_tcp_intact(lan: Callable[..., list[Host
         assert stats.ports[0].rx_bytes / stats.ports[0].rx_packets > 9000  # superframes
 
 
+def test_io_uring_backend_carries_tcp_intact(lan: Callable[..., list[Host]]) -> None:
+    a, b = lan(2)
+    with Engine(lan.ports, "wire", io="uring") as engine:  # type: ignore[attr-defined]
+        sent, received, nbytes = tcp_transfer(a, b, 50 * MB)
+        assert (received, nbytes) == (sent, 50 * MB)
+        settle(engine)
+    assert engine.stats().ports[0].rx_packets == kernel_stats(a)["tx_packets"]
+
+
 def test_two_queues_give_two_workers_and_flows_arrive_intact(
         lan: Callable[..., list[Host]]) -> None:
     a, b = lan(2, queues=2)
@@ -131,9 +142,10 @@ def test_switch_floods_unknown_unicast_once_then_forwards_only_to_the_learned_po
         assert stats.port(c.ifname).tx_packets == kernel_stats(c)["rx_packets"]
 
 
+@pytest.mark.parametrize("queues", [1, 2], ids=["1-queue", "2-queues-shared-table"])
 def test_switch_of_four_namespaces_every_pair_talks_and_the_table_knows_every_port(
-        lan: Callable[..., list[Host]]) -> None:
-    hosts = lan(4)
+        lan: Callable[..., list[Host]], queues: int) -> None:
+    hosts = lan(4, queues=queues)
     with Engine(lan.ports, "switch") as engine:  # type: ignore[attr-defined]
         for src in hosts:
             for dst in hosts:
@@ -172,6 +184,33 @@ def test_deleting_one_tap_during_a_transfer_leaves_the_others_forwarding(
     assert stats.port(a.ifname).up and stats.port(b.ifname).up
     assert c.mac not in {mac for mac, _, _ in stats.mac_table or []}
     assert not link_exists(c.ifname, c.netns)
+
+
+def test_writes_to_a_link_that_is_down_are_dropped_with_their_reason_and_the_port_stays_up(
+        lan: Callable[..., list[Host]]) -> None:
+    a, b = lan(2)
+    with IPRoute(netns=b.netns) as ipr:
+        (index,) = ipr.link_lookup(ifname=b.ifname)
+        ipr.link("set", index=index, state="down")
+    with Engine(lan.ports, "wire") as engine:  # type: ignore[attr-defined]
+        assert ping(a, b, count=2).returncode != 0
+        stats = engine.stats()
+        assert stats.port(b.ifname).drops.get("link_down", 0) >= 1     # a's ARP requests
+        assert stats.port(b.ifname).up
+        with IPRoute(netns=b.netns) as ipr:
+            ipr.link("set", index=index, state="up")
+        result = ping(a, b, count=10)        # a's ARP entry failed: it resolves again first
+        assert result.returncode == 0, result.stdout
+    assert engine.events() == []
+
+
+def test_engine_gives_back_every_descriptor_it_opened(lan: Callable[..., list[Host]]) -> None:
+    a, b = lan(2, queues=2)
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with Engine(lan.ports, "wire"):  # type: ignore[attr-defined]
+            assert ping(a, b, count=1).returncode == 0
+    assert set(os.listdir("/proc/self/fd")) == before
 
 
 def test_a_port_closed_after_stop_leaves_no_device_behind(prefix: str, privileged: None) -> None:

@@ -30,6 +30,7 @@ from tapengine._forward import (
     MacTable,
 )
 from tapengine._gso import REASONS
+from tapengine._uring import UringIO
 
 COL = {name: k for k, name in enumerate(COUNTER_NAMES)}
 MAC = [f"02:00:00:00:00:{k:02x}" for k in range(8)]
@@ -43,6 +44,8 @@ def frame(dst: str, src: str, payload: bytes = b"x" * 46) -> bytes:
 
 class Harness:
     """A forwarder over socket pairs: ``send(port, data)`` in, ``recv_all(port)`` out."""
+
+    forwarder: Forwarder
 
     def __init__(self, forwarder: Forwarder, nports: int, *, vnet_hdr: bool = False,
                  sndbuf: int | None = None) -> None:
@@ -122,6 +125,22 @@ def test_wire_forwards_both_ways_byte_for_byte() -> None:
         assert h.counter(0, "rx_bytes") == h.counter(1, "tx_bytes") == sum(map(len, a_to_b))
         assert h.counter(1, "rx_packets") == h.counter(0, "tx_packets") == len(b_to_a)
         assert drop_total(h, 0) == drop_total(h, 1) == 0
+
+
+def test_wire_over_io_uring_forwards_the_same_bytes_and_closes_the_ring() -> None:
+    io = UringIO(64)
+    frames = [frame(MAC[1], MAC[0], bytes([k]) * (60 + k)) for k in range(100)]
+    h = Harness(Forwarder("wire", io=io), 2)
+    h.thread.start()
+    try:
+        for data in frames:
+            h.send(0, data)
+        assert h.recv_all(1) == frames
+        assert h.counter(1, "tx_packets") == len(frames)
+        assert io.stats()["submitted"] > 0
+    finally:
+        h.close()
+    assert io.closed
 
 
 def test_batch_histogram_counts_every_batch() -> None:

@@ -5,6 +5,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tapengine._ring import PacketRing
+from tapengine._uring import UringIO
 
 COUNTER_NAMES: tuple[str, ...]
 DROP_REASONS: tuple[str, ...]
@@ -38,6 +39,7 @@ class Forwarder:
         budget: int = 64,
         table: MacTable | None = None,
         spin: int = 0,
+        io: UringIO | None = None,
     ) -> None: ...
     def add_port(self, fd: int, ring: PacketRing, *, vnet_hdr: bool = False,
                  l2: bool = True) -> int: ...

@@ -37,10 +37,12 @@ from tapengine._forward import (
 )
 from tapengine._gso import REASONS as GSO_REASONS
 from tapengine._ring import MAX_SLOT_SIZE, PacketRing
+from tapengine._uring import UringIO
 from tapengine.errors import FlagMismatchError
 from tapengine.tun import Mode, Offload, TunQueue, open_queue, open_queues
 
 EngineMode = Literal["wire", "switch"]
+IoBackend = Literal["readv", "uring"]
 
 #: Offloads asked for by default: checksum, TCP segmentation (v4, v6, ECN), UDP segmentation.
 DEFAULT_OFFLOAD = (
@@ -276,7 +278,8 @@ class Engine:
     """
 
     def __init__(self, ports: Sequence[Port], mode: EngineMode = "wire", *, budget: int = 64,
-                 table_size: int = 4096, ageing: float = 300.0, spin: int = 0) -> None:
+                 table_size: int = 4096, ageing: float = 300.0, spin: int = 0,
+                 io: IoBackend = "readv") -> None:
         if mode not in ("wire", "switch"):
             raise ValueError(f"mode must be 'wire' or 'switch', not {mode!r}")
         names = [port.name for port in ports]
@@ -297,6 +300,9 @@ class Engine:
         self.mode: EngineMode = mode
         self.budget = budget
         self.spin = spin
+        if io not in ("readv", "uring"):
+            raise ValueError(f"io must be 'readv' or 'uring', not {io!r}")
+        self.io: IoBackend = io
         self.table = MacTable(table_size, ageing) if mode == "switch" else None
         self._forwarders: list[Forwarder] = []
         self._threads: list[threading.Thread] = []
@@ -320,7 +326,8 @@ class Engine:
         nslots = 1 << (self.budget - 1).bit_length()
         try:
             for k in range(self.workers):
-                forwarder = Forwarder(self.mode, self.budget, self.table, self.spin)
+                uring = UringIO(max(self.budget, 64)) if self.io == "uring" else None
+                forwarder = Forwarder(self.mode, self.budget, self.table, self.spin, uring)
                 for port in self.ports:
                     forwarder.add_port(port.queues[k].fileno(), PacketRing(nslots, MAX_SLOT_SIZE),
                                        vnet_hdr=port.vnet_hdr, l2=port.mode == "tap")

@@ -58,6 +58,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="print live rates on stderr every S seconds")
     parser.add_argument("--budget", type=int, default=64, metavar="N",
                         help="most packets read from one port per pass (default: 64)")
+    parser.add_argument("--io", choices=("readv", "uring"), default="readv",
+                        help="system calls per packet (readv/writev, the default) or io_uring "
+                             "submissions per batch")
     parser.add_argument("--json", action="store_true", help="final stats as JSON")
 
 
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         kwargs = {"table_size": args.table_size, "ageing": args.ageing} \
             if args.mode == "switch" else {}
-        engine = Engine(ports, args.mode, budget=args.budget, **kwargs)
+        engine = Engine(ports, args.mode, budget=args.budget, io=args.io, **kwargs)
         with stop_on_signals() as stop:
             engine.start()
             try:
