@@ -35,10 +35,10 @@ import time
 from collections.abc import Callable, Iterator
 
 from pyroute2 import IPRoute, netns
-from tapengine._uring import UringIO, unavailable_reason
 
 from tap_pair import drain, ethernet_frame
 from tapengine import PacketRing, TunQueue, open_queue, recv_batch, send_batch
+from tapengine._uring import UringIO, unavailable_reason
 
 SIDES = ("uring", "readv", "python")
 
@@ -178,7 +178,15 @@ def interleave(rounds: int, run: Callable[[str], float]) -> dict[str, object]:
         for side in SIDES:
             samples[side].append(run(side))
     medians = {side: statistics.median(values) for side, values in samples.items()}
+    # Each round's sides ran back to back: the per-round ratio cancels the machine's slow drift.
+    paired = [u / r for u, r in zip(samples["uring"], samples["readv"], strict=True)]
+    quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
     return {
+        "samples": samples,
+        "paired_uring/readv": {"median": statistics.median(paired), "min": min(paired),
+                               "q1": quartiles[0], "q3": quartiles[2], "max": max(paired),
+                               "rounds_uring_faster": sum(p > 1 for p in paired),
+                               "rounds": len(paired)},
         "median_pps": medians,
         "spread": {side: [min(values), max(values)] for side, values in samples.items()},
         "uring/readv": medians["uring"] / medians["readv"],
@@ -246,6 +254,10 @@ def main() -> int:
                   f" {r['readv/python']:>8.2f}")
             print("               spread: " + ", ".join(
                 f"{side} {s[side][0]:,.0f}..{s[side][1]:,.0f}" for side in SIDES))
+            p = r["paired_uring/readv"]
+            print(f"               per-round uring/readv: median {p['median']:.2f}, quartiles"
+                  f" {p['q1']:.2f}..{p['q3']:.2f}, range {p['min']:.2f}..{p['max']:.2f},"
+                  f" uring faster in {p['rounds_uring_faster']}/{p['rounds']} rounds")
     print(f"io_uring counters: {io.stats()}")
     return 0
 

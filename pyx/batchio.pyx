@@ -5,6 +5,9 @@ A tun/tap fd carries exactly one packet per read() or write() (the fd is not a s
 is no recvmmsg). A batch is therefore a loop of readv()/writev() calls run in C without the GIL:
 iovec[0] is the slot's virtio-net header when the fd has IFF_VNET_HDR, iovec[1] the frame slot,
 so each packet is copied once, by the kernel, straight into or out of the ring.
+
+With ``io=`` a ``tapengine._uring.UringIO`` the same reads and writes go through io_uring instead,
+one ``io_uring_enter`` per batch, with exactly the same results (see ``pyx/uring.pyx``).
 """
 
 cimport cython
@@ -14,6 +17,7 @@ from libc.stdint cimport uint32_t
 from tapengine._ring cimport (
     VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len,
 )
+from tapengine._uring cimport UringIO, uring_recv, uring_send
 from tapengine.syscall cimport iovec, raise_errno, read, readv, would_block, write, writev
 
 
@@ -77,6 +81,22 @@ cdef uint32_t ring_send(int fd, PacketRing ring, uint32_t first, uint32_t count,
     return n
 
 
+cdef uint32_t ring_recv_via(UringIO io, int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
+                            int *err) noexcept nogil:
+    # Returns what ring_recv returns; ``io`` None reads with readv(), else through io_uring.
+    if io is None:
+        return ring_recv(fd, ring, budget, vnet_hdr, err)
+    return uring_recv(io, fd, ring, budget, vnet_hdr, err)
+
+
+cdef uint32_t ring_send_via(UringIO io, int fd, PacketRing ring, uint32_t first, uint32_t count,
+                            bint vnet_hdr, int *err) noexcept nogil:
+    # Returns what ring_send returns; ``io`` None writes with writev(), else through io_uring.
+    if io is None:
+        return ring_send(fd, ring, first, count, vnet_hdr, err)
+    return uring_send(io, fd, ring, first, count, vnet_hdr, err)
+
+
 cdef int _check_fd(fd) except -1:
     # Returns the descriptor number of an int or an object with fileno().
     if not isinstance(fd, int):
@@ -86,13 +106,14 @@ cdef int _check_fd(fd) except -1:
     return fd
 
 
-def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False):
+def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False, UringIO io=None):
     """Read up to ``budget`` packets from a non-blocking tun/tap fd into the ring's free slots.
 
     Packets land at ``ring.tail`` onwards and ``tail`` advances by the number returned. Stops at
     ``EAGAIN`` (nothing more now), at the budget or when the ring is full. Any other error raises
     the matching ``OSError`` subclass whose ``completed`` attribute says how many packets were
-    read (and kept in the ring) before it.
+    read (and kept in the ring) before it. ``io``: a ``UringIO`` of this thread to read through
+    io_uring, or None for readv().
     """
     cdef int cfd = _check_fd(fd)
     if ring.slab == NULL:
@@ -102,19 +123,23 @@ def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False):
     cdef uint32_t cbudget = min(budget, ring.nslots)
     cdef int err
     cdef uint32_t n
+    if io is not None:
+        io._check_thread()
     with nogil:
-        n = ring_recv(cfd, ring, cbudget, vnet_hdr, &err)
+        n = ring_recv_via(io, cfd, ring, cbudget, vnet_hdr, &err)
     if err:
         raise_errno(err, f"reading a batch from fd {cfd}", n)
     return n
 
 
-def send_batch(fd, PacketRing ring not None, first, count, *, bint vnet_hdr=False):
+def send_batch(fd, PacketRing ring not None, first, count, *, bint vnet_hdr=False,
+               UringIO io=None):
     """Write ``count`` packets from slots ``first`` onwards (free-running, masked) to a tun/tap fd.
 
     Returns the number written; fewer than ``count`` means the fd would block (``EAGAIN``). Any
     other error raises the matching ``OSError`` subclass whose ``completed`` attribute says how many
     packets were written before it. ``head`` is not moved: call ``ring.consume()`` when done.
+    ``io``: a ``UringIO`` of this thread to write through io_uring, or None for writev().
     """
     cdef int cfd = _check_fd(fd)
     if ring.slab == NULL:
@@ -124,8 +149,10 @@ def send_batch(fd, PacketRing ring not None, first, count, *, bint vnet_hdr=Fals
     cdef uint32_t cfirst = first, ccount = count
     cdef int err
     cdef uint32_t n
+    if io is not None:
+        io._check_thread()
     with nogil:
-        n = ring_send(cfd, ring, cfirst, ccount, vnet_hdr, &err)
+        n = ring_send_via(io, cfd, ring, cfirst, ccount, vnet_hdr, &err)
     if err:
         raise_errno(err, f"writing a batch to fd {cfd}", n)
     return n

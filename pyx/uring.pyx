@@ -41,8 +41,6 @@ cdef extern from "<errno.h>" nogil:
 import os
 import threading
 
-from tapengine import _batchio
-
 MAX_ENTRIES = 4096
 
 # Setup flags tried in order; the first the kernel accepts wins. SINGLE_ISSUER + DEFER_TASKRUN
@@ -541,10 +539,13 @@ class ReadvIO:
 
     backend = "readv"
 
+    # tapengine._batchio is imported on use: it cimports this module, not the other way round
     def recv_batch(self, fd, ring, budget=64, *, vnet_hdr=False):
+        from tapengine import _batchio
         return _batchio.recv_batch(fd, ring, budget, vnet_hdr=vnet_hdr)
 
     def send_batch(self, fd, ring, first, count, *, vnet_hdr=False):
+        from tapengine import _batchio
         return _batchio.send_batch(fd, ring, first, count, vnet_hdr=vnet_hdr)
 
     def close(self):

@@ -15,6 +15,7 @@ from pyroute2 import IPRoute
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+import tapengine
 import tapengine._batchio
 from conftest import inside_netns
 from netutil import move_link, stats64
@@ -383,3 +384,23 @@ def test_closed_fd_raises_ebadf_with_completed_zero(io: uring.UringIO) -> None:
         io.recv_batch(read_end, PacketRing(4, 64), 4)
     assert caught.value.errno == errno.EBADF
     assert caught.value.completed == 0  # type: ignore[attr-defined]
+
+
+@needs_uring
+def test_recv_and_send_batch_take_a_uring_backend(tap_pair: tuple[TunQueue, TunQueue, str],
+                                                  io: uring.UringIO) -> None:
+    a, b, _ = tap_pair
+    tx, rx = PacketRing(64, 2048), PacketRing(64, 2048)
+    frames = [numbered(seq, 60 + seq * 23) for seq in range(64)]
+    for frame in frames:
+        tx.push(frame)
+    before = io.stats()["submitted"]
+    assert tapengine.send_batch(a, tx, 0, 64, io=io) == 64
+    got: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 64 and time.monotonic() < deadline:
+        n = tapengine.recv_batch(b, rx, 64, io=io)
+        got += [rx.packet(rx.head + i) for i in range(n)]
+        rx.consume(n)
+    assert [f for f in got if f[12:14] == ETHERTYPE] == frames
+    assert io.stats()["submitted"] - before >= 128  # both went through io_uring

@@ -15,6 +15,7 @@ try:
     from tapengine._gso import validate as validate_vnet_header
     from tapengine._pktgen import Generator, Sink
     from tapengine._ring import VNET_HDR_DTYPE, PacketRing
+    from tapengine._uring import ReadvIO, UringIO, open_batch_io
 except ImportError as _err:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "tapengine's compiled extensions are missing or broken "
@@ -54,11 +55,13 @@ __all__ = [
     "PacketRing",
     "Port",
     "PortStats",
+    "ReadvIO",
     "Sink",
     "SinkResult",
     "TapengineError",
     "Topology",
     "TunQueue",
+    "UringIO",
     "__version__",
     "complete_checksum",
     "create_bridge",
@@ -68,6 +71,7 @@ __all__ = [
     "features",
     "get_link",
     "inside_netns",
+    "open_batch_io",
     "open_port",
     "open_ports",
     "open_queue",
