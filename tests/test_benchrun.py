@@ -19,6 +19,7 @@ from tapengine.benchrun import (
     RunResult,
     Selection,
     format_table,
+    legend,
     parse_scenarios,
     parse_sizes,
     summarize,
@@ -91,6 +92,7 @@ def test_summary_takes_medians_spreads_and_ratios_to_the_kernel_path_of_its_kind
     for name in ("engine/64", "kernel/64", "tcp/engine", "tcp/bridge"):
         assert name in table
     assert "0.44x kernel" in table and "0.50x bridge" in table
+    assert "flat out" in legend(report) and "iperf3" in legend(report)
 
 
 def test_without_its_reference_a_scenario_has_no_ratio() -> None:
@@ -116,6 +118,7 @@ def test_help_shows_an_example() -> None:
         (["--scenarios", "warp"], ["unknown scenario 'warp'", "tcp-engine"]),
         (["--sizes", "64,10"], ["invalid frame size 10"]),
         (["--sizes", "huge"], ["invalid size 'huge'"]),
+        (["--rate", "12foo"], ["invalid rate '12foo'"]),
         (["--rounds", "0"], ["--rounds"]),
         (["--duration", "-1"], ["--duration"]),
         (["--tcp-duration", "0.5"], ["--tcp-duration"]),

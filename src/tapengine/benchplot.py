@@ -77,7 +77,8 @@ def plot_report(report: BenchReport, out: Path | str) -> None:
         ax.set_ylabel(unit)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.set_title("generator -> path -> sink, flat out" if panel == "pps" else
+        load = "flat out" if report.rate == "max" else f"at {report.rate}"
+        ax.set_title(f"generator -> path -> sink, {load}" if panel == "pps" else
                      "same runs, bit rate")
         ax.legend(fontsize=8)
     if "tcp" in axes:
@@ -108,7 +109,8 @@ def plot_report(report: BenchReport, out: Path | str) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("one-way latency (µs, log)")
         ax.set_ylabel("fraction of frames")
-        ax.set_title(f"latency CDF, {size}-byte frames flat out")
+        load = "flat out" if report.rate == "max" else f"at {report.rate}"
+        ax.set_title(f"latency CDF, {size}-byte frames {load}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle(f"tapengine bench: medians of {report.rounds} interleaved rounds, "

@@ -41,7 +41,7 @@ import numpy as np
 from tapengine._pktgen import Sink, bucket_bounds
 from tapengine.engine import Engine, open_port
 from tapengine.netns import inside_netns
-from tapengine.traffic import GenConfig, GenResult, SinkResult, SizeMix, parse_size
+from tapengine.traffic import GenConfig, GenResult, Rate, SinkResult, SizeMix, parse_size
 from tapengine.tun import TunQueue, open_queue
 
 Kind = Literal["frames", "tcp"]
@@ -146,6 +146,7 @@ class BenchReport:
     tcp_duration_s: float
     prefix: str  # of the namespaces and links the run built (and removed)
     sizes: list[str] = field(default_factory=list)
+    rate: str = "max"  # the generator's rate in the frame runs
     scenarios: list[ScenarioSummary] = field(default_factory=list)
     runs: list[RunResult] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -353,9 +354,10 @@ def labs(selection: Selection, prefix: str | None = None
 # -- one run ------------------------------------------------------------------------------------
 
 
-def run_frames(lab: FrameLab, size: str, duration: float) -> RunResult:
-    """Flat out for ``duration`` seconds through ``lab``; the sink reports what arrived."""
-    gen = GenConfig(sizes=parse_size(size), flows=4).generator()
+def run_frames(lab: FrameLab, size: str, duration: float, rate: Rate | None = None) -> RunResult:
+    """``duration`` seconds through ``lab`` at ``rate`` (None: flat out); the sink reports what
+    arrived."""
+    gen = GenConfig(sizes=parse_size(size), flows=4, rate=rate).generator()
     with Sink(max_flows=4) as sink:
         sink.run(lab.s, duration=0.05)          # leftovers of the previous run
         sink.reset()
@@ -472,7 +474,7 @@ def _rotate(items: Sequence[str], k: int) -> list[str]:
 
 
 def run_bench(selection: Selection, sizes: Sequence[str] = DEFAULT_SIZES, *, rounds: int = 5,
-              duration: float = 2.0, tcp_duration: float = 3.0,
+              duration: float = 2.0, tcp_duration: float = 3.0, rate: Rate | None = None,
               progress: Progress | None = None, prefix: str | None = None) -> BenchReport:
     """Build the labs, run every scenario ``rounds`` times interleaved, tear everything down."""
     sizes = [str(size) for size in sizes]
@@ -485,7 +487,7 @@ def run_bench(selection: Selection, sizes: Sequence[str] = DEFAULT_SIZES, *, rou
                                 "or make system-deps), or leave out TCP: --scenarios frames")
     started = time.monotonic()
     report = BenchReport(rounds, duration, tcp_duration, prefix or "te" + secrets.token_hex(3),
-                         sizes if selection.frame_paths else [])
+                         sizes if selection.frame_paths else [], str(rate) if rate else "max")
     total = (len(report.sizes) * len(selection.frame_paths) + len(selection.tcp_paths)) * rounds
 
     def record(run: RunResult) -> None:
@@ -504,7 +506,7 @@ def run_bench(selection: Selection, sizes: Sequence[str] = DEFAULT_SIZES, *, rou
         for size in report.sizes:
             for round_ in range(rounds):
                 for path in _rotate(selection.frame_paths, round_):
-                    record(run_frames(frame_labs[path], size, duration))
+                    record(run_frames(frame_labs[path], size, duration, rate))
         for round_ in range(rounds):
             for path in _rotate(selection.tcp_paths, round_):
                 record(run_tcp(tcp_labs[path], tcp_duration))
@@ -559,21 +561,28 @@ def format_table(report: BenchReport, *, markdown: bool = False) -> str:
 
 
 def legend(report: BenchReport) -> str:
-    """What the table's columns mean, one line each."""
-    return "\n".join((
-        f"{report.rounds} interleaved rounds; medians, spread = min..max over the rounds.",
-        f"frames: the generator flat out for {report.duration_s:g} s per run, 4 flows, sizes "
-        "with FCS (imix = 64/570/1518 in 7:4:1).",
-        "  packets/s, Gbit/s: DELIVERED to the sink, not offered; offered/s: what the generator "
-        "wrote;",
-        "  loss: the share that never arrived (a forwarder that falls behind loses it in its "
-        "tap's queue);",
-        "  p50, p99: one-way latency under that load, queueing included.",
-        f"tcp: one iperf3 stream for {report.tcp_duration_s:g} s per run; Gbit/s = goodput, "
-        f"packets/s = goodput in {TCP_MSS}-byte segments, rtt = iperf3's mean round-trip time.",
+    """What the table's columns mean, one line each (only for the kinds of scenario it has)."""
+    kinds = {s.kind for s in report.scenarios}
+    load = "flat out" if report.rate == "max" else f"at {report.rate}"
+    lines = [f"{report.rounds} interleaved round(s); medians, spread = min..max over the rounds."]
+    if "frames" in kinds:
+        lines += [
+            f"frames: the generator {load} for {report.duration_s:g} s per run, 4 flows, sizes "
+            "with FCS (imix = 64/570/1518 in 7:4:1).",
+            "  packets/s, Gbit/s: DELIVERED to the sink, not offered; offered/s: what the "
+            "generator wrote;",
+            "  loss: the share that never arrived (a forwarder that falls behind loses it in its "
+            "tap's queue);",
+            "  p50, p99: one-way latency under that load, queueing included.",
+        ]
+    if "tcp" in kinds:
+        lines.append(
+            f"tcp: one iperf3 stream for {report.tcp_duration_s:g} s per run; Gbit/s = goodput, "
+            f"packets/s = goodput in {TCP_MSS}-byte segments, rtt = iperf3's mean round-trip time.")
+    lines.append(
         "vs kernel: ratio of medians to the kernel's path of the same kind in the same run "
-        "(frames: kernel = a veth pair between the same bridges; tcp: bridge = a kernel bridge).",
-    ))
+        "(frames: kernel = a veth pair between the same bridges; tcp: bridge = a kernel bridge).")
+    return "\n".join(lines)
 
 
 def machine() -> str:

@@ -24,6 +24,7 @@ from tapengine.benchrun import (
     run_bench,
 )
 from tapengine.cli import CommandError, example_epilog
+from tapengine.traffic import parse_rate
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=example_epilog(
             "tapengine bench --quick",
             "tapengine bench --scenarios engine,kernel --sizes 64,imix --rounds 7 --json",
+            "tapengine bench --scenarios frames --sizes 64 --rate 40kpps",
             "tapengine bench --plot bench.png"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
@@ -50,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="length of one frame run (default 2)")
     parser.add_argument("--tcp-duration", type=float, default=3.0, metavar="SECONDS",
                         help="length of one iperf3 run (default 3, at least 1)")
+    parser.add_argument("--rate", default="max",
+                        help="the generator's rate in the frame runs, e.g. 50kpps or 200mbit "
+                        "(default max: flat out, and the figure is what gets through)")
     parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
                         help="frame sizes (Ethernet, with FCS) or imix, comma-separated "
                         f"(default {','.join(DEFAULT_SIZES)})")
@@ -73,6 +78,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     selection = parse_scenarios(args.scenarios)
     sizes = parse_sizes(args.sizes)
+    rate = parse_rate(args.rate)
     if args.quick:
         rounds, duration, tcp_duration = 2, 1.0, 1.0
     else:
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         report = run_bench(selection, sizes, rounds=rounds, duration=duration,
-                           tcp_duration=tcp_duration, progress=progress,
+                           tcp_duration=tcp_duration, rate=rate, progress=progress,
                            prefix=args.prefix)
     except (RuntimeError, subprocess.SubprocessError) as err:  # a forwarder or iperf3 failed
         raise CommandError(str(err).splitlines()[0] if str(err) else repr(err)) from None
