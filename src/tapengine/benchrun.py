@@ -533,7 +533,8 @@ def _us(ns: float | None) -> str:
     return "-" if ns is None else f"{ns / 1e3:,.0f} µs"
 
 
-def format_table(report: BenchReport, *, markdown: bool = False) -> str:
+def format_table(report: BenchReport) -> str:
+    """The report as an aligned text table, frames by size then TCP."""
     head = ["scenario", "packets/s", "spread (min..max)", "Gbit/s", "offered/s", "loss", "p50",
             "p99", "vs kernel"]
     rows = []
@@ -550,10 +551,6 @@ def format_table(report: BenchReport, *, markdown: bool = False) -> str:
         ratio = f"{s.ratio_to_kernel:.2f}x {s.reference}" if s.ratio_to_kernel is not None else "-"
         rows.append([s.scenario, f"{s.median_pps:,.0f}", spread,
                      f"{s.median_bits_per_s / 1e9:.3f}", offered, loss, p50, p99, ratio])
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
     widths = [max(len(row[k]) for row in [head, *rows]) for k in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) if k == 0 else cell.rjust(w)
                                for k, (cell, w) in enumerate(zip(row, widths, strict=True)))
