@@ -40,7 +40,7 @@ from tap_pair import drain, ethernet_frame
 from tapengine import PacketRing, TunQueue, open_queue, recv_batch, send_batch
 from tapengine._uring import UringIO, unavailable_reason
 
-SIDES = ("uring", "readv", "python")
+SIDES = ["uring", "readv", "python"]
 
 
 def tx_ring(size: int, batch: int) -> tuple[PacketRing, list[bytes]]:
@@ -89,7 +89,8 @@ def send_run(side: str, fd: int, io: UringIO, size: int, packets: int, batch: in
     tx, frames = tx_ring(size, batch)
     rounds = packets // batch
     write = os.write
-    send = io.send_batch if side == "uring" else send_batch
+    send = io.send_batch if side.startswith("uring") else send_batch
+    io.link_writes = side != "uring-nolink"
     start = time.perf_counter()
     if side == "python":
         for _ in range(rounds):
@@ -172,16 +173,20 @@ def lab(tap_count: int) -> Iterator[list[TunQueue]]:
         os.close(nsfd)              # the last reference: the kernel removes it and its links
 
 
-def interleave(rounds: int, run: Callable[[str], float]) -> dict[str, object]:
-    samples: dict[str, list[float]] = {side: [] for side in SIDES}
+def interleave(rounds: int, run: Callable[[str], float], sides: list[str]) -> dict[str, object]:
+    samples: dict[str, list[float]] = {side: [] for side in sides}
     for _ in range(rounds):
-        for side in SIDES:
+        for side in sides:
             samples[side].append(run(side))
     medians = {side: statistics.median(values) for side, values in samples.items()}
     # Each round's sides ran back to back: the per-round ratio cancels the machine's slow drift.
     paired = [u / r for u, r in zip(samples["uring"], samples["readv"], strict=True)]
-    quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+    quartiles = statistics.quantiles(paired, n=4, method="inclusive")
+    extra = {}
+    if "uring-nolink" in samples:
+        extra["uring-nolink/uring"] = medians["uring-nolink"] / medians["uring"]
     return {
+        **extra,
         "samples": samples,
         "paired_uring/readv": {"median": statistics.median(paired), "min": min(paired),
                                "q1": quartiles[0], "q3": quartiles[2], "max": max(paired),
@@ -204,8 +209,13 @@ def main() -> int:
     parser.add_argument("--sizes", default="64,1500")
     parser.add_argument("--cpu", type=int, default=1)
     parser.add_argument("--only", default="pair,send,null")
+    parser.add_argument("--nolink", action="store_true",
+                        help="a fourth side in send/null: io_uring writes without IOSQE_IO_LINK "
+                             "(inexact on a mid-batch error; measures what the links cost)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.nolink:
+        SIDES.append("uring-nolink")
     reason = unavailable_reason()
     if reason:
         print(f"io_uring is not available here: {reason}", file=sys.stderr)
@@ -220,20 +230,20 @@ def main() -> int:
         with lab(2) as pair:
             results["pair"] = {
                 size: interleave(args.rounds, lambda side, size=size: pair_run(
-                    side, pair, io, size, args.packets, args.batch))
+                    side, pair, io, size, args.packets, args.batch), SIDES[:3])
                 for size in sizes}
     if "send" in scenarios:
         with lab(1) as (queue,):
             results["send"] = {
                 size: interleave(args.rounds, lambda side, size=size: send_run(
-                    side, queue.fileno(), io, size, args.send_packets, args.batch))
+                    side, queue.fileno(), io, size, args.send_packets, args.batch), SIDES)
                 for size in sizes}
     if "null" in scenarios:
         fd = os.open("/dev/null", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             results["null"] = {
                 size: interleave(args.rounds, lambda side, size=size: send_run(
-                    side, fd, io, size, args.send_packets * 5, args.batch))
+                    side, fd, io, size, args.send_packets * 5, args.batch), SIDES)
                 for size in sizes}
         finally:
             os.close(fd)
@@ -253,7 +263,10 @@ def main() -> int:
                   f" {m['python']:>11,.0f} {r['uring/readv']:>7.2f} {r['uring/python']:>6.2f}"
                   f" {r['readv/python']:>8.2f}")
             print("               spread: " + ", ".join(
-                f"{side} {s[side][0]:,.0f}..{s[side][1]:,.0f}" for side in SIDES))
+                f"{side} {s[side][0]:,.0f}..{s[side][1]:,.0f}" for side in s))
+            if "uring-nolink" in m:
+                print(f"               uring-nolink {m['uring-nolink']:,.0f} pps ="
+                      f" {r['uring-nolink/uring']:.2f}x linked uring")
             p = r["paired_uring/readv"]
             print(f"               per-round uring/readv: median {p['median']:.2f}, quartiles"
                   f" {p['q1']:.2f}..{p['q3']:.2f}, range {p['min']:.2f}..{p['max']:.2f},"
