@@ -10,10 +10,11 @@ from typing import Any
 from tapengine.benchrun import FRAME_PATHS, TCP_PATHS, BenchReport, machine
 from tapengine.traffic import parse_size
 
-COLORS = {"engine": "tab:blue", "kernel": "tab:green", "naive": "tab:red", "veth": "tab:gray",
-          "bridge": "tab:green"}  # fmt: skip
-LABELS = {"engine": "tapengine wire", "kernel": "kernel veth pair", "naive": "naive Python",
-          "veth": "veth pair (no forwarder)", "bridge": "kernel bridge"}  # fmt: skip
+COLORS = {"engine": "tab:blue", "uring": "tab:purple", "kernel": "tab:green",
+          "naive": "tab:red", "veth": "tab:gray", "bridge": "tab:green"}
+LABELS = {"engine": "tapengine wire", "uring": "tapengine wire, io_uring",
+          "kernel": "kernel veth pair", "naive": "naive Python",
+          "veth": "veth pair (no forwarder)", "bridge": "kernel bridge"}
 
 
 class PlotUnavailableError(RuntimeError):

@@ -46,18 +46,21 @@ from tapengine.tun import TunQueue, open_queue
 
 Kind = Literal["frames", "tcp"]
 
-FRAME_PATHS = ("engine", "kernel", "naive")
-TCP_PATHS = ("engine", "veth", "bridge", "naive")
+FRAME_PATHS = ("engine", "uring", "kernel", "naive")
+TCP_PATHS = ("engine", "uring", "veth", "bridge", "naive")
+#: Only on request: the engine with its io_uring backend (``Engine(io="uring")``).
+OPTIONAL_PATHS = ("uring",)
 REFERENCE: dict[str, str] = {"frames": "kernel", "tcp": "bridge"}
 DEFAULT_SIZES = ("64", "512", "1500", "imix")
 SCENARIO_NAMES = (*FRAME_PATHS, *(f"tcp-{path}" for path in TCP_PATHS))
-SCENARIO_GROUPS = {"all": SCENARIO_NAMES, "frames": FRAME_PATHS,
-                   "tcp": tuple(f"tcp-{path}" for path in TCP_PATHS)}  # fmt: skip
+_FRAMES = tuple(path for path in FRAME_PATHS if path not in OPTIONAL_PATHS)
+_TCP = tuple(f"tcp-{path}" for path in TCP_PATHS if path not in OPTIONAL_PATHS)
+SCENARIO_GROUPS = {"all": (*_FRAMES, *_TCP), "frames": _FRAMES, "tcp": _TCP}
 TCP_MSS = 1448  # payload of one segment on a 1500-byte MTU with TCP timestamps
 TCP_IPS = ("10.77.0.1", "10.77.0.2")
 IFF_LOWER_UP = 0x10000
 NAIVE_FORWARDER = Path(__file__).resolve().parents[2] / "bench" / "baselines" / "naive_forward.py"
-_CODE = {"engine": "e", "kernel": "k", "naive": "n", "veth": "v", "bridge": "b"}
+_CODE = {"engine": "e", "uring": "u", "kernel": "k", "naive": "n", "veth": "v", "bridge": "b"}
 
 Progress = Callable[[str], None]
 
@@ -71,7 +74,8 @@ class Selection:
 
 
 def parse_scenarios(text: str) -> Selection:
-    """``all``, ``frames``, ``tcp`` or a comma list of ``engine,kernel,naive,tcp-engine,...``."""
+    """``all``, ``frames``, ``tcp`` or a comma list of ``engine,kernel,naive,tcp-engine,...``;
+    the groups leave out the optional io_uring paths (``uring``, ``tcp-uring``)."""
     chosen: list[str] = []
     for part in (part.strip().lower() for part in text.split(",")):
         if not part:
@@ -272,12 +276,12 @@ def build_frame_lab(stack: contextlib.ExitStack, prefix: str, path: str) -> Fram
     with inside_netns(netns):
         g = stack.enter_context(open_queue(prefix + "g", "tap"))
         s = stack.enter_context(open_queue(prefix + "s", "tap"))
-        if path == "engine":
+        if path in ("engine", "uring"):
             a = stack.enter_context(open_port(prefix + "a"))
             b = stack.enter_context(open_port(prefix + "b"))
-    if path == "engine":
+    if path in ("engine", "uring"):
         _bridges(netns, prefix, "a", "b")
-        stack.enter_context(Engine([a, b], "wire"))
+        stack.enter_context(Engine([a, b], "wire", io="uring" if path == "uring" else "readv"))
     elif path == "naive":
         # created in this namespace by the forwarder process, then moved (its fds keep working)
         stack.enter_context(naive_forwarder(prefix + "na", prefix + "nb"))
@@ -314,10 +318,10 @@ def build_tcp_lab(stack: contextlib.ExitStack, prefix: str, path: str) -> TcpLab
     code = "t" + _CODE[path]
     a, b = _netns(stack, prefix + code + "a"), _netns(stack, prefix + code + "b")
     taps = (prefix + code + "a", prefix + code + "b")   # link names, unique in every namespace
-    if path == "engine":
+    if path in ("engine", "uring"):
         ports = [stack.enter_context(open_port(tap)) for tap in taps]
         _move(taps, (a, b))
-        stack.enter_context(Engine(ports, "wire"))
+        stack.enter_context(Engine(ports, "wire", io="uring" if path == "uring" else "readv"))
     elif path == "naive":
         stack.enter_context(naive_forwarder(*taps))
         _move(taps, (a, b))

@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"(default {','.join(DEFAULT_SIZES)})")
     parser.add_argument("--scenarios", default="all",
                         help="comma-separated: " + ", ".join((*SCENARIO_GROUPS, *SCENARIO_NAMES))
-                        + " (default all)")
+                        + " (default all; all leaves out uring and tcp-uring, the engine "
+                        "with its io_uring backend)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="also draw throughput against frame size and the latency "
