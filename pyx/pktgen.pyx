@@ -27,7 +27,8 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, TIMER_ABSTIME, clock_nanosleep, timespec
 from posix.unistd cimport close, read, write
 
-from tapengine._batchio cimport ring_recv, ring_send
+from tapengine._batchio cimport ring_recv_via, ring_send_via
+from tapengine._uring cimport UringIO
 from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_len
 from tapengine.syscall cimport raise_errno, would_block
 
@@ -251,8 +252,8 @@ cdef inline int sleep_until(uint64_t until) noexcept nogil:
     return 0
 
 
-cdef uint64_t gen_run(Generator gen, int fd, bint vnet_hdr, uint64_t limit, uint64_t deadline,
-                      int *err) noexcept nogil:
+cdef uint64_t gen_run(Generator gen, UringIO io, int fd, bint vnet_hdr, uint64_t limit,
+                      uint64_t deadline, int *err) noexcept nogil:
     cdef uint64_t total = 0, now, until, wait
     cdef uint32_t want, n, sent
     cdef pollfd pfd
@@ -280,7 +281,7 @@ cdef uint64_t gen_run(Generator gen, int fd, bint vnet_hdr, uint64_t limit, uint
                 sleep_until(until)
             continue
         gen_prepare(gen, n)
-        sent = ring_send(fd, gen.ring, gen.pos, n, vnet_hdr, err)
+        sent = ring_send_via(io, fd, gen.ring, gen.pos, n, vnet_hdr, err)
         gen_spend(gen, sent)
         gen_commit(gen, n, sent, now)
         total += sent
@@ -513,13 +514,14 @@ cdef class Generator:
 
     # -- producing packets --------------------------------------------------------------------
 
-    def send(self, fd, *, count=None, duration=None, vnet_hdr=None):
+    def send(self, fd, *, count=None, duration=None, vnet_hdr=None, UringIO io=None):
         """Write packets to ``fd`` until ``count`` are written or ``duration`` seconds pass.
 
         ``fd`` is an int or has ``fileno()`` (a ``TunQueue``, whose ``vnet_hdr`` is used unless
         given). With neither limit it runs until ``stop()``. Returns the packets written by this
         call; sequence numbers, counters and the token bucket carry over between calls. Errors
-        raise the matching ``OSError`` (``completed`` = packets written by this call).
+        raise the matching ``OSError`` (``completed`` = packets written by this call). ``io`` (a
+        ``tapengine.UringIO`` owned by this thread) submits each batch with one io_uring_enter.
         """
         cdef int cfd = _fileno(fd)
         cdef bint cvnet = _vnet_of(fd, vnet_hdr)
@@ -531,7 +533,7 @@ cdef class Generator:
             raise ValueError(f"count must be >= 0, not {count}")
         self.ring._check_open()
         with nogil:
-            sent = gen_run(self, cfd, cvnet, limit, deadline, &err)
+            sent = gen_run(self, io, cfd, cvnet, limit, deadline, &err)
         if err:
             raise_errno(err, f"writing generated frames to fd {cfd}", sent)
         return sent
@@ -703,8 +705,8 @@ cdef uint32_t sink_consume(Sink sink, PacketRing ring, uint32_t first, uint32_t 
     return count
 
 
-cdef uint64_t sink_run(Sink sink, int fd, bint vnet_hdr, uint32_t budget, uint64_t limit,
-                       uint64_t deadline, uint64_t idle_ns, int *err) noexcept nogil:
+cdef uint64_t sink_run(Sink sink, UringIO io, int fd, bint vnet_hdr, uint32_t budget,
+                       uint64_t limit, uint64_t deadline, uint64_t idle_ns, int *err) noexcept nogil:
     cdef uint64_t total = 0, now, last_rx = 0, probes_at_start = sink.counters.probe_packets
     cdef uint64_t until
     cdef uint32_t n
@@ -719,7 +721,7 @@ cdef uint64_t sink_run(Sink sink, int fd, bint vnet_hdr, uint32_t budget, uint64
     while not sink.stop_requested:
         if sink.counters.probe_packets - probes_at_start >= limit:
             break
-        n = ring_recv(fd, sink.ring, budget, vnet_hdr, err)
+        n = ring_recv_via(io, fd, sink.ring, budget, vnet_hdr, err)
         now = monotonic_ns()
         if n:
             sink_consume(sink, sink.ring, sink.ring.head, n, now)
@@ -826,12 +828,14 @@ cdef class Sink:
             sink_consume(self, ring, cfirst, ccount, now)
         return count
 
-    def run(self, fd, *, count=None, duration=None, idle=None, vnet_hdr=None, int budget=64):
+    def run(self, fd, *, count=None, duration=None, idle=None, vnet_hdr=None, int budget=64,
+            UringIO io=None):
         """Read from ``fd`` until ``count`` probe frames, ``duration`` seconds, ``idle`` seconds
         without a probe frame (once one arrived), or ``stop()``; returns the frames read.
 
         ``fd`` is an int or has ``fileno()`` (a ``TunQueue``, whose ``vnet_hdr`` is used unless
-        given). The fd must be non-blocking. The GIL is released while it runs.
+        given). The fd must be non-blocking. The GIL is released while it runs. ``io`` (a
+        ``tapengine.UringIO`` owned by this thread) reads each batch with one io_uring_enter.
         """
         if self.stop_fd < 0:
             raise ValueError("the sink is closed")
@@ -847,7 +851,7 @@ cdef class Sink:
             raise ValueError(f"idle must be > 0 seconds, not {idle}")
         self.ring._check_open()
         with nogil:
-            got = sink_run(self, cfd, cvnet, cbudget, limit, deadline, idle_ns, &err)
+            got = sink_run(self, io, cfd, cvnet, cbudget, limit, deadline, idle_ns, &err)
         if err:
             raise_errno(err, f"reading frames from fd {cfd}", got)
         return got

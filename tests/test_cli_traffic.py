@@ -113,17 +113,18 @@ def lab(make_netns: Callable[[str], str], prefix: str) -> Iterator[Lab]:
 
 
 @pytest.mark.privileged
-def test_gen_into_a_bridge_is_counted_by_sink_and_kernel(lab: Lab) -> None:
+@pytest.mark.parametrize("io", ["readv", "uring"])
+def test_gen_into_a_bridge_is_counted_by_sink_and_kernel(lab: Lab, io: str) -> None:
     before = _link(lab.netns, lab.a)["stats"]
     sink = subprocess.Popen(
         [sys.executable, "-m", "tapengine", "sink", lab.b, "--netns", lab.netns, "--idle", "1",
-         "--duration", "30", "--json", "--per-flow"],
+         "--duration", "30", "--json", "--per-flow", "--io", io],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         _wait_for_carrier(lab.netns, lab.b)
         gen = tapengine("gen", lab.a, "--netns", lab.netns, "--rate", "50kpps", "--count", "6000",
-                        "--flows", "3", "--size", "imix", "--json")  # fmt: skip
+                        "--flows", "3", "--size", "imix", "--json", "--io", io)  # fmt: skip
         out, err = sink.communicate(timeout=40)
     finally:
         if sink.poll() is None:

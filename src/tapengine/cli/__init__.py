@@ -8,10 +8,12 @@ and returning an exit code. Expected errors become one line on stderr and exit c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tapengine import __version__
 from tapengine.errors import TapengineError
@@ -52,6 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
 def example_epilog(*lines: str) -> str:
     """An ``--help`` epilog showing example invocations."""
     return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def add_io_option(parser: argparse.ArgumentParser) -> None:
+    """``--io readv|uring``: how batches reach the kernel."""
+    parser.add_argument(
+        "--io", choices=("readv", "uring"), default="readv",
+        help="one system call per packet (readv/writev, the default) or one io_uring_enter per "
+             "batch (uring)",
+    )
+
+
+def open_io(choice: str, entries: int = 256) -> contextlib.AbstractContextManager[Any]:
+    """A context manager giving the ``UringIO`` for ``--io uring``, or ``None`` for readv."""
+    if choice != "uring":
+        return contextlib.nullcontext()
+    from tapengine._uring import UringIO, available, unavailable_reason
+
+    if not available():
+        raise CommandError(f"io_uring is not usable here: {unavailable_reason()}; use --io readv")
+    return UringIO(entries)
 
 
 def _one_line(err: Exception) -> str:

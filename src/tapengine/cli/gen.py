@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tapengine.cli import CommandError, example_epilog
+from tapengine.cli import CommandError, add_io_option, example_epilog, open_io
 from tapengine.traffic import (
     GenConfig,
     GenResult,
@@ -60,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="token bucket depth in packets (bits with a bit rate); "
                         "default 10 ms of traffic, at least one batch, at most 1024 frames")
     parser.add_argument("--batch", type=int, default=32, help="frames per batch (1..256)")
+    add_io_option(parser)
     parser.add_argument("--per-flow", action="store_true", help="packets per flow in --json")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -142,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{format_pps(int(c['packets']) / elapsed)}, "
                 f"{format_bits(int(c['bytes']) * 8 / elapsed)}")  # fmt: skip
 
-    with open_device(info) as queue:
+    with open_device(info) as queue, open_io(args.io, max(args.batch, 64)) as io:
         _, interrupted = run_with_progress(
-            lambda: gen.send(queue, count=args.count, duration=args.duration),
+            lambda: gen.send(queue, count=args.count, duration=args.duration, io=io),
             gen.stop, progress, show=sys.stderr.isatty() and not args.quiet and not args.json,
         )
     result = GenResult.of(gen)

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from tapengine.cli import example_epilog
+from tapengine.cli import add_io_option, example_epilog, open_io
 from tapengine.cli.gen import run_with_progress
 from tapengine.traffic import (
     LatencyStats,
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-flows", type=int, default=1024,
                         help="flows tracked (ids above are counted as untracked)")
     parser.add_argument("--per-flow", action="store_true", help="per-flow results in --json")
+    add_io_option(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run, command_name="sink")
@@ -87,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
                     f"{int(c['probe_packets']):,} probes, {int(c['duplicates']):,} dup, "
                     f"{int(c['reordered']):,} reordered")  # fmt: skip
 
-        with open_device(info) as queue:
+        with open_device(info) as queue, open_io(args.io) as io:
             _, interrupted = run_with_progress(
-                lambda: sink.run(queue, count=args.count, duration=args.duration, idle=args.idle),
+                lambda: sink.run(queue, count=args.count, duration=args.duration, idle=args.idle,
+                                 io=io),
                 sink.stop, progress, show=sys.stderr.isatty() and not args.quiet and not args.json,
             )
         result = SinkResult.of(sink)
