@@ -25,6 +25,9 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from tapengine.netorder cimport (
+    load_be16, load_be32, load_host16, store_be16, store_be32, store_host16,
+)
 from tapengine._ring cimport (
     VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len,
 )
@@ -72,30 +75,6 @@ GSO_ECN = VNET_GSO_ECN
 
 
 # -- byte access: packets are unaligned and in network order; virtio headers in host order ----
-
-cdef inline uint16_t _be16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-cdef inline uint32_t _be32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-cdef inline void _put_be16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = v >> 8
-    p[1] = v & 0xff
-
-cdef inline void _put_be32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xff
-    p[2] = (v >> 8) & 0xff
-    p[3] = v & 0xff
-
-cdef inline uint16_t _host16(const uint8_t *p) noexcept nogil:
-    cdef uint16_t v
-    memcpy(&v, p, 2)
-    return v
-
-cdef inline void _put_host16(uint8_t *p, uint16_t v) noexcept nogil:
-    memcpy(p, &v, 2)
 
 cdef inline void _put_csum(uint8_t *p, uint16_t native_sum) noexcept nogil:
     # A folded native-order sum stored as it is lands in network order (RFC 1071 2(B)).
@@ -154,7 +133,7 @@ cdef inline void _ipv4_header_csum(uint8_t *l3) noexcept nogil:
 # -- validation -------------------------------------------------------------------------------
 
 cdef inline void gso_store_hdr_len(uint8_t *hdr, uint16_t hdr_len) noexcept nogil:
-    _put_host16(hdr + 2, hdr_len)
+    store_host16(hdr + 2, hdr_len)
 
 
 cdef int _parse_ipv6_ext(const uint8_t *frame, gso_info *info, bint strict) noexcept nogil:
@@ -197,9 +176,9 @@ cdef int gso_validate(const uint8_t *hdr, const uint8_t *frame, uint32_t length,
     memset(info, 0, sizeof(gso_info))
     info.flags = hdr[0]
     info.gso_type = base_type
-    info.gso_size = _host16(hdr + 4)
-    info.csum_start = _host16(hdr + 6)
-    info.csum_offset = _host16(hdr + 8)
+    info.gso_size = load_host16(hdr + 4)
+    info.csum_start = load_host16(hdr + 6)
+    info.csum_offset = load_host16(hdr + 8)
     info.end = length
 
     if info.flags & ~(VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID):
@@ -219,12 +198,12 @@ cdef int gso_validate(const uint8_t *hdr, const uint8_t *frame, uint32_t length,
     if l2:
         if length < ETH_HLEN:
             return GSO_TOO_SHORT
-        ethertype = _be16(frame + 12)
+        ethertype = load_be16(frame + 12)
         off = ETH_HLEN
         if ethertype == ETH_P_8021Q or ethertype == ETH_P_8021AD:
             if length < ETH_HLEN + VLAN_HLEN:
                 return GSO_TOO_SHORT
-            ethertype = _be16(frame + 16)
+            ethertype = load_be16(frame + 16)
             off = ETH_HLEN + VLAN_HLEN
     elif length:
         version = frame[0] >> 4
@@ -244,7 +223,7 @@ cdef int gso_validate(const uint8_t *hdr, const uint8_t *frame, uint32_t length,
             return GSO_BAD_IP_HEADER
         if length < off + ihl:
             return GSO_TOO_SHORT
-        tot = _be16(frame + off + 2)
+        tot = load_be16(frame + off + 2)
         if tot < ihl:
             return GSO_BAD_IP_LENGTH
         if off + tot > length:
@@ -253,7 +232,7 @@ cdef int gso_validate(const uint8_t *hdr, const uint8_t *frame, uint32_t length,
         info.end = off + tot
         info.l4_off = <uint16_t>(off + ihl)
         info.l4_proto = frame[off + 9]
-        if _be16(frame + off + 6) & 0x3fff:         # MF or a fragment offset
+        if load_be16(frame + off + 6) & 0x3fff:         # MF or a fragment offset
             if strict:
                 return GSO_UNSUPPORTED_PROTOCOL
             info.hdr_len = info.l4_off
@@ -263,7 +242,7 @@ cdef int gso_validate(const uint8_t *hdr, const uint8_t *frame, uint32_t length,
             return GSO_TOO_SHORT
         if frame[off] >> 4 != 6:
             return GSO_BAD_IP_HEADER
-        tot = 40 + <uint32_t>_be16(frame + off + 4)
+        tot = 40 + <uint32_t>load_be16(frame + off + 4)
         if off + tot > length:
             return GSO_TOO_SHORT
         info.ip_version = 6
@@ -289,7 +268,7 @@ cdef int gso_validate(const uint8_t *hdr, const uint8_t *frame, uint32_t length,
     elif info.l4_proto == IPPROTO_UDP:
         if <uint32_t>info.l4_off + 8 > info.end:
             return GSO_TOO_SHORT
-        ulen = _be16(frame + info.l4_off + 4)
+        ulen = load_be16(frame + info.l4_off + 4)
         # A UDP GSO superframe may carry a stale length; segmentation rewrites it.
         if not gso and (ulen < 8 or info.l4_off + ulen > info.end):
             return GSO_BAD_L4_HEADER
@@ -335,7 +314,7 @@ cdef inline void _complete(uint8_t *frame, uint32_t start, uint32_t offset, uint
 
 cdef int gso_complete_csum(uint8_t *hdr, uint8_t *frame, uint32_t length) noexcept nogil:
     # Returns 0 or a GsoReason (> 0): GSO packets and out-of-range checksums are refused.
-    cdef uint16_t start = _host16(hdr + 6), offset = _host16(hdr + 8)
+    cdef uint16_t start = load_host16(hdr + 6), offset = load_host16(hdr + 8)
     if hdr[1] != VNET_GSO_NONE:
         return GSO_BAD_GSO_TYPE
     if not hdr[0] & VNET_F_NEEDS_CSUM:
@@ -364,9 +343,9 @@ cdef int _copy_plain(const uint8_t *frame, uint32_t length, const gso_info *info
     if info.flags & VNET_F_NEEDS_CSUM:
         if mode == GSO_OUT_PARTIAL_CSUM:
             h[0] = VNET_F_NEEDS_CSUM
-            _put_host16(h + 2, info.hdr_len)
-            _put_host16(h + 6, info.csum_start)
-            _put_host16(h + 8, info.csum_offset)
+            store_host16(h + 2, info.hdr_len)
+            store_host16(h + 6, info.csum_start)
+            store_host16(h + 8, info.csum_offset)
         else:
             # Only to the end of the IP packet: Ethernet padding is not part of the segment.
             _complete(dst, info.csum_start, info.csum_offset, info.end,
@@ -395,8 +374,8 @@ cdef int gso_segment_parsed(const uint8_t *frame, uint32_t length, const gso_inf
     if hl + first_len > out.slot_size:
         return -GSO_SLOT_TOO_SMALL
 
-    cdef uint16_t ip_id = _be16(frame + l3 + 4) if v4 else 0
-    cdef uint32_t seq = _be32(frame + l4 + 4) if tcp else 0
+    cdef uint16_t ip_id = load_be16(frame + l3 + 4) if v4 else 0
+    cdef uint32_t seq = load_be32(frame + l4 + 4) if tcp else 0
     cdef uint8_t tcp_flags = frame[l4 + 13] if tcp else 0
     cdef uint32_t k, n, l4_len, pos = hl, index
     cdef uint8_t *dst
@@ -413,29 +392,29 @@ cdef int gso_segment_parsed(const uint8_t *frame, uint32_t length, const gso_inf
         memcpy(dst + hl, frame + pos, n)
         l4_len = hl - l4 + n
         if v4:
-            _put_be16(dst + l3 + 2, <uint16_t>(l4 - l3 + l4_len))
-            _put_be16(dst + l3 + 4, <uint16_t>(ip_id + k))
+            store_be16(dst + l3 + 2, <uint16_t>(l4 - l3 + l4_len))
+            store_be16(dst + l3 + 4, <uint16_t>(ip_id + k))
             _ipv4_header_csum(dst + l3)
         else:
-            _put_be16(dst + l3 + 4, <uint16_t>(l4 - l3 - 40 + l4_len))
+            store_be16(dst + l3 + 4, <uint16_t>(l4 - l3 - 40 + l4_len))
         if tcp:
-            _put_be32(dst + l4 + 4, seq + (pos - hl))
+            store_be32(dst + l4 + 4, seq + (pos - hl))
             dst[l4 + 13] = tcp_flags
             if k != nseg - 1:
                 dst[l4 + 13] &= ~(TCP_FIN | TCP_PSH)
             if k != 0:
                 dst[l4 + 13] &= ~TCP_CWR
         else:
-            _put_be16(dst + l4 + 4, <uint16_t>l4_len)
+            store_be16(dst + l4 + 4, <uint16_t>l4_len)
         acc = _pseudo_sum(dst + l3, info.ip_version, info.l4_proto, l4_len)
         h = ring_hdr(out, index)
         memset(h, 0, VNET_HDR_LEN)
         if mode == GSO_OUT_PARTIAL_CSUM:
             _put_csum(dst + l4 + info.csum_field, csum_fold(acc))
             h[0] = VNET_F_NEEDS_CSUM
-            _put_host16(h + 2, <uint16_t>hl)
-            _put_host16(h + 6, <uint16_t>l4)
-            _put_host16(h + 8, info.csum_field)
+            store_host16(h + 2, <uint16_t>hl)
+            store_host16(h + 6, <uint16_t>l4)
+            store_host16(h + 8, info.csum_field)
         else:
             dst[l4 + info.csum_field] = 0
             dst[l4 + info.csum_field + 1] = 0

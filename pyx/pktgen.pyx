@@ -29,7 +29,11 @@ from posix.unistd cimport close, read, write
 
 from tapengine._batchio cimport ring_recv_via, ring_send_via
 from tapengine._uring cimport UringIO
+from tapengine._gso cimport csum_add, csum_fold
 from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_len
+from tapengine.netorder cimport (
+    load_be16, load_be32, load_be64, load_host16, store_be16, store_be32, store_be64,
+)
 from tapengine.syscall cimport raise_errno, would_block
 
 import numpy as np
@@ -72,57 +76,6 @@ cdef enum:
 def monotonic():
     """CLOCK_MONOTONIC in nanoseconds: the clock of the probe timestamps."""
     return monotonic_ns()
-
-
-# -- byte order and the Internet checksum ------------------------------------------------------
-
-cdef inline void store_be16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = v >> 8
-    p[1] = v & 0xff
-
-cdef inline void store_be32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xff
-    p[2] = (v >> 8) & 0xff
-    p[3] = v & 0xff
-
-cdef inline void store_be64(uint8_t *p, uint64_t v) noexcept nogil:
-    store_be32(p, <uint32_t>(v >> 32))
-    store_be32(p + 4, <uint32_t>v)
-
-cdef inline uint16_t load_be16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-cdef inline uint32_t load_be32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-cdef inline uint64_t load_be64(const uint8_t *p) noexcept nogil:
-    return (<uint64_t>load_be32(p) << 32) | load_be32(p + 4)
-
-cdef inline uint16_t load_native16(const uint8_t *p) noexcept nogil:
-    cdef uint16_t word
-    memcpy(&word, p, 2)
-    return word
-
-
-# Returns the ones' complement sum of ``length`` bytes as native 16-bit words, added to ``acc``
-# (not folded). Summing native words and storing the folded result natively is byte-order
-# independent (RFC 1071), so no swapping is needed anywhere.
-cdef inline uint64_t csum_add(uint64_t acc, const uint8_t *p, size_t length) noexcept nogil:
-    cdef size_t i
-    cdef uint16_t last = 0
-    for i in range(0, length & ~(<size_t>1), 2):
-        acc += load_native16(p + i)
-    if length & 1:
-        memcpy(&last, p + length - 1, 1)
-        acc += last
-    return acc
-
-# Returns ``acc`` folded to 16 bits (not complemented).
-cdef inline uint16_t csum_fold(uint64_t acc) noexcept nogil:
-    while acc >> 16:
-        acc = (acc & 0xffff) + (acc >> 16)
-    return <uint16_t>acc
 
 
 # -- generator ---------------------------------------------------------------------------------
@@ -209,11 +162,11 @@ cdef uint32_t gen_prepare(Generator gen, uint32_t count) noexcept nogil:
         store_be64(probe + PROBE_OFF_TS, sent_ns)
         # the base sum covers everything else: add the words that changed
         acc = gen.csum_base[slot]
-        acc += load_native16(l4)
-        acc += load_native16(probe + PROBE_OFF_SEQ) + load_native16(probe + PROBE_OFF_SEQ + 2)
-        acc += load_native16(probe + PROBE_OFF_TS) + load_native16(probe + PROBE_OFF_TS + 2)
-        acc += load_native16(probe + PROBE_OFF_TS + 4) + load_native16(probe + PROBE_OFF_TS + 6)
-        acc += load_native16(probe + PROBE_OFF_FLOW)
+        acc += load_host16(l4)
+        acc += load_host16(probe + PROBE_OFF_SEQ) + load_host16(probe + PROBE_OFF_SEQ + 2)
+        acc += load_host16(probe + PROBE_OFF_TS) + load_host16(probe + PROBE_OFF_TS + 2)
+        acc += load_host16(probe + PROBE_OFF_TS + 4) + load_host16(probe + PROBE_OFF_TS + 6)
+        acc += load_host16(probe + PROBE_OFF_FLOW)
         csum = ~csum_fold(acc)
         if csum == 0:
             csum = 0xffff       # 0 means "no checksum" in UDP over IPv4 and is invalid over IPv6
@@ -430,7 +383,7 @@ cdef class Generator:
                 frame[l3_off + 9] = IPPROTO_UDP
                 memcpy(frame + l3_off + 12, sip, 4)
                 memcpy(frame + l3_off + 16, dip, 4)
-                csum = ~csum_fold(csum_add(0, frame + l3_off, 20))
+                csum = ~csum_fold(csum_add(frame + l3_off, 20, 0))
                 memcpy(frame + l3_off + 10, &csum, 2)
             l4 = frame + self.l4_off
             store_be16(l4 + 2, dst_port)
@@ -445,13 +398,13 @@ cdef class Generator:
             if self.ipv6:
                 store_be32(pseudo + 32, udp_len)
                 store_be32(pseudo + 36, IPPROTO_UDP)
-                acc = csum_add(0, pseudo, 40)
+                acc = csum_add(pseudo, 40, 0)
             else:
                 pseudo[9] = IPPROTO_UDP
                 store_be16(pseudo + 10, udp_len)
-                acc = csum_add(0, pseudo, 12)
+                acc = csum_add(pseudo, 12, 0)
             # source port, sequence, timestamp, flow and checksum are 0 here: added per packet
-            self.csum_base[slot] = csum_fold(csum_add(acc, l4, udp_len))
+            self.csum_base[slot] = csum_fold(csum_add(l4, udp_len, acc))
         return 0
 
     def _set_rate(self, rate, bint bits, burst, uint32_t max_length):

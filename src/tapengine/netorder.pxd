@@ -1,0 +1,1 @@
+../../pyx/netorder.pxd
