@@ -415,6 +415,12 @@ class BridgedTaps:
             return dict(link.get_attr("IFLA_STATS64"))
 
 
+# Frames a tap holds for its reader (the kernel's default is 500). On a loaded 2-CPU machine a
+# reader can be off the CPU for tens of milliseconds; a rate below capacity must not lose frames
+# to that, so the queues hold half a second at the rates used here.
+TXQLEN = 10_000
+
+
 @pytest.fixture
 def bridged_taps(make_netns: Callable[[str], str], prefix: str) -> Iterator[BridgedTaps]:
     from pyroute2 import IPRoute
@@ -436,7 +442,7 @@ def bridged_taps(make_netns: Callable[[str], str], prefix: str) -> Iterator[Brid
             (bridge,) = ipr.link_lookup(ifname=prefix + "br")
             for queue in (a, b):
                 (index,) = ipr.link_lookup(ifname=queue.name)
-                ipr.link("set", index=index, master=bridge, state="up")
+                ipr.link("set", index=index, master=bridge, state="up", txqlen=TXQLEN)
             ipr.link("set", index=bridge, state="up")
         time.sleep(0.05)
         with Sink() as drain:            # whatever the kernel sent while the ports came up
@@ -538,7 +544,7 @@ def test_ten_seconds_at_a_fixed_rate_through_forward_lose_nothing(
                 (master,) = ipr.link_lookup(ifname=prefix + bridge)
                 for port in ports:
                     (index,) = ipr.link_lookup(ifname=prefix + port)
-                    ipr.link("set", index=index, master=master, state="up")
+                    ipr.link("set", index=index, master=master, state="up", txqlen=TXQLEN)
                 ipr.link("set", index=master, state="up")
         time.sleep(0.1)
         gen = GenConfig(flows=4, sizes=parse_size("imix"), rate=parse_rate("20kpps")).generator()
