@@ -90,7 +90,9 @@ def plot_report(report: BenchReport, out: Path | str) -> None:
         err = [[(s.median_bits_per_s - s.spread_bits_per_s[0]) / 1e9 for s in rows],
                [(s.spread_bits_per_s[1] - s.median_bits_per_s) / 1e9 for s in rows]]
         ax.bar(x, y, yerr=err, capsize=4, color=[COLORS[s.path] for s in rows])
-        ax.set_xticks(list(x), [LABELS[s.path].replace(" (", "\n(") for s in rows], fontsize=8)
+        labels = [LABELS[s.path].replace(" (", "\n(").replace(", ", ",\n").replace("tapengine ",
+                  "tapengine\n", 1) for s in rows]
+        ax.set_xticks(list(x), labels, fontsize=7)
         ax.set_ylabel("Gbit/s (iperf3 goodput)")
         ax.set_title("TCP, one iperf3 stream")
         ax.grid(alpha=0.3, axis="y")
