@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=64)
     parser.add_argument("--io", choices=("readv", "uring"), default="readv")
     parser.add_argument("--spin", type=int, default=0)
-    parser.add_argument("--pin-workers", default="")
+    parser.add_argument("--pin-workers", default="", help="CPUs, e.g. 0,1 or 0:1")
     parser.add_argument("--txqueuelen", type=int, default=0)
     parser.add_argument("--sndbuf", type=int, default=0)
     args = parser.parse_args()
@@ -51,7 +51,7 @@ def main() -> int:
     engine = Engine(ports, "wire", budget=args.budget, io=args.io, spin=args.spin)
     engine.start()
     if args.pin_workers:
-        cpus = [int(cpu) for cpu in args.pin_workers.split(",")]
+        cpus = [int(cpu) for cpu in args.pin_workers.replace(":", ",").split(",")]
         for k, thread in enumerate(engine._threads):
             assert thread.native_id is not None
             os.sched_setaffinity(thread.native_id, {cpus[k % len(cpus)]})
