@@ -18,7 +18,9 @@ from tapengine._ring cimport (
     VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len,
 )
 from tapengine._uring cimport UringIO, uring_recv, uring_send
-from tapengine.syscall cimport iovec, raise_errno, read, readv, would_block, write, writev
+from tapengine.syscall cimport (
+    fd_of, iovec, raise_errno, read, readv, would_block, write, writev,
+)
 
 
 @cython.boundscheck(False)
@@ -97,15 +99,6 @@ cdef uint32_t ring_send_via(UringIO io, int fd, PacketRing ring, uint32_t first,
     return uring_send(io, fd, ring, first, count, vnet_hdr, err)
 
 
-cdef int _check_fd(fd) except -1:
-    # Returns the descriptor number of an int or an object with fileno().
-    if not isinstance(fd, int):
-        fd = fd.fileno()
-    if fd < 0:
-        raise ValueError(f"invalid file descriptor {fd}")
-    return fd
-
-
 def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False, UringIO io=None):
     """Read up to ``budget`` packets from a non-blocking tun/tap fd into the ring's free slots.
 
@@ -115,9 +108,8 @@ def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False, 
     read (and kept in the ring) before it. ``io``: a ``UringIO`` of this thread to read through
     io_uring, or None for readv().
     """
-    cdef int cfd = _check_fd(fd)
-    if ring.slab == NULL:
-        raise ValueError("the packet ring is closed")
+    cdef int cfd = fd_of(fd)
+    ring._check_open()
     if budget < 0:
         raise ValueError(f"budget must be >= 0, not {budget}")
     cdef uint32_t cbudget = min(budget, ring.nslots)
@@ -141,9 +133,8 @@ def send_batch(fd, PacketRing ring not None, first, count, *, bint vnet_hdr=Fals
     packets were written before it. ``head`` is not moved: call ``ring.consume()`` when done.
     ``io``: a ``UringIO`` of this thread to write through io_uring, or None for writev().
     """
-    cdef int cfd = _check_fd(fd)
-    if ring.slab == NULL:
-        raise ValueError("the packet ring is closed")
+    cdef int cfd = fd_of(fd)
+    ring._check_open()
     if count < 0 or count > ring.nslots:
         raise ValueError(f"count must be between 0 and {ring.nslots}, not {count}")
     cdef uint32_t cfirst = first, ccount = count

@@ -34,7 +34,7 @@ from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_len
 from tapengine.netorder cimport (
     load_be16, load_be32, load_be64, load_host16, store_be16, store_be32, store_be64,
 )
-from tapengine.syscall cimport raise_errno, would_block
+from tapengine.syscall cimport fd_of, raise_errno, would_block
 
 import numpy as np
 
@@ -254,14 +254,6 @@ cdef object _pointer_of(object array):
     return array.__array_interface__["data"][0]
 
 
-cdef int _fileno(fd) except -1:
-    if not isinstance(fd, int):
-        fd = fd.fileno()
-    if fd < 0:
-        raise ValueError(f"invalid file descriptor {fd}")
-    return fd
-
-
 cdef bint _vnet_of(fd, vnet_hdr) except -1:
     if vnet_hdr is None:
         return bool(getattr(fd, "vnet_hdr", False))
@@ -476,7 +468,7 @@ cdef class Generator:
         raise the matching ``OSError`` (``completed`` = packets written by this call). ``io`` (a
         ``tapengine.UringIO`` owned by this thread) submits each batch with one io_uring_enter.
         """
-        cdef int cfd = _fileno(fd)
+        cdef int cfd = fd_of(fd)
         cdef bint cvnet = _vnet_of(fd, vnet_hdr)
         cdef uint64_t limit = UINT64_MAX if count is None else count
         cdef uint64_t deadline = _deadline(duration)
@@ -792,7 +784,7 @@ cdef class Sink:
         """
         if self.stop_fd < 0:
             raise ValueError("the sink is closed")
-        cdef int cfd = _fileno(fd)
+        cdef int cfd = fd_of(fd)
         cdef bint cvnet = _vnet_of(fd, vnet_hdr)
         cdef uint64_t limit = UINT64_MAX if count is None else count
         cdef uint64_t deadline = _deadline(duration)

@@ -37,3 +37,12 @@ cdef inline int raise_errno(int err, str what, Py_ssize_t completed=-1) except -
     """
     from tapengine.errors import oserror
     raise oserror(err, what, completed=None if completed < 0 else completed)
+
+
+cdef inline int fd_of(fd) except -1:
+    """The descriptor number of an int or of an object with ``fileno()``; raises if negative."""
+    if not isinstance(fd, int):
+        fd = fd.fileno()
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor {fd}")
+    return fd

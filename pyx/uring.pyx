@@ -33,7 +33,7 @@ from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WR
 from posix.unistd cimport close
 
 from tapengine._ring cimport VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len
-from tapengine.syscall cimport iovec, raise_errno, would_block
+from tapengine.syscall cimport fd_of, iovec, raise_errno, would_block
 
 cdef extern from "<errno.h>" nogil:
     enum: ECANCELED
@@ -256,8 +256,8 @@ cdef class UringIO:
         and ``tail`` advances by the number returned; any error other than ``EAGAIN`` raises the
         matching ``OSError`` subclass with ``completed`` = packets read (and kept) before it.
         """
-        cdef int cfd = _check_fd(fd)
-        _check_ring(ring)
+        cdef int cfd = fd_of(fd)
+        ring._check_open()
         if budget < 0:
             raise ValueError(f"budget must be >= 0, not {budget}")
         cdef uint32_t cbudget = min(budget, ring.nslots)
@@ -277,8 +277,8 @@ cdef class UringIO:
         ``EAGAIN``); any other error raises with ``completed`` = packets written before it, and no
         packet after the failing one was written. ``head`` is not moved.
         """
-        cdef int cfd = _check_fd(fd)
-        _check_ring(ring)
+        cdef int cfd = fd_of(fd)
+        ring._check_open()
         if count < 0 or count > ring.nslots:
             raise ValueError(f"count must be between 0 and {ring.nslots}, not {count}")
         cdef uint32_t cfirst = first, ccount = count
@@ -430,22 +430,6 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
                 return n + k
         n += chunk
     return n
-
-
-cdef int _check_fd(fd) except -1:
-    # Returns the descriptor number of an int or an object with fileno().
-    if not isinstance(fd, int):
-        fd = fd.fileno()
-    if fd < 0:
-        raise ValueError(f"invalid file descriptor {fd}")
-    return fd
-
-
-cdef int _check_ring(PacketRing ring) except -1:
-    # Returns 0 for an open ring; raises ValueError for a closed one.
-    if ring.slab == NULL:
-        raise ValueError("the packet ring is closed")
-    return 0
 
 
 # -- the runtime probe ---------------------------------------------------------------------------
