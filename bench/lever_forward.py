@@ -3,10 +3,11 @@
     lever_forward.py TAP_A TAP_B [--queues N] [--no-offload] [--budget N] [--io uring]
                      [--spin N] [--pin-workers 0,1] [--txqueuelen N] [--sndbuf BYTES]
 
-Opens both taps through ``tapengine.engine.open_port`` as the CLI does, optionally sets the
-devices' txqueuelen (pyroute2) and TUNSETSNDBUF on every queue, runs ``Engine`` with ``spin``
-(empty passes before sleeping in epoll: a busy-poll knob) and pins worker k to the k-th CPU of
-``--pin-workers``. Prints one "forwarding" line, runs until SIGTERM/SIGINT, prints stats as JSON.
+Opens both taps through ``tapengine.engine.open_port`` as the CLI does, with the devices'
+txqueuelen raised to ``--txqueuelen`` (0, the default here: left at the kernel's 1000), optionally
+TUNSETSNDBUF on every queue, runs ``Engine`` with ``spin`` (empty passes before sleeping in
+epoll: a busy-poll knob) and pins worker k to the k-th CPU of ``--pin-workers``. Prints one
+"forwarding" line, runs until SIGTERM/SIGINT, prints stats as JSON.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import os
 import signal
 import sys
 import threading
-
-from pyroute2 import IPRoute
 
 from tapengine.engine import Engine, open_ports
 
@@ -35,12 +34,8 @@ def main() -> int:
     parser.add_argument("--txqueuelen", type=int, default=0)
     parser.add_argument("--sndbuf", type=int, default=0)
     args = parser.parse_args()
-    ports = open_ports(args.ports, queues=args.queues, offload=not args.no_offload)
-    if args.txqueuelen:
-        with IPRoute() as ipr:
-            for port in ports:
-                ipr.link("set", index=ipr.link_lookup(ifname=port.name)[0],
-                         txqlen=args.txqueuelen)
+    ports = open_ports(args.ports, queues=args.queues, offload=not args.no_offload,
+                       txqueuelen=args.txqueuelen)     # 0: the device keeps the kernel's 1000
     if args.sndbuf:
         for port in ports:
             for queue in port.queues:

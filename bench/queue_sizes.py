@@ -8,8 +8,11 @@ interleaved rounds:
   what A's tap offered (``tx_packets + tx_dropped``), what it dropped before the engine read it
   (``tx_dropped``: the tap's queue toward our fd was full) and what B's tap received.
 
-    .venv/bin/python bench/queue_sizes.py --rounds 3 \
-        --setups no-offload,no-offload+--txqueuelen=5000,offload,offload+--txqueuelen=5000
+    .venv/bin/python bench/queue_sizes.py --rounds 3 --setups no-offload+--txqueuelen=0,\
+        no-offload+--txqueuelen=5000,offload+--txqueuelen=0,offload+--txqueuelen=5000
+
+(``tapengine forward`` raises the txqueuelen to 5000 by default; ``--txqueuelen=0`` runs
+``bench/lever_forward.py``, which leaves the device at the kernel's 1000.)
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="frames per run (0: TCP only)")
     parser.add_argument("--tcp-seconds", type=float, default=5.0)
-    parser.add_argument("--setups", default="no-offload,no-offload+--txqueuelen=5000")
+    parser.add_argument("--setups",
+                        default="no-offload+--txqueuelen=0,no-offload+--txqueuelen=5000")
     args = parser.parse_args()
     setups = args.setups.split(",")
     runs: dict[str, list[dict[str, float]]] = {setup: [] for setup in setups}

@@ -11,10 +11,13 @@ changes in place) so that Python is not the bottleneck.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +29,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from fwdnet import Host, in_netns, kernel_stats, quiet_ipv6
-from tapengine.engine import Engine, Port, open_port
+from tapengine.engine import DEFAULT_TXQUEUELEN, Engine, Port, open_port, raise_txqueuelen
 from tapengine.tun import Offload, TunQueue, open_queue
 
 GB = 1 << 30
@@ -333,14 +336,16 @@ def test_two_queues_each_carry_flows_on_their_own_worker_and_every_flow_is_intac
             assert (result.received, result.nbytes) == (result.sent, 64 * MB)
         settle(engine)
         threads = {thread.native_id for thread in engine._threads}
-        per_worker = [forwarder.counters.copy() for forwarder in engine._forwarders]
+    stats = engine.stats()
     # One thread per queue; a queue served by two threads would reorder segments within a flow,
     # which B's TCP would see (out-of-order queue) unless the kernel itself dropped something.
     assert len(threads) == 2
-    rx = [int(counters[0, 0]) for counters in per_worker]          # port 0 rx_packets per worker
-    assert all(n > 0 for n in rx), f"a queue carried nothing: {rx}"
-    stats = engine.stats()
+    rx = [queue["rx_packets"] for queue in stats.ports[0].queues]   # per worker = per queue
+    assert len(rx) == 2 and all(n > 0 for n in rx), f"a queue carried nothing: {rx}"
     assert stats.ports[0].rx_packets == sum(rx) == kernel_stats(a)["tx_packets"]
+    assert sum(queue["tx_packets"] for queue in stats.ports[1].queues) == \
+        stats.ports[1].tx_packets == kernel_stats(b)["rx_packets"]
+    assert stats.as_json()["ports"][0]["queues"][0]["rx_packets"] == rx[0]
     assert not any(port.drops for port in stats.ports)
     dropped = kernel_stats(a)["tx_dropped"] + kernel_stats(b)["tx_dropped"]
     ofo = tcp_counter(b, "TcpExtTCPOFOQueue")
@@ -356,3 +361,39 @@ def tcp_counter(host: Host, name: str) -> int:
         if line.startswith(name):
             return int(line.split()[1])
     return 0
+
+
+def txqueuelen(name: str) -> int:
+    with IPRoute() as ipr:
+        (index,) = ipr.link_lookup(ifname=name)
+        return int(ipr.link("get", index=index)[0].get_attr("IFLA_TXQLEN"))
+
+
+def test_open_port_raises_the_txqueuelen_and_never_lowers_it(prefix: str,
+                                                              privileged: None) -> None:
+    with open_port(f"{prefix}q0") as default, open_port(f"{prefix}q1", txqueuelen=20000) as big, \
+            open_port(f"{prefix}q2", txqueuelen=0) as untouched:
+        assert txqueuelen(default.name) == DEFAULT_TXQUEUELEN > 1000
+        assert raise_txqueuelen(big.name, DEFAULT_TXQUEUELEN) == 20000
+        assert txqueuelen(big.name) == 20000
+        assert txqueuelen(untouched.name) == 1000                  # the kernel's own default
+
+
+def test_forward_cli_sets_txqueuelen_and_reports_offloads_and_queues(prefix: str,
+                                                                    privileged: None) -> None:
+    names = [f"{prefix}c0", f"{prefix}c1"]
+    proc = subprocess.Popen([sys.executable, "-m", "tapengine", "forward", *names, "--queues", "2",
+                             "--txqueuelen", "7000", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "offload csum+tso4+tso6" in line, line
+        assert [txqueuelen(name) for name in names] == [7000, 7000]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    report_json = json.loads(out)
+    assert [len(port["queues"]) for port in report_json["ports"]] == [2, 2]
+    assert all("tso4" in port["offload"] for port in report_json["ports"])

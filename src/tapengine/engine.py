@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import numpy as np
+from pyroute2 import IPRoute
 
 from tapengine._forward import (
     COUNTER_NAMES,
@@ -49,6 +50,15 @@ DEFAULT_OFFLOAD = (
     Offload.CSUM | Offload.TSO4 | Offload.TSO6 | Offload.TSO_ECN | Offload.USO4 | Offload.USO6
 )
 
+#: The txqueuelen ``open_port`` gives a device at least (the kernel's default is 1000). For a
+#: tun/tap it bounds the packets the kernel holds for our fd; without offloads a TCP sender's
+#: bursts overflow 1000 and every overflow is a retransmit; 2000 and up removed them all
+#: (bench/RESULTS.md, "Larger queues").
+DEFAULT_TXQUEUELEN = 5000
+
+#: Counters reported per queue (per worker) in ``PortStats.queues``.
+QUEUE_COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+
 #: Drop reasons counted on the egress port (``tx.dropped``); the rest on the ingress port.
 EGRESS_DROPS = ("full", "link_down", "port_down", "tx_error", "needs_segmentation")
 INGRESS_DROPS = tuple(reason for reason in DROP_REASONS if reason not in EGRESS_DROPS)
@@ -68,7 +78,7 @@ class Port:
     port created (non-persistent) disappears with them.
     """
 
-    def __init__(self, name: str, queues: Sequence[TunQueue]) -> None:
+    def __init__(self, name: str, queues: Sequence[TunQueue], txqueuelen: int = 0) -> None:
         if not queues:
             raise ValueError(f"port {name!r} needs at least one open queue")
         self.name = name
@@ -76,6 +86,7 @@ class Port:
         self.mode: Mode = queues[0].mode
         self.vnet_hdr = queues[0].vnet_hdr
         self.offload = queues[0].offload
+        self.txqueuelen = txqueuelen        # what open_port found or set; 0: not looked at
 
     @property
     def nqueues(self) -> int:
@@ -97,14 +108,26 @@ class Port:
         return f"<Port {self.mode} {self.name!r} {self.nqueues} queue(s) offload={offload}>"
 
 
+def raise_txqueuelen(name: str, length: int) -> int:
+    """Make device ``name``'s txqueuelen at least ``length`` (never lower it); returns it then."""
+    with IPRoute() as ipr:
+        (index,) = ipr.link_lookup(ifname=name)
+        current = int(ipr.link("get", index=index)[0].get_attr("IFLA_TXQLEN"))
+        if current < length:
+            ipr.link("set", index=index, txqlen=length)
+            return length
+    return current
+
+
 def open_port(name: str, *, mode: Mode = "tap", queues: int = 1,
-              offload: bool | Offload = True) -> Port:
+              offload: bool | Offload = True, txqueuelen: int = DEFAULT_TXQUEUELEN) -> Port:
     """Open ``queues`` queues of tun/tap ``name``, creating a non-persistent device if missing.
 
     With ``offload`` (``True`` means ``DEFAULT_OFFLOAD``) every queue gets a virtio-net header
     and as many of the offloads as the kernel accepts; then the kernel hands over 64 KiB
     superframes and the engine passes them through. ``offload=False`` gives plain frames.
-    A single queue opens a device created multi-queue, too.
+    A single queue opens a device created multi-queue, too. The device's txqueuelen is raised to
+    ``txqueuelen`` if it is lower (0: left as it is).
     """
     wanted = DEFAULT_OFFLOAD if offload is True else Offload(offload or 0)
     vnet_hdr = bool(wanted)
@@ -119,11 +142,12 @@ def open_port(name: str, *, mode: Mode = "tap", queues: int = 1,
         for queue in opened:
             if wanted:
                 queue.negotiate_offload(wanted)
+        length = raise_txqueuelen(name, txqueuelen) if txqueuelen else 0
     except BaseException:
         for queue in opened:
             queue.close()
         raise
-    return Port(name, opened)
+    return Port(name, opened, length)
 
 
 @dataclass(frozen=True)
@@ -135,6 +159,7 @@ class PortStats:
     down_errno: int
     counters: dict[str, int]
     offload: list[str] = field(default_factory=list)
+    queues: list[dict[str, int]] = field(default_factory=list)   # QUEUE_COUNTERS per worker
 
     def __getattr__(self, name: str) -> int:
         try:
@@ -207,6 +232,7 @@ class EngineStats:
                     "operstate": "UP" if port.up else "DOWN",
                     "down_reason": os.strerror(port.down_errno) if port.down_errno else None,
                     "offload": port.offload,
+                    "queues": port.queues,
                     "stats64": {
                         "rx": {"bytes": port.rx_bytes, "packets": port.rx_packets,
                                "errors": port.rx_errors, "dropped": port.rx_dropped},
@@ -237,6 +263,11 @@ class EngineStats:
                 f"{port.rx_bytes:>15} {port.tx_packets:>12} {port.tx_bytes:>15} "
                 f"{port.rx_dropped + port.tx_dropped:>9}"
             )
+        if self.workers > 1:
+            for port in self.ports:
+                lines.append(f"{port.name} per queue: " + ", ".join(
+                    f"{k}: rx {q['rx_packets']} tx {q['tx_packets']}"
+                    for k, q in enumerate(port.queues)))
         for port in self.ports:
             if port.drops:
                 reasons = ", ".join(f"{reason} {n}" for reason, n in port.drops.items())
@@ -395,8 +426,10 @@ class Engine:
         last_errno = np.zeros(nports, dtype=np.uint64)
         hist = np.zeros(len(HISTOGRAM_BUCKETS), dtype=np.uint64)
         header = np.zeros(len(GSO_REASONS), dtype=np.uint64)
+        per_queue: list[np.ndarray] = []
         for forwarder in self._forwarders:
             live = np.array(forwarder.counters)      # one copy, then consistent sums
+            per_queue.append(live)
             counters += live
             last_errno = np.maximum(last_errno, live[:, _COL["last_errno"]])
             hist += forwarder.histogram.sum(axis=0, dtype=np.uint64)
@@ -409,6 +442,8 @@ class Engine:
                 name=port.name, up=up, down_errno=down_errno,
                 counters={name: int(counters[index, k]) for k, name in enumerate(COUNTER_NAMES)},
                 offload=offload_names(port.offload),
+                queues=[{name: int(live[index, _COL[name]]) for name in QUEUE_COUNTERS}
+                        for live in per_queue],
             ))
         table = None
         if self.table is not None:

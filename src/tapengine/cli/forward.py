@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from types import FrameType
 
 from tapengine.cli import CommandError, example_epilog
-from tapengine.engine import Engine, EngineStats, Port, offload_names, open_ports
+from tapengine.engine import (
+    DEFAULT_TXQUEUELEN,
+    Engine,
+    EngineStats,
+    Port,
+    offload_names,
+    open_ports,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +61,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tun", action="store_true", help="tun devices (IP packets), not taps")
     parser.add_argument("--no-offload", action="store_true",
                         help="no virtio-net header: plain MTU frames instead of 64 KiB superframes")
+    parser.add_argument("--txqueuelen", type=int, default=DEFAULT_TXQUEUELEN, metavar="N",
+                        help="raise each device's txqueuelen to at least N, so bursts toward "
+                             f"the engine are queued, not dropped (default: {DEFAULT_TXQUEUELEN}; "
+                             "0: leave it)")
     parser.add_argument("--stats-interval", type=float, default=0.0, metavar="S",
                         help="print live rates on stderr every S seconds")
     parser.add_argument("--budget", type=int, default=64, metavar="N",
@@ -100,10 +111,13 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--queues must be between 1 and 64, not {args.queues}")
     if not 1 <= args.budget <= 256:
         raise CommandError(f"--budget must be between 1 and 256, not {args.budget}")
+    if args.txqueuelen < 0:
+        raise CommandError(f"--txqueuelen must be >= 0, not {args.txqueuelen}")
     if args.stats_interval < 0:
         raise CommandError("--stats-interval must be >= 0")
     ports: list[Port] = open_ports(args.ports, mode="tun" if args.tun else "tap",
-                                   queues=args.queues, offload=not args.no_offload)
+                                   queues=args.queues, offload=not args.no_offload,
+                                   txqueuelen=args.txqueuelen)
     try:
         kwargs = {"table_size": args.table_size, "ageing": args.ageing} \
             if args.mode == "switch" else {}
