@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -50,6 +51,13 @@ def pair(privileged: None, prefix: str) -> Iterator[tuple[str, str]]:
         devices.add_neighbor(prefix + "b0", "10.77.5.1", veth.info()["mac"], netns=b)
         veth.up()
         veth.peer.up()
+        # A veth drops what it sends until both ends have carrier: wait for operstate UP.
+        ends = ((prefix + "a0", a), (prefix + "b0", b))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(
+            read_stats(name, ns).operstate == "UP" for name, ns in ends
+        ):
+            time.sleep(0.01)
         yield a, b
 
 
