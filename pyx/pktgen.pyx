@@ -254,6 +254,13 @@ cdef object _pointer_of(object array):
     return array.__array_interface__["data"][0]
 
 
+cdef object _read_only(object array):
+    # A live view of ``array`` that Python code cannot write through (the C loops still do).
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 cdef bint _vnet_of(fd, vnet_hdr) except -1:
     if vnet_hdr is None:
         return bool(getattr(fd, "vnet_hdr", False))
@@ -446,16 +453,12 @@ cdef class Generator:
     @property
     def counters(self):
         """Live read-only view of the counters (``GEN_COUNTERS_DTYPE[1]``)."""
-        view = self._counters_array.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._counters_array)
 
     @property
     def flow_seq(self):
         """Live read-only view: the next sequence number of each flow (``uint32[flows]``)."""
-        view = self._flow_seq_array.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._flow_seq_array)
 
     # -- producing packets --------------------------------------------------------------------
 
@@ -813,23 +816,17 @@ cdef class Sink:
     @property
     def counters(self):
         """Live read-only view of the totals (``SINK_COUNTERS_DTYPE[1]``)."""
-        view = self._counters_array.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._counters_array)
 
     @property
     def flows(self):
         """Live read-only view of the flow table (``FLOW_DTYPE[max_flows]``)."""
-        view = self._flows_array.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._flows_array)
 
     @property
     def histogram(self):
         """Live read-only view of the latency histogram (``uint64[HISTOGRAM_BUCKETS]``)."""
-        view = self._hist_array.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._hist_array)
 
 
 def bucket_bounds():

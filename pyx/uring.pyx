@@ -33,7 +33,7 @@ from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WR
 from posix.unistd cimport close
 
 from tapengine._ring cimport VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len
-from tapengine.syscall cimport fd_of, iovec, raise_errno, would_block
+from tapengine.syscall cimport iovec, raise_errno, would_block
 
 cdef extern from "<errno.h>" nogil:
     enum: ECANCELED
@@ -250,46 +250,15 @@ cdef class UringIO:
         self.close()
 
     def recv_batch(self, fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False):
-        """Read up to ``budget`` packets from a non-blocking tun/tap fd into the ring's free slots.
-
-        Same contract as ``tapengine.recv_batch``: packets land at ``ring.tail`` onwards, in order,
-        and ``tail`` advances by the number returned; any error other than ``EAGAIN`` raises the
-        matching ``OSError`` subclass with ``completed`` = packets read (and kept) before it.
-        """
-        cdef int cfd = fd_of(fd)
-        ring._check_open()
-        if budget < 0:
-            raise ValueError(f"budget must be >= 0, not {budget}")
-        cdef uint32_t cbudget = min(budget, ring.nslots)
-        cdef int err
-        cdef uint32_t n
-        self._check_thread()
-        with nogil:
-            n = uring_recv(self, cfd, ring, cbudget, vnet_hdr, &err)
-        if err:
-            raise_errno(err, f"reading a batch from fd {cfd} through io_uring", n)
-        return n
+        """``tapengine.recv_batch(fd, ring, budget, vnet_hdr=..., io=self)``: same contract."""
+        from tapengine._batchio import recv_batch  # _batchio cimports this module: import late
+        return recv_batch(fd, ring, budget, vnet_hdr=vnet_hdr, io=self)
 
     def send_batch(self, fd, PacketRing ring not None, first, count, *, bint vnet_hdr=False):
-        """Write ``count`` packets from slots ``first`` onwards (free-running, masked) to a fd.
-
-        Same contract as ``tapengine.send_batch``: returns the number written (fewer means
-        ``EAGAIN``); any other error raises with ``completed`` = packets written before it, and no
-        packet after the failing one was written. ``head`` is not moved.
-        """
-        cdef int cfd = fd_of(fd)
-        ring._check_open()
-        if count < 0 or count > ring.nslots:
-            raise ValueError(f"count must be between 0 and {ring.nslots}, not {count}")
-        cdef uint32_t cfirst = first, ccount = count
-        cdef int err
-        cdef uint32_t n
-        self._check_thread()
-        with nogil:
-            n = uring_send(self, cfd, ring, cfirst, ccount, vnet_hdr, &err)
-        if err:
-            raise_errno(err, f"writing a batch to fd {cfd} through io_uring", n)
-        return n
+        """``tapengine.send_batch(fd, ring, first, count, vnet_hdr=..., io=self)``: same contract;
+        no packet after a failing one is written."""
+        from tapengine._batchio import send_batch
+        return send_batch(fd, ring, first, count, vnet_hdr=vnet_hdr, io=self)
 
     def stats(self):
         """Counters since creation: syscalls, SQEs, empty reads and packets moved to close gaps."""
