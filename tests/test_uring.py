@@ -242,7 +242,9 @@ def tap_pair(make_netns: Callable[[str], str], prefix: str,
             (bridge,) = ipr.link_lookup(ifname=prefix + "br")
             for queue in (a, b):
                 (index,) = ipr.link_lookup(ifname=queue.name)
-                ipr.link("set", index=index, master=bridge, state="up")
+                # room for every frame a test sends: a reader starved of CPU on a loaded
+                # machine must not turn the order test into a test of the kernel's drops
+                ipr.link("set", index=index, master=bridge, state="up", txqlen=32768)
             ipr.link("set", index=bridge, state="up")
         time.sleep(0.05)
         while True:  # anything the kernel sent while the links came up
