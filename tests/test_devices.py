@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from control_helpers import addresses, ip_json, link, remove_everything, snapshot
-from tapengine import devices, tun
+from tapengine import devices, tun, validate
 from tapengine.errors import (
     DeviceBusyError,
     DeviceExistsError,
@@ -47,13 +47,13 @@ def tun_data(name: str, netns: str | None) -> dict[str, object]:
                                  "00:00:00:00:00:00", "02-00-00-00-00-01"])  # fmt: skip
 def test_invalid_mac_is_refused(mac: str) -> None:
     with pytest.raises(InvalidValueError, match="MAC"):
-        devices.check_mac(mac)
+        validate.check_mac(mac)
 
 
 @pytest.mark.parametrize("mtu", [0, 67, 65536, -1, 1500.0, "1500", True])
 def test_invalid_mtu_is_refused(mtu: object) -> None:
     with pytest.raises(InvalidValueError, match="MTU"):
-        devices.check_mtu(mtu)
+        validate.check_mtu(mtu)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ def test_invalid_mtu_is_refused(mtu: object) -> None:
 )
 def test_invalid_address_is_refused(cidr: str) -> None:
     with pytest.raises(InvalidValueError, match="address"):
-        devices.check_cidr(cidr)
+        validate.check_cidr(cidr)
 
 
 @pytest.mark.parametrize("name", ["", "a" * 16, "a/b", "a b", "a:b"])

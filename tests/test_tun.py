@@ -20,9 +20,9 @@ from tapengine.errors import (
     InvalidNameError,
     PrivilegeError,
     TunUnavailableError,
-    check_ifname,
 )
 from tapengine.tun import IfFlag, Offload, open_queue, open_queues
+from tapengine.validate import check_ifname
 
 
 @pytest.mark.parametrize(

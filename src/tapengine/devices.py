@@ -19,9 +19,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import ipaddress
 import os
-import re
 import struct
 from collections.abc import Iterator
 from types import TracebackType
@@ -33,9 +31,17 @@ from tapengine.errors import (
     DeviceNotFoundError,
     InvalidValueError,
     PrivilegeError,
-    check_ifname,
 )
-from tapengine.netns import check_netns_name, inside_netns, open_netns
+from tapengine.netns import inside_netns, open_netns
+from tapengine.validate import (
+    MAX_TAP_QUEUES,
+    check_cidr,
+    check_ifname,
+    check_ip,
+    check_mac,
+    check_mtu,
+    check_netns_name,
+)
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -43,8 +49,6 @@ if TYPE_CHECKING:
 
 TUNSETOWNER = tun._iow(204)
 TUNSETGROUP = tun._iow(206)
-MAX_TAP_QUEUES = 256  # the kernel's MAX_TAP_QUEUES
-MIN_MTU, MAX_MTU = 68, 65535  # 68: the IPv4 minimum; 65535: what tun and veth accept at most
 IFA_F_NODAD = 0x02
 NUD_PERMANENT = 0x80
 
@@ -57,53 +61,9 @@ _IFF_NAMES = (
     (0x20000, "DORMANT"), (0x40000, "ECHO"),
 )  # fmt: skip
 IFF_UP, IFF_RUNNING = 0x1, 0x40
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 # -- checks made before any syscall ----------------------------------------------------------
-
-
-def check_mac(mac: object) -> str:
-    """A unicast, non-zero MAC address as ``aa:bb:cc:dd:ee:ff``, lower case; else raise."""
-    if not isinstance(mac, str) or not _MAC_RE.match(mac):
-        raise InvalidValueError(
-            f"invalid MAC address {mac!r}: expected six hex pairs like 02:00:00:00:00:01"
-        )
-    mac = mac.lower()
-    if int(mac[:2], 16) & 1:
-        raise InvalidValueError(
-            f"invalid MAC address {mac!r}: it is multicast (lowest bit of the first byte set)"
-        )
-    if mac == "00:00:00:00:00:00":
-        raise InvalidValueError("invalid MAC address '00:00:00:00:00:00': it is all zeros")
-    return mac
-
-
-def check_mtu(mtu: object) -> int:
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
-        raise InvalidValueError(
-            f"invalid MTU {mtu!r}: expected an integer from {MIN_MTU} to {MAX_MTU}"
-        )
-    return mtu
-
-
-def check_cidr(cidr: object) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
-    """An address with prefix length, ``10.77.0.1/24`` or ``fd77::1/64``; else raise."""
-    if not isinstance(cidr, str) or "/" not in cidr:
-        raise InvalidValueError(
-            f"invalid address {cidr!r}: expected an address with prefix length, like 10.77.0.1/24"
-        )
-    try:
-        return ipaddress.ip_interface(cidr)
-    except ValueError as err:
-        raise InvalidValueError(f"invalid address {cidr!r}: {err}") from None
-
-
-def check_ip(ip: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(ip)  # type: ignore[arg-type]
-    except ValueError:
-        raise InvalidValueError(f"invalid IP address {ip!r}") from None
 
 
 def _netns_option(netns: str | None) -> str:

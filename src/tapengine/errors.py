@@ -63,38 +63,6 @@ def oserror(err: int, what: str, *, completed: int | None = None) -> OSError:
     return exc
 
 
-IFNAMSIZ = 16  # kernel buffer for interface names, NUL included
-
-
-def check_ifname(name: object, what: str = "interface") -> str:
-    """Return ``name`` if the kernel would accept it as an interface name, else raise.
-
-    Refuses empty names, names over 15 bytes, ``.`` and ``..``, and names containing ``/``, ``:``,
-    whitespace or NUL — before any syscall is made.
-    """
-    if not isinstance(name, str):
-        raise InvalidNameError(f"{what} name must be a str, not {type(name).__name__}")
-    problem = None
-    encoded = name.encode("utf-8", "surrogateescape")
-    if not name:
-        problem = "it is empty"
-    elif len(encoded) >= IFNAMSIZ:
-        problem = f"it is {len(encoded)} bytes long; the limit is {IFNAMSIZ - 1}"
-    elif name in (".", ".."):
-        problem = "it is a path component"
-    elif "\0" in name:
-        problem = "it contains a NUL byte"
-    elif "/" in name:
-        problem = "it contains '/'"
-    elif ":" in name and what == "interface":
-        problem = "it contains ':'"
-    elif any(ch.isspace() for ch in name):
-        problem = "it contains whitespace"
-    if problem:
-        raise InvalidNameError(f"invalid {what} name {name!r}: {problem}")
-    return name
-
-
 class DeviceExistsError(TapengineError, FileExistsError):
     """A link or network namespace with that name already exists."""
 

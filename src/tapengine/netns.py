@@ -22,40 +22,15 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from tapengine.errors import (
-    DeviceExistsError,
-    DeviceNotFoundError,
-    InvalidNameError,
-    PrivilegeError,
-)
+from tapengine.errors import DeviceExistsError, DeviceNotFoundError, PrivilegeError
+from tapengine.validate import check_netns_name
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
-NAME_MAX = 255
 
 T = TypeVar("T")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
-def check_netns_name(name: object) -> str:
-    """Return ``name`` if it can name a namespace file in ``/run/netns``, else raise."""
-    if not isinstance(name, str):
-        raise InvalidNameError(f"namespace name must be a str, not {type(name).__name__}")
-    problem = None
-    if not name:
-        problem = "it is empty"
-    elif len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
-        problem = f"it is longer than {NAME_MAX} bytes"
-    elif name in (".", ".."):
-        problem = "it is a path component"
-    elif "/" in name or "\0" in name:
-        problem = "it contains '/' or a NUL byte"
-    elif any(ch.isspace() for ch in name):
-        problem = "it contains whitespace"
-    if problem:
-        raise InvalidNameError(f"invalid namespace name {name!r}: {problem}")
-    return name
 
 
 def netns_path(name: str) -> str:

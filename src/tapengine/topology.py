@@ -54,15 +54,21 @@ from tapengine.errors import (
     InvalidValueError,
     TapengineError,
     TopologyError,
-    check_ifname,
 )
 from tapengine.netns import (
-    check_netns_name,
     create_netns,
     delete_netns,
     list_netns,
     netns_exists,
     run_in_netns,
+)
+from tapengine.validate import (
+    MAX_TAP_QUEUES,
+    check_cidr,
+    check_ifname,
+    check_mac,
+    check_mtu,
+    check_netns_name,
 )
 
 
@@ -244,16 +250,16 @@ class _Reader:
         mac = self.typed(table, path, prefix + "mac", str)
         addresses = self.typed(table, path, prefix + "addresses", list, [])
         try:
-            spec.mtu = None if mtu is None else devices.check_mtu(mtu)
+            spec.mtu = None if mtu is None else check_mtu(mtu)
         except ValueError as err:
             raise self.error((*path, prefix + "mtu"), str(err)) from None
         try:
-            spec.mac = None if mac is None else devices.check_mac(mac)
+            spec.mac = None if mac is None else check_mac(mac)
         except ValueError as err:
             raise self.error((*path, prefix + "mac"), str(err)) from None
         for address in addresses:
             try:
-                devices.check_cidr(address)
+                check_cidr(address)
             except ValueError as err:
                 raise self.error((*path, prefix + "addresses"), str(err)) from None
         spec.addresses = list(addresses)
@@ -274,9 +280,9 @@ class _Reader:
             if spec.mode not in ("tap", "tun"):
                 raise self.error((*path, "mode"), f"expected 'tap' or 'tun', got {spec.mode!r}")
             spec.queues = self.typed(table, path, "queues", int, 1)
-            if not 1 <= spec.queues <= devices.MAX_TAP_QUEUES:
+            if not 1 <= spec.queues <= MAX_TAP_QUEUES:
                 raise self.error(
-                    (*path, "queues"), f"expected 1 to {devices.MAX_TAP_QUEUES}, got {spec.queues}"
+                    (*path, "queues"), f"expected 1 to {MAX_TAP_QUEUES}, got {spec.queues}"
                 )
             spec.vnet_hdr = self.typed(table, path, "vnet_hdr", bool, False)
             for ident in ("owner", "group"):

@@ -26,6 +26,7 @@ import numpy as np
 from tapengine import _pktgen
 from tapengine._pktgen import Generator, Sink
 from tapengine.tun import TunQueue, open_queue
+from tapengine.validate import parse_mac
 
 FCS_LEN = 4
 ETH_HLEN = 14
@@ -172,14 +173,6 @@ def written_lengths(mix: SizeMix, *, mode: Mode, ipv6: bool) -> list[int]:
 
 
 # -- addresses ---------------------------------------------------------------------------------
-
-
-def parse_mac(text: str) -> bytes:
-    """``02:77:00:00:00:01`` -> 6 bytes."""
-    parts = text.replace("-", ":").split(":")
-    if len(parts) != 6 or not all(re.fullmatch(r"[0-9a-fA-F]{1,2}", part) for part in parts):
-        raise ValueError(f"invalid MAC address {text!r}: use six hex bytes, 02:77:00:00:00:01")
-    return bytes(int(part, 16) for part in parts)
 
 
 def parse_ip(text: str, *, ipv6: bool) -> bytes:
@@ -416,8 +409,9 @@ def probe_device(name: str, netns: str | None = None) -> DeviceInfo:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from tapengine.errors import DeviceNotFoundError, check_ifname
+    from tapengine.errors import DeviceNotFoundError
     from tapengine.netns import inside_netns
+    from tapengine.validate import check_ifname
 
     check_ifname(name)
     where = "this network namespace" if netns is None else f"namespace {netns!r}"

@@ -22,9 +22,9 @@ from tapengine.errors import (
     FlagMismatchError,
     PrivilegeError,
     TunUnavailableError,
-    check_ifname,
     oserror,
 )
+from tapengine.validate import check_ifname
 
 TUN_PATH = "/dev/net/tun"
 

@@ -8,7 +8,7 @@ import grp
 import json
 import pwd
 
-from tapengine import devices
+from tapengine import devices, validate
 from tapengine.cli import CommandError, example_epilog
 
 
@@ -42,11 +42,11 @@ def add_link_settings(parser: argparse.ArgumentParser) -> None:
 def check_link_settings(args: argparse.Namespace) -> None:
     """Check the settings before anything is created, so bad input changes nothing."""
     if args.mtu is not None:
-        devices.check_mtu(args.mtu)
+        validate.check_mtu(args.mtu)
     if args.mac is not None:
-        devices.check_mac(args.mac)
+        validate.check_mac(args.mac)
     for cidr in args.address:
-        devices.check_cidr(cidr)
+        validate.check_cidr(cidr)
 
 
 def apply_link_settings(link: devices.Link, args: argparse.Namespace) -> None:
