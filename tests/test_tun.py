@@ -59,8 +59,11 @@ def test_bad_mode_is_refused() -> None:
         open_queue("tetest0", "tep")  # type: ignore[arg-type]
 
 
+TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int), written out here as an independent oracle
+
+
 def _kernel_flags(fd: int) -> int:
-    raw = fcntl.ioctl(fd, tun.TUNGETIFF, b"\0" * 40)
+    raw = fcntl.ioctl(fd, TUNGETIFF, b"\0" * 40)
     return struct.unpack("16sH22x", raw)[1]
 
 
@@ -81,6 +84,7 @@ def test_open_creates_a_device_that_goes_with_its_fd(privileged: None, prefix: s
         assert info["IFLA_TUN_TYPE"] == (2 if mode == "tap" else 1)
         assert info["IFLA_TUN_VNET_HDR"] == 1 and info["IFLA_TUN_PI"] == 0
         flags = _kernel_flags(queue.fileno())
+        assert queue.device_flags() == flags
         assert flags & (IfFlag.VNET_HDR | IfFlag.NO_PI) == IfFlag.VNET_HDR | IfFlag.NO_PI
         assert os.get_blocking(queue.fileno()) is False
         assert os.get_inheritable(queue.fileno()) is False

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tapengine.devices import _find, flag_names, netlink_errors, rtnl
+from tapengine.netlink import find_link, flag_names, netlink_errors, rtnl
 
 #: ``struct rtnl_link_stats64`` field order (include/uapi/linux/if_link.h); newer kernels append.
 STATS64_FIELDS = (
@@ -174,7 +174,7 @@ def _snapshot(msg: Any, netns: str | None, timestamp: float) -> LinkStats:
 def read_stats(name: str, netns: str | None = None) -> LinkStats:
     """A snapshot of link ``name``'s counters; ``DeviceNotFoundError`` if it does not exist."""
     with rtnl(netns) as ipr:
-        msg = _find(ipr, name, netns)
+        msg = find_link(ipr, name, netns)
         return _snapshot(msg, netns, time.monotonic())
 
 

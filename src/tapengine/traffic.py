@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -388,7 +387,6 @@ class SinkResult:
 # -- devices -----------------------------------------------------------------------------------
 
 _IFF_UP = 0x1
-_IFLA_TUN_TYPE_TUN = 1
 
 
 @dataclass(frozen=True)
@@ -406,42 +404,24 @@ def probe_device(name: str, netns: str | None = None) -> DeviceInfo:
     Raises ``DeviceNotFoundError`` (a ``FileNotFoundError``) if there is no such link and
     ``ValueError`` if it is not a tun or tap. Nothing is opened or changed.
     """
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
     from tapengine.errors import DeviceNotFoundError
-    from tapengine.netns import inside_netns
-    from tapengine.validate import check_ifname
+    from tapengine.netlink import find_link, link_kind, rtnl, tun_attrs, where
 
-    check_ifname(name)
-    where = "this network namespace" if netns is None else f"namespace {netns!r}"
-    with inside_netns(netns), IPRoute() as ipr:
-        try:
-            msgs = ipr.link("get", ifname=name)
-        except NetlinkError as err:
-            if err.code != errno.ENODEV:
-                reason = os.strerror(err.code)
-                raise OSError(err.code, f"cannot look up {name!r}: {reason}") from None
-            msgs = []
-    if not msgs:
+    try:
+        with rtnl(netns) as ipr:
+            msg = find_link(ipr, name, netns)
+    except DeviceNotFoundError:
         raise DeviceNotFoundError(
             errno.ENODEV,
-            f"no device {name!r} in {where} (create it first, e.g. 'tapengine tap add {name}', "
-            "or name its namespace with --netns)",
-        )
-    msg = msgs[0]
-    linkinfo = msg.get_attr("IFLA_LINKINFO")
-    kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
-    if kind != "tun":
-        what = f"a {kind} link" if kind else "a link without a kind (hardware or loopback)"
-        raise ValueError(f"{name!r} is not a tun or tap device: it is {what}")
-    data = linkinfo.get_attr("IFLA_INFO_DATA")
-    tun_type = data.get_attr("IFLA_TUN_TYPE") if data is not None else None
-    multi_queue = bool(data.get_attr("IFLA_TUN_MULTI_QUEUE")) if data is not None else False
-    return DeviceInfo(
-        name, netns, "tun" if tun_type == _IFLA_TUN_TYPE_TUN else "tap", multi_queue,
-        bool(msg["flags"] & _IFF_UP),
-    )
+            f"no device {name!r} in {where(netns)} (create it first, e.g. "
+            f"'tapengine tap add {name}', or name its namespace with --netns)",
+        ) from None
+    attrs = tun_attrs(msg)
+    if attrs is None:
+        kind = link_kind(msg)
+        raise ValueError(f"{name!r} is not a tun or tap device: it is a {kind} link")
+    mode: Mode = "tun" if link_kind(msg) == "tun" else "tap"
+    return DeviceInfo(name, netns, mode, attrs["multi_queue"], bool(msg["flags"] & _IFF_UP))
 
 
 def open_device(info: DeviceInfo) -> TunQueue:

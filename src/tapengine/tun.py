@@ -19,11 +19,13 @@ from tapengine import _batchio
 from tapengine._ring import PacketRing
 from tapengine.errors import (
     DeviceBusyError,
+    DeviceExistsError,
     FlagMismatchError,
     PrivilegeError,
     TunUnavailableError,
     oserror,
 )
+from tapengine.netlink import describe_link
 from tapengine.validate import check_ifname
 
 TUN_PATH = "/dev/net/tun"
@@ -40,6 +42,8 @@ def _ior(nr: int) -> int:
 
 TUNSETIFF = _iow(202)
 TUNSETPERSIST = _iow(203)
+TUNSETOWNER = _iow(204)
+TUNSETGROUP = _iow(206)
 TUNGETFEATURES = _ior(207)
 TUNSETOFFLOAD = _iow(208)
 TUNGETIFF = _ior(210)
@@ -54,8 +58,6 @@ class IfFlag(enum.IntFlag):
 
     TUN = 0x0001
     TAP = 0x0002
-    NAPI = 0x0010
-    NAPI_FRAGS = 0x0020
     MULTI_QUEUE = 0x0100
     PERSIST = 0x0800
     NO_PI = 0x1000
@@ -122,8 +124,6 @@ def _explain_setiff(err: OSError, name: str, flags: IfFlag) -> OSError:
             "(close the other user, or create the device with multi-queue)",
         )
     if err.errno == errno.EINVAL:
-        from tapengine.devices import describe_link  # lazy: devices imports this module
-
         actual = describe_link(name)
         return FlagMismatchError(
             errno.EINVAL,
@@ -132,6 +132,67 @@ def _explain_setiff(err: OSError, name: str, flags: IfFlag) -> OSError:
             + (f": it is {actual}" if actual else ""),
         )
     return oserror(err.errno or errno.EIO, f"cannot open {mode} {name!r}")
+
+
+def tun_flags(mode: str, multi_queue: bool = False, vnet_hdr: bool = False) -> IfFlag:
+    """The ``TUNSETIFF`` flags of a ``mode`` (``"tap"``/``"tun"``) device, always ``IFF_NO_PI``."""
+    flags = IfFlag.NO_PI | (IfFlag.TAP if mode == "tap" else IfFlag.TUN)
+    if multi_queue:
+        flags |= IfFlag.MULTI_QUEUE
+    if vnet_hdr:
+        flags |= IfFlag.VNET_HDR
+    return flags
+
+
+def create_exclusive(
+    name: str, flags: IfFlag, *, owner: int | None = None, group: int | None = None,
+    hint: str = "",
+) -> int:  # fmt: skip
+    """Create tun/tap ``name`` on a new fd, failing if any link has that name (``IFF_TUN_EXCL``).
+
+    The device is not persistent yet: it vanishes with the fd unless the caller sets
+    ``TUNSETPERSIST``. ``hint`` is a command that would remove a clashing device.
+    """
+    check_ifname(name)
+    fd = _open_control()
+    try:
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), int(flags | IfFlag.TUN_EXCL)))
+        except OSError as err:
+            if err.errno == errno.EBUSY:
+                remedy = "pick another name"
+                if hint:
+                    remedy = f"delete it with '{hint}', or {remedy}"
+                raise DeviceExistsError(
+                    errno.EEXIST,
+                    f"cannot create {name!r}: a link with that name already exists ({remedy})",
+                ) from None
+            if err.errno in (errno.EPERM, errno.EACCES):
+                raise PrivilegeError(
+                    err.errno,
+                    f"cannot create {name!r}: operation not permitted; creating a tun/tap device "
+                    "needs CAP_NET_ADMIN (run as root)",
+                ) from None
+            raise _explain_setiff(err, name, flags) from None
+        if owner is not None:
+            fcntl.ioctl(fd, TUNSETOWNER, owner)
+        if group is not None:
+            fcntl.ioctl(fd, TUNSETGROUP, group)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def set_persist(fd: int, persist: bool = True) -> None:
+    """Make the device of ``fd`` outlive its fds (``TUNSETPERSIST``), or stop it doing so."""
+    fcntl.ioctl(fd, TUNSETPERSIST, int(persist))
+
+
+def set_vnet_hdr_size(fd: int) -> None:
+    """Reset the virtio-net header size to 10 bytes: a persistent device keeps the size a
+    previous user set (``TUNSETVNETHDRSZ``)."""
+    fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
 
 
 class TunQueue:
@@ -200,6 +261,12 @@ class TunQueue:
         self.set_offload(Offload(0))
         return Offload(0)
 
+    def device_flags(self) -> IfFlag:
+        """The flags the kernel holds for this queue's device (``TUNGETIFF``): what was really
+        negotiated, ``PERSIST`` included."""
+        raw = fcntl.ioctl(self.fileno(), TUNGETIFF, b"\0" * _IFREQ.size)
+        return IfFlag(_IFREQ.unpack(raw)[1])
+
     def set_sndbuf(self, size: int) -> None:
         """Bytes the device may queue toward this fd before dropping (``TUNSETSNDBUF``)."""
         fcntl.ioctl(self.fileno(), TUNSETSNDBUF, struct.pack("i", size))
@@ -256,11 +323,7 @@ def open_queue(
     check_ifname(name)
     if mode not in ("tap", "tun"):
         raise ValueError(f"mode must be 'tap' or 'tun', not {mode!r}")
-    flags = IfFlag.NO_PI | (IfFlag.TAP if mode == "tap" else IfFlag.TUN)
-    if vnet_hdr:
-        flags |= IfFlag.VNET_HDR
-    if multi_queue:
-        flags |= IfFlag.MULTI_QUEUE
+    flags = tun_flags(mode, multi_queue, vnet_hdr)
     fd = _open_control()
     try:
         try:
@@ -268,7 +331,7 @@ def open_queue(
         except OSError as err:
             raise _explain_setiff(err, name, flags) from None
         if vnet_hdr:
-            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+            set_vnet_hdr_size(fd)
         queue = TunQueue(fd, name, flags)
         if vnet_hdr:
             queue.set_offload(Offload(0))  # a persistent device keeps old offloads: start clean
