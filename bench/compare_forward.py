@@ -6,7 +6,7 @@ Every setup joins namespace A (10.77.0.1) and namespace B (10.77.0.2); only the 
   the command, then their links moved into A and B.
 - ``tapengine-no-offload``: the same with ``--no-offload`` (plain MTU frames).
 - ``tapengine-uring``: the same with ``--io uring`` (a batch per io_uring submission).
-- ``naive``: ``bench/baselines/naive_forward.py ta tb`` (os.read/os.write with epoll).
+- ``naive``: ``python -m tapengine.naive_forward ta tb`` (os.read/os.write with epoll).
 - ``veth``: a veth pair straight from A to B (no forwarder at all: the ceiling).
 - ``bridge``: A's veth and B's veth joined by a kernel bridge in a third namespace.
 
@@ -44,7 +44,6 @@ from tapengine.devices import add_neighbor, create_bridge, create_veth, get_link
 from tapengine.kstats import read_stats
 from tapengine.netns import create_netns
 
-HERE = Path(__file__).resolve().parent
 SETUPS = ("tapengine", "tapengine-no-offload", "tapengine-uring", "naive", "veth", "bridge")
 IPS = ("10.77.0.1", "10.77.0.2")
 
@@ -121,7 +120,7 @@ def topology(setup: str, pin_cpu: int | None = None) -> Iterator[tuple[Side, Sid
         if setup in ("tapengine", "tapengine-no-offload", "tapengine-uring", "naive"):
             taps = (prefix + "ta", prefix + "tb")
             if setup == "naive":
-                argv = [sys.executable, str(HERE / "baselines" / "naive_forward.py"), *taps]
+                argv = [sys.executable, "-m", "tapengine.naive_forward", *taps]
             else:
                 argv = [sys.executable, "-m", "tapengine", "forward", *taps]
                 if setup == "tapengine-no-offload":

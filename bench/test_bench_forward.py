@@ -8,7 +8,7 @@ where tap ``g`` and tap ``s`` hang on two kernel bridges and only the middle dif
 
     engine: g -> bridge 1 -> tap a => Engine (wire, C forwarder thread) => tap b -> bridge 2 -> s
     kernel: g -> bridge 1 -> veth  ==  veth pair                        == veth  -> bridge 2 -> s
-    naive:  g -> bridge 1 -> tap a => bench/baselines/naive_forward.py   => tap b -> bridge 2 -> s
+    naive:  g -> bridge 1 -> tap a => tapengine.naive_forward            => tap b -> bridge 2 -> s
 
 One round writes BATCH frames into ``g`` with ``send_batch`` and reads all of them back from ``s``
 with ``recv_batch`` (a lost frame fails the row instead of hanging it). Compare the three rows of

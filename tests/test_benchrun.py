@@ -19,9 +19,12 @@ from tapengine.benchrun import (
     RunResult,
     Selection,
     format_table,
+    iperf3_argv,
     legend,
+    naive_forwarder_argv,
     parse_scenarios,
     parse_sizes,
+    run_bench,
     summarize,
 )
 
@@ -103,6 +106,50 @@ def test_without_its_reference_a_scenario_has_no_ratio() -> None:
     summarize(report)
     assert report.scenario("engine/64").ratio_to_kernel is None
     assert report.scenario("tcp/naive").ratio_to_kernel is None
+
+
+# -- the peers: packaged, started in their namespace without ip --------------------------------
+
+
+def test_the_naive_forwarder_is_a_module_of_the_installed_package() -> None:
+    import tapengine
+    from tapengine import naive_forward
+
+    assert Path(naive_forward.__file__).parent == Path(tapengine.__file__).parent
+    launcher = [sys.executable, "-m", "tapengine.nsexec", "tens", "--"]
+    assert naive_forwarder_argv("tens", "ta", "tb") == [
+        *launcher, sys.executable, "-m", "tapengine.naive_forward", "ta", "tb"]  # fmt: skip
+    assert iperf3_argv("tens", "-s") == [*launcher, "iperf3", "-p", "5201", "-s"]
+
+
+def test_the_naive_forwarder_runs_as_a_module() -> None:
+    result = subprocess.run([sys.executable, "-m", "tapengine.naive_forward"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "python -m tapengine.naive_forward TAP_A" in result.stderr
+
+
+@pytest.mark.privileged
+def test_peers_start_in_their_namespace_through_nsexec_never_ip(
+        privileged: None, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[list[str]] = []
+
+    class RecordingPopen(subprocess.Popen):  # subprocess.run goes through it, too
+        def __init__(self, args: list[str], *rest: object, **kwargs: object) -> None:
+            started.append(list(args))
+            super().__init__(args, *rest, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    report = run_bench(Selection(("naive",), ("naive",)), ["64"], rounds=1, duration=0.3,
+                       tcp_duration=1, prefix=prefix)  # fmt: skip
+    assert {run.scenario for run in report.runs} == {"naive/64", "tcp/naive"}
+    assert all(run.received > 0 for run in report.runs)
+    assert all("ip" not in argv for argv in started)
+    peers = [argv for argv in started if "iperf3" in argv or "tapengine.naive_forward" in argv]
+    assert all(argv[1:3] == ["-m", "tapengine.nsexec"] for argv in peers)
+    programs = [argv[argv.index("--") + 1:] for argv in peers]
+    assert [p[1:3] for p in programs if p[0] == sys.executable] == [
+        ["-m", "tapengine.naive_forward"]] * 2   # the packaged baseline, in both labs
+    assert sum(p[0] == "iperf3" for p in programs) == 2   # server in B, client in A
 
 
 # -- command line: bad input -------------------------------------------------------------------

@@ -6,7 +6,7 @@ Two kinds of scenario. **Frames**: the generator sends flat out into tap ``g``, 
 
     engine:  gen -> g -> bridge 1 -> tap a => tapengine wire (Engine) => tap b -> bridge 2 -> s
     kernel:  gen -> g -> bridge 1 -> veth  ==  kernel veth pair       == veth  -> bridge 2 -> s
-    naive:   gen -> g -> bridge 1 -> tap a => bench/baselines/naive_forward.py => tap b -> ... s
+    naive:   gen -> g -> bridge 1 -> tap a => tapengine.naive_forward => tap b -> bridge 2 -> s
 
 **TCP**: one iperf3 stream from namespace A (10.77.0.1) to namespace B (10.77.0.2) through
 ``engine`` (a tapengine wire between two taps with offloads: 64 KiB superframes pass through),
@@ -16,6 +16,9 @@ third namespace) or ``naive`` (the naive Python forwarder between two plain taps
 Runs are interleaved (every path once per round, the order rotating) and repeated; the report
 holds medians, spreads (min..max) and each scenario's ratio to the kernel's path of its kind
 (``kernel`` for frames, ``bridge`` for TCP) measured in the same run.
+
+The peers (iperf3, the naive forwarder) are processes started inside their namespace by
+``tapengine.nsexec`` (``setns``, then ``exec``); nothing here runs ``ip``.
 """
 
 from __future__ import annotations
@@ -33,14 +36,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from tapengine import naive_forward
 from tapengine._pktgen import Sink, bucket_bounds
 from tapengine.engine import Engine, open_port
 from tapengine.netns import inside_netns
+from tapengine.nsexec import nsexec_argv
 from tapengine.traffic import GenConfig, GenResult, Rate, SinkResult, SizeMix, parse_size
 from tapengine.tun import TunQueue, open_queue
 
@@ -59,7 +63,8 @@ SCENARIO_GROUPS = {"all": (*_FRAMES, *_TCP), "frames": _FRAMES, "tcp": _TCP}
 TCP_MSS = 1448  # payload of one segment on a 1500-byte MTU with TCP timestamps
 TCP_IPS = ("10.77.0.1", "10.77.0.2")
 IFF_LOWER_UP = 0x10000
-NAIVE_FORWARDER = Path(__file__).resolve().parents[2] / "bench" / "baselines" / "naive_forward.py"
+IPERF3_PORT = 5201
+TCP_LISTEN = "0A"  # the LISTEN state in /proc/net/tcp
 _CODE = {"engine": "e", "uring": "u", "kernel": "k", "naive": "n", "veth": "v", "bridge": "b"}
 
 Progress = Callable[[str], None]
@@ -222,28 +227,34 @@ def _bridges(netns: str, prefix: str, left: str, right: str) -> None:
             ipr.link("set", index=master, state="up")
 
 
+def _wait_for(ready: Callable[[], bool], timeout: float, failure: str) -> None:
+    """Poll ``ready()`` until it is true; ``TimeoutError(failure)`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(failure)
+        time.sleep(0.01)
+
+
 def _wait_running(netns: str, names: Sequence[str], timeout: float = 5.0) -> None:
     from pyroute2 import IPRoute
 
-    deadline = time.monotonic() + timeout
     with inside_netns(netns), IPRoute() as ipr:
-        while True:
-            flags = [ipr.get_links(ifname=name)[0]["flags"] for name in names]
-            if all(flag & IFF_LOWER_UP for flag in flags):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"links {', '.join(names)} in {netns} never got a carrier")
-            time.sleep(0.02)
+        _wait_for(lambda: all(ipr.get_links(ifname=name)[0]["flags"] & IFF_LOWER_UP
+                              for name in names),
+                  timeout, f"links {', '.join(names)} in {netns} never got a carrier")  # fmt: skip
+
+
+def naive_forwarder_argv(netns: str, tap_a: str, tap_b: str) -> list[str]:
+    """``python -m tapengine.naive_forward TAP_A TAP_B`` inside ``netns``."""
+    return nsexec_argv(netns, [sys.executable, "-m", naive_forward.__name__, tap_a, tap_b])
 
 
 @contextlib.contextmanager
-def naive_forwarder(tap_a: str, tap_b: str, timeout: float = 10.0) -> Iterator[int]:
-    """Run ``bench/baselines/naive_forward.py TAP_A TAP_B`` (it creates both taps in the calling
-    thread's namespace); yields its pid once it forwards, stops it with SIGTERM on the way out."""
-    if not NAIVE_FORWARDER.exists():
-        raise FileNotFoundError(f"the naive forwarder {NAIVE_FORWARDER} is missing: run from a "
-                                "source checkout, or leave out the naive scenarios")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(NAIVE_FORWARDER), tap_a, tap_b],
+def naive_forwarder(netns: str, tap_a: str, tap_b: str, timeout: float = 10.0) -> Iterator[int]:
+    """Run the naive forwarder between ``tap_a`` and ``tap_b`` inside ``netns`` (it creates both
+    taps there); yields its pid once it forwards, stops it with SIGTERM on the way out."""
+    proc = subprocess.Popen(naive_forwarder_argv(netns, tap_a, tap_b),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -264,13 +275,6 @@ def naive_forwarder(tap_a: str, tap_b: str, timeout: float = 10.0) -> Iterator[i
                 proc.communicate()
 
 
-def _move(names: Sequence[str], netns: Sequence[str]) -> None:
-    from tapengine.devices import get_link
-
-    for name, where in zip(names, netns, strict=True):
-        get_link(name).move_to(where)
-
-
 def build_frame_lab(stack: contextlib.ExitStack, prefix: str, path: str) -> FrameLab:
     netns = _netns(stack, prefix + "f" + _CODE[path])
     with inside_netns(netns):
@@ -283,9 +287,7 @@ def build_frame_lab(stack: contextlib.ExitStack, prefix: str, path: str) -> Fram
         _bridges(netns, prefix, "a", "b")
         stack.enter_context(Engine([a, b], "wire", io="uring" if path == "uring" else "readv"))
     elif path == "naive":
-        # created in this namespace by the forwarder process, then moved (its fds keep working)
-        stack.enter_context(naive_forwarder(prefix + "na", prefix + "nb"))
-        _move((prefix + "na", prefix + "nb"), (netns, netns))
+        stack.enter_context(naive_forwarder(netns, prefix + "na", prefix + "nb"))
         _bridges(netns, prefix, "na", "nb")
     elif path == "kernel":
         from tapengine.devices import create_veth
@@ -319,12 +321,15 @@ def build_tcp_lab(stack: contextlib.ExitStack, prefix: str, path: str) -> TcpLab
     a, b = _netns(stack, prefix + code + "a"), _netns(stack, prefix + code + "b")
     taps = (prefix + code + "a", prefix + code + "b")   # link names, unique in every namespace
     if path in ("engine", "uring"):
-        ports = [stack.enter_context(open_port(tap)) for tap in taps]
-        _move(taps, (a, b))
+        ports = []
+        for tap, netns in zip(taps, (a, b), strict=True):
+            with inside_netns(netns):
+                ports.append(stack.enter_context(open_port(tap)))
         stack.enter_context(Engine(ports, "wire", io="uring" if path == "uring" else "readv"))
     elif path == "naive":
-        stack.enter_context(naive_forwarder(*taps))
-        _move(taps, (a, b))
+        # both taps are created in A by the forwarder process; B's is moved (its fd keeps working)
+        stack.enter_context(naive_forwarder(a, *taps))
+        get_link(taps[1], a).move_to(b)
     elif path == "veth":
         create_veth(taps[0], taps[1], netns=a, peer_netns=b)
     elif path == "bridge":
@@ -386,22 +391,35 @@ def run_frames(lab: FrameLab, size: str, duration: float, rate: Rate | None = No
                      sent.pps, histogram)  # fmt: skip
 
 
-def _in_netns(netns: str, *argv: str) -> list[str]:
-    return ["ip", "netns", "exec", netns, *argv]
+def iperf3_argv(netns: str, *args: str) -> list[str]:
+    """``iperf3 -p IPERF3_PORT ARGS...`` inside ``netns``."""
+    return nsexec_argv(netns, ["iperf3", "-p", str(IPERF3_PORT), *args])
 
 
-def run_tcp(lab: TcpLab, duration: float) -> RunResult:
+def _listening(netns: str, port: int) -> bool:
+    """Whether a TCP socket listens on ``port`` in ``netns`` (read from that namespace's
+    ``/proc/net/tcp``: the calling thread's, through ``/proc/thread-self``)."""
+    with inside_netns(netns), open("/proc/thread-self/net/tcp") as table:
+        rows = [line.split() for line in table][1:]
+    return any(int(row[1].rsplit(":", 1)[1], 16) == port and row[3] == TCP_LISTEN
+               for row in rows)  # fmt: skip
+
+
+def run_tcp(lab: TcpLab, duration: float, timeout: float = 10.0) -> RunResult:
     """One iperf3 TCP stream from A to B for ``duration`` seconds."""
-    server = subprocess.Popen(_in_netns(lab.b, "iperf3", "-s", "-1", "-B", TCP_IPS[1]),
+    server = subprocess.Popen(iperf3_argv(lab.b, "-s", "-1", "-B", TCP_IPS[1]),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        for _attempt in range(20):          # until the server listens
-            time.sleep(0.1)
-            client = subprocess.run(
-                _in_netns(lab.a, "iperf3", "-c", TCP_IPS[1], "-t", f"{duration:g}", "-J"),
-                capture_output=True, text=True, timeout=duration + 30)
-            if client.returncode == 0 or server.poll() is not None:
-                break
+
+        def server_listens() -> bool:
+            if server.poll() is not None:
+                raise RuntimeError(f"the iperf3 server in {lab.b} exited: "
+                                   f"{server.communicate()[1].strip()}")  # fmt: skip
+            return _listening(lab.b, IPERF3_PORT)
+
+        _wait_for(server_listens, timeout, f"the iperf3 server in {lab.b} never listened")
+        client = subprocess.run(iperf3_argv(lab.a, "-c", TCP_IPS[1], "-t", f"{duration:g}", "-J"),
+                                capture_output=True, text=True, timeout=duration + 30)
         try:
             report = json.loads(client.stdout)
         except ValueError:

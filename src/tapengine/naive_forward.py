@@ -1,10 +1,11 @@
 """The reference naive forwarder: plain Python, ``os.read``/``os.write`` on two tap fds with epoll.
 
 What a careful Python programmer writes first: one packet per syscall (as a tap fd demands), the
-loop in the interpreter, no batching beyond draining a ready fd until EAGAIN. ``tapengine forward``
-is measured against it in ``bench/compare_forward.py``.
+loop in the interpreter, no batching beyond draining a ready fd until EAGAIN. ``tapengine bench``
+(its ``naive`` and ``tcp-naive`` scenarios) and ``bench/compare_forward.py`` measure tapengine
+against it. It ships in the package so that both work from an installed copy.
 
-    python bench/baselines/naive_forward.py TAP_A TAP_B
+    python -m tapengine.naive_forward TAP_A TAP_B
 
 Creates the taps if they do not exist (they vanish on exit), prints one line when forwarding,
 runs until SIGINT or SIGTERM, then prints packets forwarded and dropped per direction.
@@ -12,29 +13,21 @@ runs until SIGINT or SIGTERM, then prints packets forwarded and dropped per dire
 
 from __future__ import annotations
 
-import fcntl
 import os
 import select
 import signal
-import struct
 import sys
 
-TUNSETIFF = 0x400454CA
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-
-
-def open_tap(name: str) -> int:
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
-    return fd
+from tapengine.tun import open_queue
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    fds = [open_tap(name) for name in argv]
+    # only the taps are tapengine's (non-blocking fds, no packet info); the loop is plain Python
+    queues = [open_queue(name, "tap") for name in argv]
+    fds = [queue.fileno() for queue in queues]
     peer = {fds[0]: fds[1], fds[1]: fds[0]}
     forwarded = dict.fromkeys(fds, 0)
     dropped = dict.fromkeys(fds, 0)
