@@ -20,10 +20,11 @@ import pytest
 
 from control_helpers import addresses, leftovers, link, namespaces, remove_everything, snapshot
 from tapengine import devices
+from tapengine.cleanup import cleanup_prefix
 from tapengine.errors import InvalidValueError, TopologyError
 from tapengine.kstats import read_stats
 from tapengine.netns import inside_netns, run_in_netns
-from tapengine.topology import EnginePort, Topology, cleanup_prefix
+from tapengine.topology import EnginePort, Topology
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "topology.toml"
 

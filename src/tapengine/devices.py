@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from tapengine import tun
+from tapengine import marks, tun
 from tapengine.errors import (
         DeviceNotFoundError,
     InvalidValueError,
@@ -29,7 +30,9 @@ from tapengine.errors import (
 from tapengine.netlink import (
     find_link,
     flag_names,
+    is_marked,
     link_kind,
+    mark,
     netlink_errors,
     rtnl,
     translate_error,
@@ -93,6 +96,11 @@ class Link:
         self.index = msg["index"]
         return msg
 
+    def is_ours(self) -> bool:
+        """Whether tapengine created this link (it carries the mark of ``tapengine.marks``)."""
+        with rtnl(self.netns) as ipr, netlink_errors(f"cannot read {self}"):
+            return is_marked(self._message(ipr))
+
     def exists(self) -> bool:
         try:
             with rtnl(self.netns) as ipr:
@@ -125,6 +133,7 @@ class Link:
                 "up": bool(msg["flags"] & 0x1),
                 "addresses": addresses,
                 "master": master,
+                "created_by_tapengine": is_marked(msg),
             }
             attrs = tun_attrs(msg)
             if attrs is not None:
@@ -262,6 +271,18 @@ class Bridge(Link):
 # -- creating --------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _deleted_on_error(name: str, netns: str | None) -> Iterator[None]:
+    """Delete link ``name``, which we just created, if the body fails: a half-made link that does
+    not carry our mark would be left for nobody to remove."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            delete_link(name, netns=netns, force=True)
+        raise
+
+
 def create_tap(
     name: str,
     *,
@@ -300,6 +321,11 @@ def create_tap(
         fd = tun.create_exclusive(name, flags, owner=owner, group=group,
                                   hint=f"tapengine tap del {name}{_netns_option(netns)}")
         try:
+            # Marked while the device still lives only as long as this fd: a crash before this
+            # point leaves nothing behind, and nothing unmarked.
+            with rtnl(None) as ipr:
+                index = find_link(ipr, name, netns)["index"]
+                mark(ipr, index)
             if persistent:
                 tun.set_persist(fd)
                 os.close(fd)
@@ -314,15 +340,6 @@ def create_tap(
                 queue.close()
             if not held:
                 os.close(fd)
-            raise
-        try:
-            with rtnl(None) as ipr:
-                index = find_link(ipr, name, netns)["index"]
-        except BaseException:
-            for queue in held:
-                queue.close()
-            with contextlib.suppress(OSError):
-                delete_link(name, force=True)  # never leave a persistent device we cannot return
             raise
     link = Link(name, netns=netns, index=index, kind=mode, owned=True)
     link.queues = held
@@ -351,16 +368,21 @@ def create_veth(
         peer_spec: dict[str, Any] = {"ifname": peer}
         if peer_fd is not None:
             peer_spec["net_ns_fd"] = peer_fd
-        with rtnl(netns) as ipr:
-            with netlink_errors(f"cannot create veth {name!r} with peer {peer!r}"):
+        what = f"cannot create veth {name!r} with peer {peer!r}"
+        with marks.creating("veth", name, netns), marks.creating("veth", peer, peer_netns):
+            with rtnl(netns) as ipr, netlink_errors(what):
                 ipr.link("add", ifname=name, kind="veth", peer=peer_spec)
-            index = find_link(ipr, name, netns)["index"]
+            with _deleted_on_error(name, netns):
+                with rtnl(netns) as ipr:
+                    index = find_link(ipr, name, netns)["index"]
+                    mark(ipr, index)
+                with rtnl(peer_netns) as ipr:
+                    peer_index = find_link(ipr, peer, peer_netns)["index"]
+                    mark(ipr, peer_index)
     finally:
         if peer_fd is not None:
             os.close(peer_fd)
     link = Link(name, netns=netns, index=index, kind="veth", owned=True)
-    with rtnl(peer_netns) as ipr:
-        peer_index = find_link(ipr, peer, peer_netns)["index"]
     link.peer = Link(peer, netns=peer_netns, index=peer_index, kind="veth")
     return link
 
@@ -370,10 +392,13 @@ def create_bridge(name: str, *, netns: str | None = None, stp: bool = False) -> 
     check_ifname(name)
     if netns is not None:
         check_netns_name(netns)
-    with rtnl(netns) as ipr:
-        with netlink_errors(f"cannot create bridge {name!r} in {where(netns)}"):
+    what = f"cannot create bridge {name!r} in {where(netns)}"
+    with marks.creating("bridge", name, netns):
+        with rtnl(netns) as ipr, netlink_errors(what):
             ipr.link("add", ifname=name, kind="bridge", br_stp_state=1 if stp else 0)
-        index = find_link(ipr, name, netns)["index"]
+        with _deleted_on_error(name, netns), rtnl(netns) as ipr:
+            index = find_link(ipr, name, netns)["index"]
+            mark(ipr, index)
     return Bridge(name, netns=netns, index=index, kind="bridge", owned=True)
 
 

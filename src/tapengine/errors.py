@@ -71,6 +71,11 @@ class DeviceNotFoundError(TapengineError, FileNotFoundError):
     """No link or network namespace has that name."""
 
 
+class NotOwnedError(TapengineError, PermissionError):
+    """A device or namespace tapengine did not create (or never removes) was asked to be removed;
+    nothing was removed."""
+
+
 class InvalidValueError(TapengineError, ValueError):
     """A MAC address, IP address, MTU or other setting the kernel would refuse; checked first."""
 

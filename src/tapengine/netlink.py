@@ -21,6 +21,7 @@ from tapengine.errors import (
     InvalidValueError,
     PrivilegeError,
 )
+from tapengine.marks import OWNER_MARK
 from tapengine.netns import inside_netns
 from tapengine.validate import check_ifname
 
@@ -117,6 +118,16 @@ def link_kind(msg: nlmsg) -> str:
         data = linkinfo.get_attr("IFLA_INFO_DATA")
         return "tun" if data is not None and data.get_attr("IFLA_TUN_TYPE") == 1 else "tap"
     return kind
+
+
+def is_marked(msg: nlmsg) -> bool:
+    """Whether the link carries tapengine's ownership mark (see ``tapengine.marks``)."""
+    return bool(msg.get_attr("IFLA_IFALIAS") == OWNER_MARK)
+
+
+def mark(ipr: IPRoute, index: int) -> None:
+    """Put tapengine's ownership mark on link ``index`` (its ``IFLA_IFALIAS``)."""
+    ipr.link("set", index=index, ifalias=OWNER_MARK)
 
 
 def tun_attrs(msg: nlmsg) -> dict[str, Any] | None:

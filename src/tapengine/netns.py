@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from tapengine import marks
 from tapengine.errors import DeviceExistsError, DeviceNotFoundError, PrivilegeError
+from tapengine.marks import OWNER_MARK
 from tapengine.validate import check_netns_name
 
 NETNS_RUN_DIR = "/run/netns"
@@ -147,26 +149,27 @@ def create_netns(name: str) -> Namespace:
             f"network namespace {name!r} already exists "
             f"(delete it with 'tapengine netns del {name}')",
         )
-    try:
-        pyroute2_netns.create(name)
-    except FileExistsError:
-        raise DeviceExistsError(
-            errno.EEXIST, f"network namespace {name!r} already exists"
-        ) from None
-    except OSError as err:
-        _remove_mountpoint(name)
-        code = err.errno or errno.EPERM
-        if code in (errno.EPERM, errno.EACCES):
-            raise _privilege_error(code, f"cannot create network namespace {name!r}") from None
-        message = f"cannot create network namespace {name!r}: {os.strerror(code)}"
-        raise OSError(code, message) from None
-    namespace = Namespace(name, owned=True)
-    try:
-        # A fresh namespace has lo down; nearly every use (local sockets, engine tests) wants it up.
-        namespace.run(_loopback_up)
-    except BaseException:
-        namespace.delete(force=True)
-        raise
+    with marks.creating("netns", name):
+        try:
+            pyroute2_netns.create(name)
+        except FileExistsError:
+            raise DeviceExistsError(
+                errno.EEXIST, f"network namespace {name!r} already exists"
+            ) from None
+        except OSError as err:
+            _remove_mountpoint(name)
+            code = err.errno or errno.EPERM
+            if code in (errno.EPERM, errno.EACCES):
+                raise _privilege_error(code, f"cannot create network namespace {name!r}") from None
+            message = f"cannot create network namespace {name!r}: {os.strerror(code)}"
+            raise OSError(code, message) from None
+        namespace = Namespace(name, owned=True)
+        try:
+            # A fresh namespace has lo down; nearly every use (local sockets, tests) wants it up.
+            namespace.run(_loopback_up)
+        except BaseException:
+            namespace.delete(force=True)
+            raise
     return namespace
 
 
@@ -174,7 +177,31 @@ def _loopback_up() -> None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        ipr.link("set", index=1, state="up")
+        # The mark on lo says "tapengine made this namespace" (see tapengine.marks).
+        ipr.link("set", index=1, state="up", ifalias=OWNER_MARK)
+
+
+def _loopback_marked() -> bool:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return bool(ipr.link("get", index=1)[0].get_attr("IFLA_IFALIAS") == OWNER_MARK)
+
+
+def netns_is_ours(name: str) -> bool:
+    """Whether tapengine created namespace ``name`` (its loopback carries tapengine's mark)."""
+    return run_in_netns(name, _loopback_marked)
+
+
+def current_netns() -> str | None:
+    """The name of the named namespace this thread runs in, or None (root or unnamed)."""
+    here = os.stat("/proc/thread-self/ns/net")
+    for name in list_netns():
+        with contextlib.suppress(OSError):
+            there = os.stat(os.path.join(NETNS_RUN_DIR, name))
+            if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino):
+                return name
+    return None
 
 
 def _remove_mountpoint(name: str) -> None:

@@ -28,8 +28,10 @@ A topology is TOML (or the same structure as Python data)::
 Everything is checked before anything is made, so a bad description changes nothing and the error
 names the file, the line (when it can be found) and the key path. ``up()`` records an undo step
 *before* each creation and, if any step fails or SIGINT/SIGTERM arrives, replays the undo steps in
-reverse before re-raising. ``down()`` removes everything the description names. SIGKILL cannot
-be caught: after one, ``tapengine cleanup --prefix PREFIX`` (``cleanup_prefix``) removes the rest.
+reverse before re-raising. ``down()`` removes everything the description names that tapengine
+created (it marks what it creates: ``tapengine.marks``) and refuses, changing nothing, if a name
+belongs to anything else. SIGKILL cannot be caught: after one, ``tapengine cleanup --prefix
+PREFIX`` (``tapengine.cleanup.cleanup_prefix``) removes the rest.
 """
 
 from __future__ import annotations
@@ -47,18 +49,15 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
-from tapengine import devices, tun
+from tapengine import cleanup, devices, tun
 from tapengine.errors import (
     DeviceNotFoundError,
     InvalidNameError,
-    InvalidValueError,
     TapengineError,
     TopologyError,
 )
 from tapengine.netns import (
     create_netns,
-    delete_netns,
-    list_netns,
     netns_exists,
     run_in_netns,
 )
@@ -393,6 +392,20 @@ def _line_of(text: str | None, path: tuple[str, ...]) -> int | None:
     return best
 
 
+def _undo_netns(name: str) -> None:
+    """Remove namespace ``name`` if we made it: a creation that failed because someone else's
+    namespace has that name must not take theirs with it."""
+    target = cleanup.inspect_netns(name)
+    if target is not None and target.ours:
+        cleanup.remove(target)
+
+
+def _undo_link(spec: LinkSpec) -> None:
+    target = cleanup.inspect_link(spec.name, spec.netns)
+    if target is not None and target.ours:
+        cleanup.remove(target)
+
+
 # -- building --------------------------------------------------------------------------------
 
 
@@ -520,12 +533,9 @@ class Topology:
     def _build(self) -> None:
         self._undo.clear()
         for ns in self.namespaces:
-            self._step(lambda ns=ns: delete_netns(ns, force=True), lambda ns=ns: create_netns(ns))
+            self._step(lambda ns=ns: _undo_netns(ns), lambda ns=ns: create_netns(ns))
         for spec in self.links:
-            self._step(
-                lambda s=spec: devices.delete_link(s.name, netns=s.netns, force=True),
-                lambda s=spec: self._create(s),
-            )
+            self._step(lambda s=spec: _undo_link(s), lambda s=spec: self._create(s))
         for spec in self.all_links():
             self._step(None, lambda s=spec: self._configure(s))
         for bridge in (spec for spec in self.links if spec.kind == "bridge"):
@@ -572,25 +582,37 @@ class Topology:
                 with contextlib.suppress(Exception):
                     undo()
 
-    def down(self) -> None:
-        """Remove every link and namespace this description names; missing ones are skipped."""
+    def removal_plan(self) -> list[cleanup.Target]:
+        """What ``down()`` would remove, as it exists now: the namespaces of this description and
+        the links outside them (links inside go with their namespace)."""
+        targets = [t for ns in reversed(self.namespaces) if (t := cleanup.inspect_netns(ns))]
+        for spec in reversed(self.all_links()):
+            if spec.netns is None:
+                expected = spec.mode if spec.kind == "tap" else spec.kind
+                if target := cleanup.inspect_link(spec.name, None, expected):
+                    targets.insert(0, target)
+        return targets
+
+    def down(self, *, force: bool = False) -> list[str]:
+        """Remove every link and namespace this description names that exists; returns them.
+
+        Only what tapengine created, with the kind the description declares, is removed: if
+        anything else has one of these names the whole request is refused (``NotOwnedError``)
+        and nothing is removed, unless ``force`` (see ``tapengine.cleanup``).
+        """
         with _signals("defer"):
             self._undo.clear()
+            plan = self.removal_plan()
+            cleanup.check_plan(plan, force=force, what=f"to take down {self.source}")
             errors: list[str] = []
-            # Links outside our namespaces first (those inside go with their namespace).
-            for spec in reversed(self.all_links()):
-                if spec.netns is None:
-                    try:
-                        devices.delete_link(spec.name, force=True)
-                    except OSError as err:
-                        errors.append(str(err))
-            for ns in reversed(self.namespaces):
+            for target in plan:
                 try:
-                    delete_netns(ns, force=True)
+                    cleanup.remove(target)
                 except OSError as err:
                     errors.append(str(err))
             if errors:
                 raise TapengineError("topology down left things behind: " + "; ".join(errors))
+            return [target.label for target in plan]
 
     def __enter__(self) -> Self:
         self._handlers = _signals("raise")
@@ -625,41 +647,3 @@ class Topology:
             ],
             "engine_ports": [dataclasses.asdict(port) for port in self.engine_ports],
         }
-
-
-# -- cleanup after a crash -------------------------------------------------------------------
-
-MIN_PREFIX = 2
-
-
-def cleanup_prefix(prefix: str, *, dry_run: bool = False) -> dict[str, list[str]]:
-    """Remove every namespace whose name starts with ``prefix`` and every link that does, in the
-    current namespace and in all named namespaces. Returns what was (or would be) removed.
-
-    Refuses prefixes shorter than ``MIN_PREFIX`` characters, which would sweep the machine.
-    """
-    if not isinstance(prefix, str) or len(prefix) < MIN_PREFIX or prefix.strip() != prefix:
-        raise InvalidValueError(
-            f"refusing prefix {prefix!r}: it must be at least {MIN_PREFIX} characters without "
-            "spaces, or it would remove devices that are not yours"
-        )
-    removed: dict[str, list[str]] = {"links": [], "netns": []}
-    doomed = [ns for ns in list_netns() if ns.startswith(prefix)]
-    scopes: list[str | None] = [None] + [ns for ns in list_netns() if ns not in doomed]
-    for scope in scopes:
-        try:
-            links = devices.list_links(scope)
-        except DeviceNotFoundError:
-            continue  # the namespace vanished meanwhile
-        for link in links:
-            if link.name.startswith(prefix):
-                label = link.name if scope is None else f"{scope}/{link.name}"
-                removed["links"].append(label)
-                if not dry_run:
-                    with contextlib.suppress(DeviceNotFoundError):  # its namespace went away
-                        devices.delete_link(link.name, netns=scope, force=True)
-    for ns in doomed:
-        removed["netns"].append(ns)
-        if not dry_run:
-            delete_netns(ns, force=True)
-    return removed

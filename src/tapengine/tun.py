@@ -20,12 +20,13 @@ from tapengine._ring import PacketRing
 from tapengine.errors import (
     DeviceBusyError,
     DeviceExistsError,
+    DeviceNotFoundError,
     FlagMismatchError,
     PrivilegeError,
     TunUnavailableError,
     oserror,
 )
-from tapengine.netlink import describe_link
+from tapengine.netlink import describe_link, find_link, rtnl, tun_attrs
 from tapengine.validate import check_ifname
 
 TUN_PATH = "/dev/net/tun"
@@ -347,10 +348,26 @@ def open_queues(
     mode: Mode = "tap",
     *,
     vnet_hdr: bool = False,
+    share: bool = False,
 ) -> list[TunQueue]:
-    """Open ``count`` queues of a multi-queue device; all or none (closed again on error)."""
+    """Open ``count`` queues of a multi-queue device; all or none (closed again on error).
+
+    A device whose queues another process already holds is refused with ``DeviceBusyError``
+    (the kernel would hand that process's flows to our queues too), unless ``share``.
+    """
     if count < 1:
         raise ValueError(f"queue count must be >= 1, not {count}")
+    check_ifname(name)
+    if not share:
+        attached = attached_queues(name)
+        if attached:
+            raise DeviceBusyError(
+                errno.EBUSY,
+                f"cannot open {name!r}: {attached} queue{'s' if attached != 1 else ''} of it "
+                "already have an fd attached (another engine serves it?); traffic would be "
+                "split between both. Stop the other user, or share the device on purpose "
+                "(share=True, --share-queues)",
+            )
     queues: list[TunQueue] = []
     try:
         for _ in range(count):
@@ -360,3 +377,14 @@ def open_queues(
             queue.close()
         raise
     return queues
+
+
+def attached_queues(name: str) -> int:
+    """How many queues of tun/tap ``name`` (in this thread's namespace) have an fd attached now
+    (``IFLA_TUN_NUM_QUEUES``); 0 if there is no such device or it is not a tun/tap."""
+    try:
+        with rtnl(None) as ipr:
+            attrs = tun_attrs(find_link(ipr, name, None))
+    except DeviceNotFoundError:
+        return 0
+    return int(attrs["queues"] or 0) if attrs else 0
