@@ -1,12 +1,17 @@
 """tapengine: a Linux packet engine for tun/tap devices.
 
-The data plane is compiled Cython (``tapengine._ring``, ``tapengine._batchio``); importing the
-package without it fails loudly rather than falling back to a slow path.
+The data plane is compiled Cython (``tapengine._ring``, ``tapengine._batchio``, ...); importing
+the package without it fails loudly rather than falling back to a slow path. ``import tapengine``
+loads only the data plane: the control plane (devices, namespaces, topologies, the engine, which
+pull in pyroute2) loads on first use of one of its names (PEP 562), so a program that only wants
+rings and batches does not pay for it.
 """
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     from tapengine._batchio import recv_batch, send_batch
@@ -22,14 +27,54 @@ except ImportError as _err:  # pragma: no cover - exercised only on a broken ins
         f"({_err}); build them with 'make build' (or 'pip install -e .' in a checkout)"
     ) from _err
 
-from tapengine.devices import Bridge, Link, create_bridge, create_tap, create_veth, get_link
-from tapengine.engine import Engine, EngineStats, Port, PortStats, open_port, open_ports
 from tapengine.errors import TapengineError
-from tapengine.kstats import LinkStats, rates, read_stats
-from tapengine.netns import Namespace, create_netns, inside_netns, run_in_netns
-from tapengine.topology import Topology
-from tapengine.traffic import GenConfig, GenResult, SinkResult, parse_rate, parse_size
-from tapengine.tun import IfFlag, Offload, TunQueue, features, open_queue, open_queues
+
+#: Control-plane names and the module each comes from, imported on first access.
+_LAZY = {
+    **dict.fromkeys(
+        ("Bridge", "Link", "create_bridge", "create_tap", "create_veth", "get_link"),
+        "tapengine.devices",
+    ),
+    **dict.fromkeys(
+        ("Engine", "EngineStats", "Port", "PortStats", "open_port", "open_ports"),
+        "tapengine.engine",
+    ),
+    **dict.fromkeys(("LinkStats", "rates", "read_stats"), "tapengine.kstats"),
+    **dict.fromkeys(
+        ("Namespace", "create_netns", "inside_netns", "run_in_netns"), "tapengine.netns"
+    ),
+    "Topology": "tapengine.topology",
+    **dict.fromkeys(
+        ("GenConfig", "GenResult", "SinkResult", "parse_rate", "parse_size"), "tapengine.traffic"
+    ),
+    **dict.fromkeys(
+        ("IfFlag", "Offload", "TunQueue", "features", "open_queue", "open_queues"),
+        "tapengine.tun",
+    ),
+}
+
+if TYPE_CHECKING:  # what a type checker sees is what __getattr__ provides
+    from tapengine.devices import Bridge, Link, create_bridge, create_tap, create_veth, get_link
+    from tapengine.engine import Engine, EngineStats, Port, PortStats, open_port, open_ports
+    from tapengine.kstats import LinkStats, rates, read_stats
+    from tapengine.netns import Namespace, create_netns, inside_netns, run_in_netns
+    from tapengine.topology import Topology
+    from tapengine.traffic import GenConfig, GenResult, SinkResult, parse_rate, parse_size
+    from tapengine.tun import IfFlag, Offload, TunQueue, features, open_queue, open_queues
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tapengine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 try:
     __version__ = version("tapengine")
