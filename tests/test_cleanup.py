@@ -99,7 +99,7 @@ def test_cleanup_refuses_a_prefix_that_matches_a_foreign_link(
     for extra in ([], ["--dry-run"]):
         result = tapengine("cleanup", "--prefix", name, *extra)
         assert_one_line_error(
-            result, f"not created by tapengine: {ns}/{name} ({kind})", "left as it is",
+            result, "not created by tapengine: ", f"{ns}/{name} ({kind})", "left as",
             "Nothing was removed", "--force",
         )
         assert "would remove" not in result.stdout
@@ -136,7 +136,7 @@ def test_cleanup_never_removes_loopback_or_physical_devices(privileged: None) ->
     for prefix in prefixes:
         for extra in (["--dry-run"], ["--force", "--dry-run"]):
             result = tapengine("cleanup", "--prefix", prefix, *extra)
-            assert_one_line_error(result, "never removed", "Nothing was removed")
+            assert_one_line_error(result, "tapengine never removes those", "Nothing was removed")
             assert "would remove" not in result.stdout
     assert {info["ifname"] for info in ip_json("link", "show")} == before
 
@@ -191,8 +191,8 @@ def test_topology_down_leaves_what_it_did_not_create(
     assert_one_line_error(tapengine("topology", "up", str(spec)), "already exists")
     result = tapengine("topology", "down", str(spec))
     assert_one_line_error(
-        result, f"not created by tapengine: {prefix}v0 (veth)", f"{prefix}br (bridge)",
-        f"namespace {prefix}n (netns)", "Nothing was removed",
+        result, "not created by tapengine: ", f"{prefix}v0 (veth)", f"{prefix}br (bridge)",
+        f"namespace {prefix}n (netns)", "left as they are", "Nothing was removed",
     )
     assert link(prefix + "v0") and link(prefix + "v1") and link(prefix + "br")
     assert prefix + "n" in namespaces()

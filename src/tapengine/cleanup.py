@@ -54,19 +54,17 @@ class Target:
         """Why this may never be removed, even with force; None if it may be."""
         if self.kind == "netns":
             if self.name == current_netns():
-                return "it is the namespace tapengine runs in"
+                return "is the namespace tapengine runs in"
             return None
         if self.kind == "device":
-            return "it is a physical device"
+            return "is a physical device"
         if self.kind == "loopback" or self.name == "lo":
-            return "it is the loopback device"
+            return "is the loopback device"
         return None
 
-    def refusal(self) -> str | None:
-        """Why this is not removed without force; None if it is ours and of the declared kind."""
-        if not self.ours:
-            return f"not created by tapengine: {self.label} ({self.kind})"
-        if self.expected_kind is not None and self.kind != self.expected_kind:
+    def wrong_kind(self) -> str | None:
+        """Why this is not removed without force although ours; None if of the declared kind."""
+        if self.ours and self.expected_kind is not None and self.kind != self.expected_kind:
             return f"{self.label} is a {self.kind}, not the {self.expected_kind} the file declares"
         return None
 
@@ -100,26 +98,33 @@ def check_plan(targets: Iterable[Target], *, force: bool, what: str) -> None:
 
     ``what`` names the request in the message (``"prefix 'te'"``, ``"topology.toml"``).
     """
-    never = [f"{t.label} ({t.kind}): {reason}" for t in targets if (reason := t.never_removed())]
+    targets = list(targets)
+    never = [f"{t.label} {reason}" for t in targets if (reason := t.never_removed())]
     if never:
         raise NotOwnedError(
             errno.EPERM,
-            f"refusing {what}: {_listed(never)}; these are never removed. Nothing was removed.",
+            f"refusing {what}: {_listed(never)}; tapengine never removes those. "
+            "Nothing was removed.",
         )
     if force:
         return
-    foreign = [reason for t in targets if (reason := t.refusal())]
+    problems = []
+    foreign = [f"{t.label} ({t.kind})" for t in targets if not t.ours]
     if foreign:
+        verb = "it is" if len(foreign) == 1 else "they are"
+        problems.append(f"not created by tapengine: {_listed(foreign)}; left as {verb}")
+    problems += [reason for t in targets if (reason := t.wrong_kind())]
+    if problems:
         raise NotOwnedError(
             errno.EPERM,
-            f"refusing {what}: {_listed(foreign)}; left as it is. Nothing was removed "
-            "(use --force to remove it anyway).",
+            f"refusing {what}: {'; '.join(problems)}. Nothing was removed "
+            "(--force removes such things anyway).",
         )
 
 
 def _listed(items: list[str]) -> str:
-    shown = "; ".join(items[:SHOWN])
-    return shown if len(items) <= SHOWN else f"{shown}; and {len(items) - SHOWN} more"
+    shown = ", ".join(items[:SHOWN])
+    return shown if len(items) <= SHOWN else f"{shown} and {len(items) - SHOWN} more"
 
 
 def remove(target: Target) -> None:
