@@ -90,7 +90,7 @@ def send_run(side: str, fd: int, io: UringIO, size: int, packets: int, batch: in
     rounds = packets // batch
     write = os.write
     send = io.send_batch if side.startswith("uring") else send_batch
-    io.link_writes = side != "uring-nolink"
+    io._link_writes = side != "uring-nolink"  # benchmarks only: see pyx/uring.pxd
     start = time.perf_counter()
     if side == "python":
         for _ in range(rounds):

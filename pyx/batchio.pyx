@@ -6,21 +6,20 @@ is no recvmmsg). A batch is therefore a loop of readv()/writev() calls run in C 
 iovec[0] is the slot's virtio-net header when the fd has IFF_VNET_HDR, iovec[1] the frame slot,
 so each packet is copied once, by the kernel, straight into or out of the ring.
 
-With ``io=`` a ``tapengine._uring.UringIO`` the same reads and writes go through io_uring instead,
-one ``io_uring_enter`` per batch, with exactly the same results (see ``pyx/uring.pyx``).
+A backend (``BatchIO``) chooses how a batch moves: ``ReadvIO`` is this readv/writev loop,
+``tapengine.UringIO`` submits the same reads and writes through io_uring, one ``io_uring_enter``
+per batch, with exactly the same results (see ``pyx/uring.pyx``). ``tapengine.open_batch_io()``
+hands out the best one available.
 """
 
 cimport cython
-from libc.errno cimport EINTR, EPROTO, errno
+from libc.errno cimport EINTR, ENOSYS, EPROTO, errno
 from libc.stdint cimport uint32_t
 
-from tapengine._ring cimport (
-    VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len,
-)
-from tapengine._uring cimport UringIO, uring_recv, uring_send
-from tapengine.syscall cimport (
-    fd_of, iovec, raise_errno, read, readv, would_block, write, writev,
-)
+from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_hdr, ring_len
+from tapengine.includes.consts cimport VNET_HDR_LEN
+from tapengine.includes.system cimport iovec, read, readv, write, writev
+from tapengine.syscall cimport fd_of, raise_errno, would_block
 
 
 @cython.boundscheck(False)
@@ -83,30 +82,79 @@ cdef uint32_t ring_send(int fd, PacketRing ring, uint32_t first, uint32_t count,
     return n
 
 
-cdef uint32_t ring_recv_via(UringIO io, int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
-                            int *err) noexcept nogil:
-    # Returns what ring_recv returns; ``io`` None reads with readv(), else through io_uring.
-    if io is None:
+cdef class BatchIO:
+    """How batches move between a fd and a ring: the interface of ``ReadvIO`` and ``UringIO``.
+
+    ``recv_batch``/``send_batch`` here are ``tapengine.recv_batch``/``send_batch`` with
+    ``io=self``; Cython code calls the C methods ``recv``/``send`` (see ``pyx/batchio.pxd``).
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        if type(self) is BatchIO:
+            raise TypeError("BatchIO is an interface: use ReadvIO, UringIO or open_batch_io()")
+
+    cdef uint32_t recv(self, int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
+                       int *err) noexcept nogil:
+        # Returns 0 with ENOSYS: every backend overrides it.
+        err[0] = ENOSYS
+        return 0
+
+    cdef uint32_t send(self, int fd, PacketRing ring, uint32_t first, uint32_t count,
+                       bint vnet_hdr, int *err) noexcept nogil:
+        # Returns 0 with ENOSYS: every backend overrides it.
+        err[0] = ENOSYS
+        return 0
+
+    cdef int check(self) except -1:
+        # Returns 0: a backend without state can be used from any thread at any time.
+        return 0
+
+    def recv_batch(self, fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False):
+        """``tapengine.recv_batch(fd, ring, budget, vnet_hdr=..., io=self)``: same contract."""
+        return recv_batch(fd, ring, budget, vnet_hdr=vnet_hdr, io=self)
+
+    def send_batch(self, fd, PacketRing ring not None, first, count, *, bint vnet_hdr=False):
+        """``tapengine.send_batch(fd, ring, first, count, vnet_hdr=..., io=self)``: same
+        contract; no packet after a failing one is written."""
+        return send_batch(fd, ring, first, count, vnet_hdr=vnet_hdr, io=self)
+
+    def close(self):
+        """Release what the backend holds (nothing for readv/writev); closing twice is a no-op."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+cdef class ReadvIO(BatchIO):
+    """The readv/writev backend: one syscall per packet, no state, usable from any thread."""
+
+    @property
+    def backend(self):
+        """``"readv"``: which backend moves the packets."""
+        return "readv"
+
+    cdef uint32_t recv(self, int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
+                       int *err) noexcept nogil:
+        # Returns what ring_recv returns.
         return ring_recv(fd, ring, budget, vnet_hdr, err)
-    return uring_recv(io, fd, ring, budget, vnet_hdr, err)
 
-
-cdef uint32_t ring_send_via(UringIO io, int fd, PacketRing ring, uint32_t first, uint32_t count,
-                            bint vnet_hdr, int *err) noexcept nogil:
-    # Returns what ring_send returns; ``io`` None writes with writev(), else through io_uring.
-    if io is None:
+    cdef uint32_t send(self, int fd, PacketRing ring, uint32_t first, uint32_t count,
+                       bint vnet_hdr, int *err) noexcept nogil:
+        # Returns what ring_send returns.
         return ring_send(fd, ring, first, count, vnet_hdr, err)
-    return uring_send(io, fd, ring, first, count, vnet_hdr, err)
 
 
-def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False, UringIO io=None):
+def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False, BatchIO io=None):
     """Read up to ``budget`` packets from a non-blocking tun/tap fd into the ring's free slots.
 
     Packets land at ``ring.tail`` onwards and ``tail`` advances by the number returned. Stops at
     ``EAGAIN`` (nothing more now), at the budget or when the ring is full. Any other error raises
     the matching ``OSError`` subclass whose ``completed`` attribute says how many packets were
-    read (and kept in the ring) before it. ``io``: a ``UringIO`` of this thread to read through
-    io_uring, or None for readv().
+    read (and kept in the ring) before it. ``io``: a backend (``open_batch_io()``; a ``UringIO``
+    belongs to one thread), or None for readv().
     """
     cdef int cfd = fd_of(fd)
     ring._check_open()
@@ -116,7 +164,7 @@ def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False, 
     cdef int err
     cdef uint32_t n
     if io is not None:
-        io._check_thread()
+        io.check()
     with nogil:
         n = ring_recv_via(io, cfd, ring, cbudget, vnet_hdr, &err)
     if err:
@@ -125,13 +173,14 @@ def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False, 
 
 
 def send_batch(fd, PacketRing ring not None, first, count, *, bint vnet_hdr=False,
-               UringIO io=None):
+               BatchIO io=None):
     """Write ``count`` packets from slots ``first`` onwards (free-running, masked) to a tun/tap fd.
 
     Returns the number written; fewer than ``count`` means the fd would block (``EAGAIN``). Any
     other error raises the matching ``OSError`` subclass whose ``completed`` attribute says how many
     packets were written before it. ``head`` is not moved: call ``ring.consume()`` when done.
-    ``io``: a ``UringIO`` of this thread to write through io_uring, or None for writev().
+    ``io``: a backend (``open_batch_io()``; a ``UringIO`` belongs to one thread), or None for
+    writev().
     """
     cdef int cfd = fd_of(fd)
     ring._check_open()
@@ -141,7 +190,7 @@ def send_batch(fd, PacketRing ring not None, first, count, *, bint vnet_hdr=Fals
     cdef int err
     cdef uint32_t n
     if io is not None:
-        io._check_thread()
+        io.check()
     with nogil:
         n = ring_send_via(io, cfd, ring, cfirst, ccount, vnet_hdr, &err)
     if err:

@@ -7,55 +7,9 @@
 from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
+from tapengine._batchio cimport BatchIO
 from tapengine._ring cimport PacketRing
-from tapengine._uring cimport UringIO
-
-
-cdef extern from "<sys/epoll.h>" nogil:
-    union epoll_data_t "epoll_data":
-        void *ptr
-        int fd
-        uint32_t u32
-        uint64_t u64
-    struct epoll_event:
-        uint32_t events
-        epoll_data_t data
-    int epoll_create1(int flags)
-    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
-    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
-    enum:
-        EPOLL_CLOEXEC
-        EPOLL_CTL_ADD
-        EPOLL_CTL_DEL
-        EPOLLIN
-        EPOLLERR
-        EPOLLHUP
-
-
-cdef extern from "<sys/eventfd.h>" nogil:
-    int eventfd(unsigned int initval, int flags)
-    enum:
-        EFD_CLOEXEC
-        EFD_NONBLOCK
-
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk_id, timespec *tp)
-    enum:
-        CLOCK_MONOTONIC_COARSE
-
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
-        pass
-    int pthread_mutex_init(pthread_mutex_t *mutex, const void *attr)
-    int pthread_mutex_destroy(pthread_mutex_t *mutex)
-    int pthread_mutex_lock(pthread_mutex_t *mutex)
-    int pthread_mutex_unlock(pthread_mutex_t *mutex)
+from tapengine.includes.system cimport pthread_mutex_t
 
 
 cdef enum:
@@ -148,7 +102,7 @@ cdef class Forwarder:
     cdef bint ran
     cdef bint running
     cdef MacTable table
-    cdef UringIO io                 # None: readv/writev (tapengine._batchio), else io_uring
+    cdef BatchIO io                 # the backend (tapengine._batchio); None: readv/writev
     cdef list _rings
     cdef object _counters           # numpy uint64[MAX_PORTS, N_COUNTERS], written by the loop
     cdef object _hist               # numpy uint64[MAX_PORTS, HIST_BUCKETS]

@@ -23,16 +23,23 @@ cimport cython
 from libc.errno cimport EBADFD, EINTR, EIO, ENODEV, ENXIO, EPIPE, errno
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from posix.unistd cimport close
+from posix.time cimport clock_gettime, timespec
+from posix.unistd cimport close, write
 
-from tapengine._batchio cimport ring_recv, ring_send
-from tapengine._uring cimport UringIO, uring_recv, uring_send
+from tapengine._batchio cimport BatchIO, ring_recv_via, ring_send_via
 from tapengine._gso cimport (
-    GSO_OUT_FULL_CSUM, GSO_REASON_COUNT, gso_info, gso_segment, gso_store_hdr_len, gso_validate,
+    GSO_OUT_FULL_CSUM, GSO_REASON_COUNT, VNET_F_NEEDS_CSUM, VNET_GSO_ECN, VNET_GSO_NONE, gso_info,
+    gso_segment, gso_store_hdr_len, gso_validate,
 )
-from tapengine._gso cimport VNET_F_NEEDS_CSUM, VNET_GSO_ECN, VNET_GSO_NONE
 from tapengine._ring cimport PacketRing, ring_frame, ring_hdr, ring_len
-from tapengine.syscall cimport raise_errno, write
+from tapengine.includes.consts cimport ETH_HLEN
+from tapengine.includes.system cimport (
+    CLOCK_MONOTONIC_COARSE, EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD,
+    EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, __builtin_clz, epoll_create1, epoll_ctl,
+    epoll_event, epoll_wait, eventfd, pthread_mutex_destroy, pthread_mutex_init,
+    pthread_mutex_lock, pthread_mutex_unlock,
+)
+from tapengine.syscall cimport raise_errno
 
 import numpy as np
 
@@ -53,12 +60,9 @@ HISTOGRAM_BUCKETS = tuple(
     "1" if b == 0 else f"{1 << b}-{(2 << b) - 1}" for b in range(HIST_BUCKETS)
 )
 
-PORT_LIMIT = MAX_PORTS
-BUDGET_LIMIT = MAX_BUDGET
 MODES = ("wire", "switch")
 
 cdef enum:
-    ETH_HLEN = 14
     SCRATCH_SLOTS = 128         # segments of one superframe: 64 KiB / 536-byte MSS fits
     SCRATCH_SLOT_SIZE = 16384
     STOP_TAG = MAX_PORTS        # epoll tag of the stop eventfd; ports are tagged 0..nports-1
@@ -68,7 +72,6 @@ cdef extern from *:
     #define TE_VALID_BIT (1ULL << 63)
     """
     const uint64_t VALID_BIT "TE_VALID_BIT"      # set in every used MacEntry.key
-    int __builtin_clz(unsigned int x) nogil
 
 
 # -- helpers for the loop ----------------------------------------------------------------------
@@ -289,11 +292,12 @@ cdef class Forwarder:
     ``mode`` is ``"wire"`` (exactly two ports) or ``"switch"`` (a ``MacTable`` shared with the
     other workers of the same switch; one is made if none is given). ``budget`` is the most
     packets taken from one port per pass; each port's ring needs at least that many slots.
-    A forwarder runs once: make a new one to run again.
+    ``io`` is the I/O backend (``open_batch_io()``; None: readv/writev); the forwarder's
+    ``close()`` closes it. A forwarder runs once: make a new one to run again.
     """
 
     def __cinit__(self, str mode="wire", int budget=64, MacTable table=None, int spin=0,
-                  UringIO io=None):
+                  BatchIO io=None):
         self.epfd = -1
         self.stopfd = -1
         if mode not in MODES:
@@ -531,10 +535,7 @@ cdef class Forwarder:
         cdef int err = 0
         cdef uint32_t first = ring.tail
         cdef uint32_t n
-        if self.io is None:
-            n = ring_recv(port.fd, ring, self.budget, port.vnet_hdr, &err)
-        else:
-            n = uring_recv(self.io, port.fd, ring, self.budget, port.vnet_hdr, &err)
+        n = ring_recv_via(self.io, port.fd, ring, self.budget, port.vnet_hdr, &err)
         cdef uint32_t k
         cdef uint64_t nbytes = 0
         if n:
@@ -660,10 +661,7 @@ cdef class Forwarder:
         cdef uint64_t nbytes
         cdef int err
         while count:
-            if self.io is None:
-                sent = ring_send(out.fd, ring, first, count, out.vnet_hdr, &err)
-            else:
-                sent = uring_send(self.io, out.fd, ring, first, count, out.vnet_hdr, &err)
+            sent = ring_send_via(self.io, out.fd, ring, first, count, out.vnet_hdr, &err)
             if sent:
                 nbytes = 0
                 for k in range(first, first + sent):

@@ -7,7 +7,7 @@
 # Offsets in the header (``hdr_len``, ``csum_start``) count from the first byte of ``frame``.
 #
 # Return conventions (each function also says its own):
-#   gso_validate, gso_complete_csum   0 (GSO_OK) or a GsoReason > 0
+#   gso_validate                      0 (GSO_OK) or a GsoReason > 0
 #   gso_segment, gso_segment_parsed   segments written (>= 1) or -GsoReason (< 0)
 #   gso_segment_batch                 source packets consumed
 
@@ -98,10 +98,6 @@ cdef int gso_segment(const uint8_t *hdr, const uint8_t *frame, uint32_t length, 
 # every header anyway; this avoids a second parse). Returns segments written or -GsoReason.
 cdef int gso_segment_parsed(const uint8_t *frame, uint32_t length, const gso_info *info,
                             PacketRing out, int mode) noexcept nogil
-
-# Complete a NEEDS_CSUM checksum in place and clear the header's flags (non-GSO packets only).
-# Checks the range only; validate first. Returns 0 (also when nothing was needed) or a GsoReason.
-cdef int gso_complete_csum(uint8_t *hdr, uint8_t *frame, uint32_t length) noexcept nogil
 
 # Segment source slots [first, first + count) into ``out``; invalid packets are counted in
 # stats.drops and skipped. Stops early only when ``out`` lacks room for the next packet.

@@ -28,28 +28,16 @@ from libc.string cimport memcpy, memset
 from tapengine.netorder cimport (
     load_be16, load_be32, load_host16, store_be16, store_be32, store_host16,
 )
-from tapengine._ring cimport (
-    VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len,
+from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_hdr, ring_len
+from tapengine.includes.consts cimport (
+    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, VLAN_HLEN, VNET_HDR_LEN,
 )
+from tapengine.includes.system cimport htons
 
 from tapengine.errors import MalformedPacketError
 
-cdef extern from "<arpa/inet.h>" nogil:
-    uint16_t htons(uint16_t)
-
 cdef enum:
-    ETH_HLEN = 14
-    VLAN_HLEN = 4
-    ETH_P_IP = 0x0800
-    ETH_P_IPV6 = 0x86DD
-    ETH_P_8021Q = 0x8100
-    ETH_P_8021AD = 0x88A8
-    IPPROTO_HOPOPTS = 0
-    IPPROTO_TCP = 6
-    IPPROTO_UDP = 17
-    IPPROTO_ROUTING = 43
-    IPPROTO_FRAGMENT = 44
-    IPPROTO_DSTOPTS = 60
     MAX_IPV6_EXT = 8            # extension headers walked before giving up
     TCP_FIN = 0x01
     TCP_PSH = 0x08
@@ -310,20 +298,6 @@ cdef inline void _complete(uint8_t *frame, uint32_t start, uint32_t offset, uint
     if udp and c == 0:
         c = 0xffff          # UDP sends a computed zero as all ones (0 means "no checksum")
     _put_csum(frame + start + offset, c)
-
-
-cdef int gso_complete_csum(uint8_t *hdr, uint8_t *frame, uint32_t length) noexcept nogil:
-    # Returns 0 or a GsoReason (> 0): GSO packets and out-of-range checksums are refused.
-    cdef uint16_t start = load_host16(hdr + 6), offset = load_host16(hdr + 8)
-    if hdr[1] != VNET_GSO_NONE:
-        return GSO_BAD_GSO_TYPE
-    if not hdr[0] & VNET_F_NEEDS_CSUM:
-        return GSO_OK
-    if <uint32_t>start + offset + 2 > length:
-        return GSO_CSUM_OUTSIDE_FRAME
-    _complete(frame, start, offset, length, False)
-    memset(hdr, 0, VNET_HDR_LEN)
-    return GSO_OK
 
 
 # -- segmentation -------------------------------------------------------------------------------

@@ -15,30 +15,10 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from tapengine._batchio cimport BatchIO
 from tapengine._ring cimport PacketRing
-from tapengine._uring cimport UringIO
+from tapengine.includes.system cimport __builtin_clzll
 
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    enum:
-        POLLIN
-        POLLOUT
-
-
-cdef extern from "<sys/eventfd.h>" nogil:
-    int eventfd(unsigned int initval, int flags)
-    enum:
-        EFD_CLOEXEC
-        EFD_NONBLOCK
-
-
-cdef extern from *:
-    int __builtin_clzll(unsigned long long) nogil
 
 cdef enum:
     PROBE_MAGIC = 0x54504731        # "TPG1"
@@ -130,9 +110,9 @@ cdef uint32_t gen_prepare(Generator gen, uint32_t count) noexcept nogil
 # Accounts ``sent`` of ``prepared`` patched packets as written and rolls back the rest; returns sent.
 cdef uint32_t gen_commit(Generator gen, uint32_t prepared, uint32_t sent, uint64_t now) noexcept nogil
 # Writes packets until ``limit`` packets, ``deadline`` (CLOCK_MONOTONIC ns, 0 = none) or a stop
-# request, through ``io`` (io_uring) or writev when it is None; returns packets written, with 0 or
+# request, through ``io`` (tapengine._batchio: writev when it is None); returns packets written, with 0 or
 # the errno that ended the run in *err.
-cdef uint64_t gen_run(Generator gen, UringIO io, int fd, bint vnet_hdr, uint64_t limit,
+cdef uint64_t gen_run(Generator gen, BatchIO io, int fd, bint vnet_hdr, uint64_t limit,
                       uint64_t deadline, int *err) noexcept nogil
 
 
@@ -157,9 +137,9 @@ cdef class Sink:
 cdef uint32_t sink_consume(Sink sink, PacketRing ring, uint32_t first, uint32_t count,
                            uint64_t now) noexcept nogil
 # Reads and accounts until ``limit`` probe frames, ``deadline``, ``idle_ns`` without a frame after
-# the first probe, or a stop request, through ``io`` (io_uring) or readv when it is None; returns
+# the first probe, or a stop request, through ``io`` (readv when it is None); returns
 # frames read, with 0 or the ending errno in *err.
-cdef uint64_t sink_run(Sink sink, UringIO io, int fd, bint vnet_hdr, uint32_t budget,
+cdef uint64_t sink_run(Sink sink, BatchIO io, int fd, bint vnet_hdr, uint32_t budget,
                        uint64_t limit, uint64_t deadline, uint64_t idle_ns, int *err) noexcept nogil
 
 

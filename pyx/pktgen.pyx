@@ -27,10 +27,15 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, TIMER_ABSTIME, clock_nanosleep, timespec
 from posix.unistd cimport close, read, write
 
-from tapengine._batchio cimport ring_recv_via, ring_send_via
-from tapengine._uring cimport UringIO
+from tapengine._batchio cimport BatchIO, ring_recv_via, ring_send_via
 from tapengine._gso cimport csum_add, csum_fold
 from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_len
+from tapengine.includes.consts cimport (
+    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, VLAN_HLEN,
+)
+from tapengine.includes.system cimport (
+    EFD_CLOEXEC, EFD_NONBLOCK, POLLIN, POLLOUT, eventfd, poll, pollfd,
+)
 from tapengine.netorder cimport (
     load_be16, load_be32, load_be64, load_host16, store_be16, store_be32, store_be64,
 )
@@ -66,11 +71,6 @@ cdef enum:
     PROBE_OFF_SEQ = 4
     PROBE_OFF_TS = 8
     PROBE_OFF_FLOW = 16
-    ETHERTYPE_IPV4 = 0x0800
-    ETHERTYPE_IPV6 = 0x86dd
-    ETHERTYPE_VLAN = 0x8100
-    IPPROTO_UDP = 17
-    ETH_HLEN = 14
 
 
 def monotonic():
@@ -205,7 +205,7 @@ cdef inline int sleep_until(uint64_t until) noexcept nogil:
     return 0
 
 
-cdef uint64_t gen_run(Generator gen, UringIO io, int fd, bint vnet_hdr, uint64_t limit,
+cdef uint64_t gen_run(Generator gen, BatchIO io, int fd, bint vnet_hdr, uint64_t limit,
                       uint64_t deadline, int *err) noexcept nogil:
     cdef uint64_t total = 0, now, until, wait
     cdef uint32_t want, n, sent
@@ -364,7 +364,7 @@ cdef class Generator:
             if not self.tun:
                 memcpy(frame, <const uint8_t *>dst_mac, 6)
                 memcpy(frame + 6, <const uint8_t *>src_mac, 6)
-                store_be16(frame + 12, ETHERTYPE_IPV6 if self.ipv6 else ETHERTYPE_IPV4)
+                store_be16(frame + 12, ETH_P_IPV6 if self.ipv6 else ETH_P_IP)
             ip_len = length - l3_off
             udp_len = length - self.l4_off
             if self.ipv6:
@@ -462,14 +462,14 @@ cdef class Generator:
 
     # -- producing packets --------------------------------------------------------------------
 
-    def send(self, fd, *, count=None, duration=None, vnet_hdr=None, UringIO io=None):
+    def send(self, fd, *, count=None, duration=None, vnet_hdr=None, BatchIO io=None):
         """Write packets to ``fd`` until ``count`` are written or ``duration`` seconds pass.
 
         ``fd`` is an int or has ``fileno()`` (a ``TunQueue``, whose ``vnet_hdr`` is used unless
         given). With neither limit it runs until ``stop()``. Returns the packets written by this
         call; sequence numbers, counters and the token bucket carry over between calls. Errors
-        raise the matching ``OSError`` (``completed`` = packets written by this call). ``io`` (a
-        ``tapengine.UringIO`` owned by this thread) submits each batch with one io_uring_enter.
+        raise the matching ``OSError`` (``completed`` = packets written by this call). ``io``: the
+        backend (``tapengine.open_batch_io()``; a ``UringIO`` belongs to one thread), None: writev.
         """
         cdef int cfd = fd_of(fd)
         cdef bint cvnet = _vnet_of(fd, vnet_hdr)
@@ -536,10 +536,10 @@ cdef inline uint32_t probe_offset(const uint8_t *frame, uint32_t length, bint tu
             return 0
         ethertype = load_be16(frame + 12)
         off = ETH_HLEN
-        if ethertype == ETHERTYPE_VLAN and length >= ETH_HLEN + 4:
+        if ethertype == ETH_P_8021Q and length >= ETH_HLEN + VLAN_HLEN:
             ethertype = load_be16(frame + 16)
-            off += 4
-        if ethertype != ETHERTYPE_IPV4 and ethertype != ETHERTYPE_IPV6:
+            off += VLAN_HLEN
+        if ethertype != ETH_P_IP and ethertype != ETH_P_IPV6:
             return 0
     if length < off + 20:
         return 0
@@ -653,7 +653,7 @@ cdef uint32_t sink_consume(Sink sink, PacketRing ring, uint32_t first, uint32_t 
     return count
 
 
-cdef uint64_t sink_run(Sink sink, UringIO io, int fd, bint vnet_hdr, uint32_t budget,
+cdef uint64_t sink_run(Sink sink, BatchIO io, int fd, bint vnet_hdr, uint32_t budget,
                        uint64_t limit, uint64_t deadline, uint64_t idle_ns, int *err) noexcept nogil:
     cdef uint64_t total = 0, now, last_rx = 0, probes_at_start = sink.counters.probe_packets
     cdef uint64_t until
@@ -777,13 +777,13 @@ cdef class Sink:
         return count
 
     def run(self, fd, *, count=None, duration=None, idle=None, vnet_hdr=None, int budget=64,
-            UringIO io=None):
+            BatchIO io=None):
         """Read from ``fd`` until ``count`` probe frames, ``duration`` seconds, ``idle`` seconds
         without a probe frame (once one arrived), or ``stop()``; returns the frames read.
 
         ``fd`` is an int or has ``fileno()`` (a ``TunQueue``, whose ``vnet_hdr`` is used unless
-        given). The fd must be non-blocking. The GIL is released while it runs. ``io`` (a
-        ``tapengine.UringIO`` owned by this thread) reads each batch with one io_uring_enter.
+        given). The fd must be non-blocking. The GIL is released while it runs. ``io``: the backend
+        (``tapengine.open_batch_io()``; a ``UringIO`` belongs to one thread), None: readv.
         """
         if self.stop_fd < 0:
             raise ValueError("the sink is closed")

@@ -6,8 +6,7 @@
 
 from libc.stdint cimport uint8_t, uint32_t
 
-cdef enum:
-    VNET_HDR_LEN = 10      # sizeof(struct virtio_net_hdr)
+from tapengine.includes.consts cimport VNET_HDR_LEN
 
 
 cdef class PacketRing:

@@ -12,7 +12,7 @@ from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
-from tapengine.syscall cimport _SC_PAGESIZE, posix_memalign, sysconf
+from tapengine.includes.system cimport _SC_PAGESIZE, posix_memalign, sysconf
 
 import numpy as np
 

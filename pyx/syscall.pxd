@@ -1,29 +1,11 @@
-# The one syscall pattern of the data plane: declarations of the libc calls we make, and the one
-# helper every errno other than EINTR/EAGAIN goes through on its way to Python.
+# The one syscall pattern of the data plane: the one helper every errno other than EINTR/EAGAIN
+# goes through on its way to Python, and the check of a descriptor coming from Python. The libc
+# calls themselves are declared in tapengine.includes.system.
 #
 # Convention: C-level functions return -1 and leave the error in errno; callers copy errno at once,
 # retry EINTR, treat EAGAIN as "nothing now" and pass anything else to raise_errno().
 
-from libc.errno cimport EAGAIN, EINTR, errno
-
-
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t readv(int fd, const iovec *iov, int iovcnt)
-    ssize_t writev(int fd, const iovec *iov, int iovcnt)
-
-
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void **memptr, size_t alignment, size_t size)
-
-
-cdef extern from "<unistd.h>" nogil:
-    ssize_t read(int fd, void *buf, size_t count)
-    ssize_t write(int fd, const void *buf, size_t count)
-    long sysconf(int name)
-    int _SC_PAGESIZE
+from libc.errno cimport EAGAIN
 
 
 cdef inline bint would_block(int err) noexcept nogil:

@@ -32,11 +32,19 @@ from libc.string cimport memcpy, memmove, memset
 from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.unistd cimport close
 
-from tapengine._ring cimport VNET_HDR_LEN, PacketRing, ring_frame, ring_free, ring_hdr, ring_len
-from tapengine.syscall cimport iovec, raise_errno, would_block
-
-cdef extern from "<errno.h>" nogil:
-    enum: ECANCELED
+from tapengine._batchio cimport BatchIO, ReadvIO
+from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_hdr, ring_len
+from tapengine.includes.consts cimport VNET_HDR_LEN
+from tapengine.includes.system cimport ECANCELED, iovec
+from tapengine.includes.uring cimport (
+    TE_ENTER_GETEVENTS, TE_FEAT_NODROP, TE_FEAT_SINGLE_MMAP, TE_IO_URING_OP_SUPPORTED,
+    TE_IOSQE_IO_LINK, TE_OFF_CQ_RING, TE_OFF_SQ_RING, TE_OFF_SQES, TE_OP_READ, TE_OP_READV,
+    TE_OP_WRITE, TE_OP_WRITEV, TE_PROBE_OPS, TE_REGISTER_ENABLE_RINGS, TE_REGISTER_PROBE,
+    TE_RWF_NOWAIT, TE_SETUP_COOP_TASKRUN, TE_SETUP_DEFER_TASKRUN, TE_SETUP_R_DISABLED,
+    TE_SETUP_SINGLE_ISSUER, te_cqe, te_io_uring_enter, te_io_uring_register, te_io_uring_setup,
+    te_load_acquire, te_probe, te_sqe, te_store_release, te_thread_id, te_uring_params,
+)
+from tapengine.syscall cimport raise_errno
 
 import os
 import threading
@@ -55,7 +63,7 @@ _NEEDED_OPS = {"READ": TE_OP_READ, "WRITE": TE_OP_WRITE, "READV": TE_OP_READV,
                "WRITEV": TE_OP_WRITEV}
 
 
-cdef class UringIO:
+cdef class UringIO(BatchIO):
     """One io_uring for batched reads and writes on tun/tap fds; never shared between threads.
 
     ``entries`` (a power of two, at most 4096) bounds the SQEs of one submission; longer batches
@@ -157,7 +165,7 @@ cdef class UringIO:
         self.features = p.features
         self.enabled = False       # until the first thread that submits takes it
         self.dead = 0
-        self.link_writes = True
+        self._link_writes = True
         memset(self.hint, 0, sizeof(self.hint))
         return 0
 
@@ -243,33 +251,30 @@ cdef class UringIO:
         """Unmap the rings and close the io_uring fd (also done when the object goes away)."""
         self._free()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def recv_batch(self, fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False):
-        """``tapengine.recv_batch(fd, ring, budget, vnet_hdr=..., io=self)``: same contract."""
-        from tapengine._batchio import recv_batch  # _batchio cimports this module: import late
-        return recv_batch(fd, ring, budget, vnet_hdr=vnet_hdr, io=self)
-
-    def send_batch(self, fd, PacketRing ring not None, first, count, *, bint vnet_hdr=False):
-        """``tapengine.send_batch(fd, ring, first, count, vnet_hdr=..., io=self)``: same contract;
-        no packet after a failing one is written."""
-        from tapengine._batchio import send_batch
-        return send_batch(fd, ring, first, count, vnet_hdr=vnet_hdr, io=self)
-
     def stats(self):
         """Counters since creation: syscalls, SQEs, empty reads and packets moved to close gaps."""
         return {"enters": self.enters, "submitted": self.submitted,
                 "empty_reads": self.empty_reads, "moved": self.moved}
 
-    def _check_thread(self):
+    # -- the BatchIO interface ------------------------------------------------------------------
+
+    cdef uint32_t recv(self, int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
+                       int *err) noexcept nogil:
+        # Returns what uring_recv returns.
+        return uring_recv(self, fd, ring, budget, vnet_hdr, err)
+
+    cdef uint32_t send(self, int fd, PacketRing ring, uint32_t first, uint32_t count,
+                       bint vnet_hdr, int *err) noexcept nogil:
+        # Returns what uring_send returns.
+        return uring_send(self, fd, ring, first, count, vnet_hdr, err)
+
+    cdef int check(self) except -1:
+        # Returns 0 when the calling thread may submit; raises when closed or another thread's.
         if self.ring_fd < 0:
             raise ValueError("the io_uring is closed")
         if self.enabled and not self.owner == te_thread_id():
             raise RuntimeError("this UringIO belongs to another thread; give each thread its own")
+        return 0
 
 
 cdef inline void _prep(te_sqe *sqe, uint8_t opcode, int fd, void *addr, uint32_t length,
@@ -386,7 +391,7 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
         for k in range(chunk):
             # linked: a failed write cancels the rest of the chain, so nothing after it goes out
             _queue_rw(io, k, True, fd, ring, first + n + k, ring_len(ring, first + n + k)[0],
-                      vnet_hdr, TE_IOSQE_IO_LINK if k + 1 < chunk and io.link_writes else 0)
+                      vnet_hdr, TE_IOSQE_IO_LINK if k + 1 < chunk and io._link_writes else 0)
         io.submitted += chunk
         err[0] = io._run(chunk)
         if err[0]:
@@ -487,30 +492,7 @@ def unavailable_reason():
     return _probe_result
 
 
-class ReadvIO:
-    """The readv/writev backend behind the same interface as ``UringIO``."""
-
-    backend = "readv"
-
-    # tapengine._batchio is imported on use: it cimports this module, not the other way round
-    def recv_batch(self, fd, ring, budget=64, *, vnet_hdr=False):
-        from tapengine import _batchio
-        return _batchio.recv_batch(fd, ring, budget, vnet_hdr=vnet_hdr)
-
-    def send_batch(self, fd, ring, first, count, *, vnet_hdr=False):
-        from tapengine import _batchio
-        return _batchio.send_batch(fd, ring, first, count, vnet_hdr=vnet_hdr)
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        pass
-
-
 def open_batch_io(entries=256):
-    """A ``UringIO`` when io_uring is available here, else the readv/writev ``ReadvIO``."""
+    """A ``UringIO`` when io_uring is available here, else the readv/writev ``ReadvIO``: either
+    goes to ``recv_batch``/``send_batch`` (``io=``), ``Forwarder``, ``Generator`` and ``Sink``."""
     return UringIO(entries) if available() else ReadvIO()

@@ -14,13 +14,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 try:
-    from tapengine._batchio import recv_batch, send_batch
+    from tapengine._batchio import ReadvIO, recv_batch, send_batch
     from tapengine._forward import Forwarder, MacTable
     from tapengine._gso import GsoReason, complete_checksum, segment, segment_batch
     from tapengine._gso import validate as validate_vnet_header
     from tapengine._pktgen import Generator, Sink
     from tapengine._ring import VNET_HDR_DTYPE, PacketRing
-    from tapengine._uring import ReadvIO, UringIO, open_batch_io
+    from tapengine._uring import UringIO, open_batch_io
 except ImportError as _err:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "tapengine's compiled extensions are missing or broken "

@@ -4,14 +4,12 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from tapengine._batchio import BatchIO
 from tapengine._ring import PacketRing
-from tapengine._uring import UringIO
 
 COUNTER_NAMES: tuple[str, ...]
 DROP_REASONS: tuple[str, ...]
 HISTOGRAM_BUCKETS: tuple[str, ...]
-PORT_LIMIT: int
-BUDGET_LIMIT: int
 MODES: tuple[str, ...]
 
 def format_mac(mac: int) -> str: ...
@@ -39,7 +37,7 @@ class Forwarder:
         budget: int = 64,
         table: MacTable | None = None,
         spin: int = 0,
-        io: UringIO | None = None,
+        io: BatchIO | None = None,
     ) -> None: ...
     def add_port(self, fd: int, ring: PacketRing, *, vnet_hdr: bool = False,
                  l2: bool = True) -> int: ...

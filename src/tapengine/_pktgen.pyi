@@ -3,8 +3,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from tapengine._batchio import BatchIO
 from tapengine._ring import PacketRing
-from tapengine._uring import UringIO
 
 MAGIC: int
 PROBE_SIZE: int
@@ -69,7 +69,7 @@ class Generator:
         count: int | None = None,
         duration: float | None = None,
         vnet_hdr: bool | None = None,
-        io: UringIO | None = None,
+        io: BatchIO | None = None,
     ) -> int: ...
     def fill(self, ring: PacketRing, count: int) -> int: ...
     def stop(self) -> None: ...
@@ -104,7 +104,7 @@ class Sink:
         idle: float | None = None,
         vnet_hdr: bool | None = None,
         budget: int = 64,
-        io: UringIO | None = None,
+        io: BatchIO | None = None,
     ) -> int: ...
     def stop(self) -> None: ...
     @property

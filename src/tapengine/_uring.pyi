@@ -1,14 +1,10 @@
-from types import TracebackType
-from typing import Literal, Protocol
+from typing import Literal
 
-from tapengine._ring import PacketRing
-
-class _HasFileno(Protocol):
-    def fileno(self) -> int: ...
+from tapengine._batchio import BatchIO, ReadvIO
 
 MAX_ENTRIES: int
 
-class UringIO:
+class UringIO(BatchIO):
     entries: int
     setup_flags: int
     features: int
@@ -16,7 +12,6 @@ class UringIO:
     submitted: int
     empty_reads: int
     moved: int
-    link_writes: bool
     def __init__(self, entries: int = 256) -> None: ...
     @property
     def backend(self) -> Literal["io_uring"]: ...
@@ -26,31 +21,7 @@ class UringIO:
     def closed(self) -> bool: ...
     def close(self) -> None: ...
     def __enter__(self) -> UringIO: ...
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-    def recv_batch(
-        self, fd: int | _HasFileno, ring: PacketRing, budget: int = 64, *, vnet_hdr: bool = False
-    ) -> int: ...
-    def send_batch(
-        self, fd: int | _HasFileno, ring: PacketRing, first: int, count: int, *,
-        vnet_hdr: bool = False,
-    ) -> int: ...
     def stats(self) -> dict[str, int]: ...
-
-class ReadvIO:
-    backend: Literal["readv"]
-    def recv_batch(
-        self, fd: int | _HasFileno, ring: PacketRing, budget: int = 64, *, vnet_hdr: bool = False
-    ) -> int: ...
-    def send_batch(
-        self, fd: int | _HasFileno, ring: PacketRing, first: int, count: int, *,
-        vnet_hdr: bool = False,
-    ) -> int: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> ReadvIO: ...
-    def __exit__(self, *exc_info: object) -> None: ...
 
 def available() -> bool: ...
 def unavailable_reason() -> str: ...

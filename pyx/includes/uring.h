@@ -1,4 +1,5 @@
-/* tapengine's own view of the io_uring kernel ABI: just what pyx/uring.pyx uses.
+/* tapengine's own view of the io_uring kernel ABI: just what pyx/uring.pyx uses, declared
+ * for Cython in includes/uring.pxd.
  *
  * Written from the kernel's uapi layout (include/uapi/linux/io_uring.h); no liburing. Field names
  * follow the kernel's so the two can be read side by side. Sizes are checked at compile time.
@@ -14,17 +15,6 @@
 #define __NR_io_uring_setup 425
 #define __NR_io_uring_enter 426
 #define __NR_io_uring_register 427
-/* A number for the calling thread, never reused within the process (unlike pthread_t or a tid,
- * which a new thread can inherit from a dead one): the owner check of a ring. */
-static inline uint64_t te_thread_id(void)
-{
-    static uint64_t next = 0;
-    static __thread uint64_t mine = 0;
-    if (mine == 0)
-        mine = __atomic_add_fetch(&next, 1, __ATOMIC_RELAXED);
-    return mine;
-}
-
 #endif
 
 /* Submission queue entry: only the fields a read or write fills, unions flattened. */

@@ -1,1 +1,0 @@
-../../pyx/batchio.pxd

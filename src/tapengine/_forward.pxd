@@ -1,1 +1,0 @@
-../../pyx/forward.pxd
