@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Debian packages the tests, demo and benchmarks drive as independent peers.
 APT_PACKAGES := iproute2 iperf3 netsniff-ng tshark iputils-ping
-SOURCES := pyproject.toml setup.py $(wildcard pyx/*.pyx pyx/*.pxd pyx/*.h)
+SOURCES := pyproject.toml setup.py $(wildcard pyx/*.pyx pyx/*.pxd pyx/includes/*.pxd pyx/includes/*.h)
 
-.PHONY: build demo test lint bench bench-full system-deps clean
+.PHONY: build demo test lint capi-check bench bench-full system-deps clean
 
 build: $(VENV)/.stamp-build
 
@@ -44,8 +44,14 @@ lint: build
 test: build system-deps lint
 	$(PY) -m pytest
 
+# The C-level API installs: the sdist and the wheel built from it, each in a fresh virtualenv,
+# and examples/capi built against each and run (a couple of minutes: two full builds).
+capi-check: build
+	examples/capi/check-install.sh $(PY)
+
 bench: build system-deps
 	$(PY) -m pytest bench --benchmark-only --benchmark-autosave --benchmark-columns=median,iqr,ops,rounds
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/tapengine/*.so pyx/*.c
+	rm -rf $(VENV) build src/*.egg-info src/tapengine/*.so pyx/*.c src/tapengine/includes
+	find src/tapengine -maxdepth 1 -name "*.pxd" ! -name __init__.pxd -delete  # API copies
