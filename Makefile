@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 APT_PACKAGES := iproute2 iperf3 netsniff-ng tshark iputils-ping
 SOURCES := pyproject.toml setup.py $(wildcard pyx/*.pyx pyx/*.pxd pyx/includes/*.pxd pyx/includes/*.h)
 
-.PHONY: build demo test lint capi-check bench bench-full system-deps clean
+.PHONY: build demo test lint docs capi-check bench bench-full system-deps clean
 
 build: $(VENV)/.stamp-build
 
@@ -17,7 +17,7 @@ $(VENV)/.stamp-venv:
 	touch $@
 
 $(VENV)/.stamp-build: $(VENV)/.stamp-venv $(SOURCES)
-	$(PIP) install --no-build-isolation -e ".[test,bench]"
+	$(PIP) install --no-build-isolation -e ".[test,bench,docs]"
 	touch $@
 
 # Tools used as independent peers (iperf3, trafgen, tshark); installed once, only when missing.
@@ -41,7 +41,11 @@ demo: build system-deps
 lint: build
 	$(VENV)/bin/ruff check src tests bench examples
 
-test: build system-deps lint
+# The documentation (docs/), warnings as errors; -E rereads every page so none is skipped.
+docs: build
+	$(VENV)/bin/sphinx-build -E -W --keep-going -b html docs docs/_build/html
+
+test: build system-deps lint docs
 	$(PY) -m pytest
 
 # The C-level API installs: the sdist and the wheel built from it, each in a fresh virtualenv,
