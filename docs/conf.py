@@ -8,6 +8,7 @@ editable into ``.venv``), the compiled modules included: they are built with
 
 from __future__ import annotations
 
+import builtins
 import enum
 import importlib
 import inspect
@@ -16,6 +17,8 @@ import sys
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from sphinx import addnodes
+from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
@@ -23,7 +26,7 @@ import tapengine
 
 project = "tapengine"
 author = "The tapengine developers"
-copyright = "the tapengine developers"  # noqa: A001 - Sphinx's name for it
+copyright = "the tapengine developers"
 release = tapengine.__version__
 version = ".".join(release.split(".")[:2])
 
@@ -42,6 +45,7 @@ pygments_style = "sphinx"
 autodoc_default_options = {
     "members": True,
     "ignore-module-all": True,
+    "undoc-members": True,
     "show-inheritance": True,
     "member-order": "bysource",
 }
@@ -126,16 +130,39 @@ class ExportsDirective(SphinxDirective):
         return node.children
 
 
-def _public_bases(app, name, obj, options, bases: list) -> None:  # noqa: ANN001, ARG001
+def _public_bases(app, name, obj, options, bases: list) -> None:
     """Cython's ``cpdef enum`` derives from a private ``__Pyx_FlexibleEnumBase``: show what it is
     to a reader, an ``IntEnum``."""
-    if any(base.__name__.startswith("__Pyx") for base in bases):
-        bases[:] = [base for base in bases if not base.__name__.startswith("__Pyx")]
-        if not any(issubclass(base, enum.IntEnum) for base in bases):
+    private = [base for base in bases if getattr(base, "__name__", "").startswith("__Pyx")]
+    if private:
+        bases[:] = [base for base in bases if base not in private]
+        if not any(isinstance(base, type) and issubclass(base, enum.IntEnum) for base in bases):
             bases.insert(0, enum.IntEnum)
 
 
-def setup(app):  # noqa: ANN001, ANN201 - Sphinx's hook
+def _drop_self(app, what, name, obj, options, signature, return_annotation):
+    """embedsignature writes ``self`` into the signature of a Cython method; Python's own methods
+    are shown without it, and so are these."""
+    if what == "method" and signature and re.match(r"\(self\b", signature):
+        signature = "(" + signature[len("(self") :].lstrip(", ")
+    return signature, return_annotation
+
+
+def _exact_builtins(app: Sphinx, doctree: nodes.document) -> None:
+    """A built-in type in a signature (``bytes``) must not link to an attribute that happens to
+    share its name (``GenResult.bytes``): look such names up exactly, never by suffix. With no
+    inventory for the standard library they stay plain text."""
+    for node in doctree.findall(addnodes.pending_xref):
+        if node.get("refdomain") == "py" and node.get("reftarget") in _BUILTINS:
+            node.attributes.pop("refspecific", None)
+
+
+_BUILTINS = frozenset(dir(builtins))
+
+
+def setup(app: Sphinx) -> dict[str, bool]:
     app.add_directive("tapengine-exports", ExportsDirective)
     app.connect("autodoc-process-bases", _public_bases)
+    app.connect("autodoc-process-signature", _drop_self)
+    app.connect("doctree-read", _exact_builtins)
     return {"parallel_read_safe": True}
