@@ -25,11 +25,18 @@ MIN_MTU, MAX_MTU = 68, 65535  # 68: the IPv4 minimum; 65535: what tun and veth a
 MAX_TAP_QUEUES = 256  # the kernel's MAX_TAP_QUEUES
 MAX_ID = 2**32 - 2  # uid_t/gid_t; (uid_t)-1 means "none" to the kernel
 MAX_U32 = 2**32 - 1
+MAX_U64 = 2**64 - 1
+MAX_TXQUEUELEN = MAX_U32  # IFLA_TXQLEN is a u32
+#: Longest number text read at all: a value with more digits is refused before it is converted.
+MAX_NUMBER_TEXT = 40
 MAX_TOPOLOGY_BYTES = 1 << 20  # a topology file larger than 1 MiB is not a topology file
 #: Longest text quoted back in an error message, so a huge value cannot flood the terminal.
 QUOTE_LIMIT = 60
 
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+# Decimal only: no "nan", "inf", hex floats or underscores.
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def quote(value: object) -> str:
@@ -37,6 +44,14 @@ def quote(value: object) -> str:
     text = repr(value)
     if len(text) > QUOTE_LIMIT:
         text = f"{text[: QUOTE_LIMIT - 12]}... ({len(text)} chars)"
+    return text
+
+
+def quote_path(path: str, limit: int = 2 * QUOTE_LIMIT) -> str:
+    """``repr(path)``, shortened from the front (the file's own name is at the end)."""
+    text = repr(path)
+    if len(text) > limit:
+        text = f"'...{text[-(limit - 4):]}"
     return text
 
 
@@ -211,6 +226,45 @@ def check_float(
     return number
 
 
+def parse_int(text: object, what: str, low: int, high: int) -> int:
+    """An integer written in decimal (``"42"``, ``" -1 "``) from ``low`` to ``high``; else raise.
+
+    Text longer than ``MAX_NUMBER_TEXT`` characters is refused before conversion.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        return check_int(text, what, low, high)
+    stripped = text.strip() if isinstance(text, str) else ""
+    if len(stripped) > MAX_NUMBER_TEXT or not _INT_RE.fullmatch(stripped):
+        raise InvalidValueError(
+            f"invalid {what} {quote(text)}: expected an integer from {low} to {high}"
+        )
+    return check_int(int(stripped), what, low, high)
+
+
+def parse_float(
+    text: object,
+    what: str,
+    *,
+    low: float = 0.0,
+    high: float = 1e9,
+    low_inclusive: bool = False,
+) -> float:
+    """A finite decimal number (``"2"``, ``"0.5"``, ``"1e-3"``) in the range ``check_float``
+    takes; NaN, infinity and text longer than ``MAX_NUMBER_TEXT`` characters are refused."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return check_float(text, what, low=low, high=high, low_inclusive=low_inclusive)
+    stripped = text.strip() if isinstance(text, str) else ""
+    number: float | None = None
+    if len(stripped) <= MAX_NUMBER_TEXT and _FLOAT_RE.fullmatch(stripped):
+        number = float(stripped)
+    if number is None:
+        bound = "from" if low_inclusive else "above"
+        raise InvalidValueError(
+            f"invalid {what} {quote(text)}: expected a number {bound} {low:g} up to {high:g}"
+        )
+    return check_float(number, what, low=low, high=high, low_inclusive=low_inclusive)
+
+
 # -- files -----------------------------------------------------------------------------------
 
 
@@ -221,7 +275,7 @@ def read_text_file(path: str | os.PathLike[str], what: str, *,
     name = os.fspath(path)
     if not name:
         raise InvalidValueError(f"invalid {what} path '': expected a file name")
-    shown = quote(name)
+    shown = quote_path(name)
     try:
         info = os.stat(name)
     except FileNotFoundError:
@@ -253,8 +307,11 @@ def read_text_file(path: str | os.PathLike[str], what: str, *,
 __all__ = [
     "MAX_ID",
     "MAX_MTU",
+    "MAX_NUMBER_TEXT",
     "MAX_TAP_QUEUES",
+    "MAX_TXQUEUELEN",
     "MAX_U32",
+    "MAX_U64",
     "MIN_MTU",
     "check_cidr",
     "check_float",
@@ -267,7 +324,10 @@ __all__ = [
     "check_netns_name",
     "check_prefix",
     "format_mac",
+    "parse_float",
+    "parse_int",
     "parse_mac",
     "quote",
+    "quote_path",
     "read_text_file",
 ]
