@@ -36,6 +36,7 @@ root_doc = "index"
 exclude_patterns = ["_build"]
 default_role = "literal"  # a stray `single backtick` renders as code, as in the README
 highlight_language = "none"
+add_function_parentheses = False  # pages write the arguments out where they matter
 pygments_style = "sphinx"
 
 # Docstrings are reST with ``double backticks``; signatures come from the code (Python) and from
