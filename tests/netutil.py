@@ -1,8 +1,30 @@
-"""Test-side network plumbing written straight on pyroute2, independent of tapengine's own code."""
+"""Test-side network plumbing written straight on pyroute2, independent of tapengine's own code,
+and ``wait_until``: the one way a test waits for something to happen."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 from pyroute2 import IPRoute
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``condition`` until it returns something true, and return that.
+
+    Tests wait for the condition they need, never for a fixed time: ``timeout`` is a generous
+    bound for a loaded machine (seconds), and passing it fails the test, saying ``what`` never
+    happened.
+    """
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.001)
+    return result
 
 
 def move_link(name: str, netns: str) -> None:

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from conftest import inside_netns
+from netutil import wait_until
 from tapengine import PacketRing, TunQueue, open_queue
 from tapengine._pktgen import MAGIC, Generator, Sink, monotonic
 from tapengine.traffic import GenConfig, GenResult, SinkResult, parse_rate, parse_size
@@ -296,59 +298,134 @@ def test_sink_does_not_bin_timestamps_from_the_future() -> None:
 
 
 @contextlib.contextmanager
-def datagram_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """A non-blocking AF_UNIX datagram pair: one read() or write() is one frame, as on a tun."""
+def datagram_pair(sndbuf: int | None = None) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A non-blocking AF_UNIX datagram pair: one read() or write() is one frame, as on a tun.
+
+    ``sndbuf`` sets the first socket's send buffer: what it holds unread before a write gets
+    EAGAIN (on a connected pair only the sender's buffer limits a writer).
+    """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b:
         a.setblocking(False)
         b.setblocking(False)
+        if sndbuf is not None:
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         yield a, b
 
 
-def test_fixed_packet_rate_is_kept_within_2_percent() -> None:
+def datagrams_that_fit(sndbuf: int, size: int) -> int:
+    """How many ``size``-byte datagrams a pair with this send buffer takes before EAGAIN, as the
+    kernel counts them for plain send() calls."""
+    with datagram_pair(sndbuf) as (tx, _):
+        written = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                tx.send(bytes(size))
+                written += 1
+    return written
+
+
+def probe_times(path: os.PathLike[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence numbers, send times in ns) of the ``length``-byte tap frames written one after
+    another to the file ``path``."""
+    probe = np.dtype({"names": ["seq", "sent_ns"], "formats": [">u4", ">u8"],
+                      "offsets": [42 + 4, 42 + 8], "itemsize": length})
+    records = np.fromfile(path, dtype=probe)
+    return records["seq"].astype(np.int64), records["sent_ns"].astype(np.int64)
+
+
+# A generator is "held off the CPU" across a gap between two of its frames this much longer than
+# the frames' own spacing: no correct generator that is running leaves such a gap.
+STALL_NS = 2_000_000
+
+
+def check_token_bucket(start_ns: int, times_ns: np.ndarray, costs: np.ndarray, rate: int,
+                       depth: int, batch: int) -> None:
+    """Frames sent at ``times_ns`` by a generator paced at ``rate`` tokens/s (packets or bits)
+    from ``start_ns`` on, replayed through a token bucket of ``depth`` tokens, empty at the start,
+    written the obvious way. Both checks hold however the threads were scheduled:
+
+    * never faster: every frame found the tokens it cost in the bucket (give or take one batch:
+      frames admitted just before the generator is held off the CPU leave after it, beside the
+      full bucket it finds then);
+    * never slower, except while held off the CPU: of the tokens earned, at most one batch's
+      worth went unspent, plus whatever was earned during stalls (gaps longer than ``STALL_NS``
+      beyond the frames' spacing), which a full bucket may have lost.
+    """
+    times = np.concatenate([[start_ns], times_ns]).astype(np.int64)
+    slack = (batch + 1) * float(costs.max())
+    level = lowest = 0.0
+    for k, cost in enumerate(costs.tolist()):
+        level = min(depth, level + rate * int(times[k + 1] - times[k]) / 1e9) - cost
+        lowest = min(lowest, level)
+    assert lowest >= -slack, f"a frame was sent {-lowest:.0f} tokens before the bucket held them"
+    gaps = np.diff(times)
+    spacing = float(costs.mean()) / rate * 1e9
+    stalled = int(gaps[gaps > spacing + STALL_NS].sum())
+    unused = rate * int(times[-1] - times[0]) / 1e9 - float(costs.sum())
+    allowed = slack + rate * stalled / 1e9
+    assert unused <= allowed, (
+        f"{unused:.0f} tokens earned but unused: a generator that keeps its rate leaves at most "
+        f"{allowed:.0f} ({stalled / 1e6:.1f} ms held off the CPU)")
+
+
+def test_fixed_packet_rate_follows_its_token_bucket(tmp_path: Path) -> None:
     gen = GenConfig(rate=parse_rate("20kpps")).generator()
-    with open(os.devnull, "wb") as devnull:
-        sent = gen.send(devnull, count=10_000)
-    assert sent == 10_000
-    counters = gen.counters[0]
-    elapsed = (int(counters["last_ns"]) - int(counters["first_ns"])) / 1e9
-    assert (sent - 1) / elapsed == pytest.approx(20_000, rel=0.02)
+    path = tmp_path / "frames"
+    with open(path, "wb") as file:
+        start = monotonic()
+        sent = gen.send(file, count=10_000)
+    assert sent == 10_000 and path.stat().st_size == 10_000 * 60
+    seqs, times = probe_times(path, 60)
+    assert np.array_equal(seqs, np.arange(10_000))
+    check_token_bucket(start, times, np.ones(sent), 20_000, gen.burst, gen.batch)
 
 
-def test_fixed_bit_rate_counts_the_bytes_written() -> None:
+def test_fixed_bit_rate_counts_the_bytes_written(tmp_path: Path) -> None:
     gen = GenConfig(rate=parse_rate("8mbit"), sizes=parse_size("1004")).generator()
-    with open(os.devnull, "wb") as devnull:
-        sent = gen.send(devnull, duration=0.5)
-    counters = gen.counters[0]
-    elapsed = (int(counters["last_ns"]) - int(counters["first_ns"])) / 1e9
-    assert sent == pytest.approx(500, abs=10)     # 8 Mbit/s of 1000-byte writes: 1000/s
-    assert (int(counters["bytes"]) - 1000) * 8 / elapsed == pytest.approx(8e6, rel=0.02)
+    path = tmp_path / "frames"
+    with open(path, "wb") as file:
+        start = monotonic()
+        sent = gen.send(file, duration=0.5)
+    assert sent > 0
+    assert int(gen.counters[0]["bytes"]) == path.stat().st_size == sent * 1000
+    seqs, times = probe_times(path, 1000)
+    assert np.array_equal(seqs, np.arange(sent))
+    assert times[-1] - start <= 0.5e9       # every frame inside the duration
+    # 8 Mbit/s of 1000-byte writes: 1000 frames a second, each costing 8000 bits
+    check_token_bucket(start, times, np.full(sent, 8000), 8_000_000, gen.burst, gen.batch)
 
 
 def test_a_late_generator_catches_up_by_one_burst_at_most() -> None:
     gen = Generator([60], rate=1000, burst=10)
     with open(os.devnull, "wb") as devnull:
         gen.send(devnull, count=1)
-        time.sleep(0.1)                 # 100 packets' worth of time passes unused
+        time.sleep(0.1)                 # 100 packets' worth of time passes unused (or more)
         assert gen.send(devnull, duration=0.0005) <= 10 + 1
 
 
 def test_stop_ends_an_unlimited_send_from_another_thread() -> None:
     gen = GenConfig(rate=parse_rate("50kpps")).generator()
+    returned: list[int] = []
     with open(os.devnull, "wb") as devnull:
-        timer = threading.Timer(0.2, gen.stop)
-        timer.start()
-        started = time.monotonic()
-        gen.send(devnull)
-        assert 0.15 < time.monotonic() - started < 1.0
-        timer.join()
+        sender = threading.Thread(target=lambda: returned.append(gen.send(devnull)))
+        sender.start()
+        try:
+            wait_until(lambda: gen.counters[0]["packets"] >= 1000, 30,
+                       "the unlimited send to be under way")
+            assert sender.is_alive() and not returned      # nothing but stop() ends it
+        finally:
+            gen.stop()
+            sender.join(30)
+    assert not sender.is_alive(), "stop() did not end the send"
+    assert returned == [int(gen.counters[0]["packets"])]
 
 
 def test_generator_to_sink_over_a_datagram_pair_loses_nothing() -> None:
     gen = GenConfig(flows=4, rate=parse_rate("50kpps")).generator()
     with datagram_pair() as (tx, rx), Sink(max_flows=4) as sink:
         reader = threading.Thread(target=sink.run, args=(rx,), kwargs={"count": 4000,
-                                                                        "duration": 10})
+                                                                        "duration": 60})
         reader.start()
         sent = gen.send(tx, count=4000)
         reader.join()
@@ -359,33 +436,59 @@ def test_generator_to_sink_over_a_datagram_pair_loses_nothing() -> None:
     assert result.latency is not None and result.latency.count == 4000
 
 
+# The smallest send buffer the kernel grants (it doubles the value asked for and enforces a
+# minimum): a few 1400-byte datagrams fill it.
+SMALL_SNDBUF = 4096
+
+
 def test_flat_out_send_waits_when_the_descriptor_is_full() -> None:
+    """The reader starts only once the generator has found the socket full and tried again, so
+    the wait is exercised on every run: the generator must have written exactly what the socket
+    holds, and then deliver every frame, once and in order, as the reader makes room."""
+    count = 3000
+    fits = datagrams_that_fit(SMALL_SNDBUF, 1400)
     gen = Generator([1400])
-    with datagram_pair() as (tx, rx), Sink() as sink:
-        reader = threading.Thread(target=sink.run, args=(rx,), kwargs={"count": 3000,
-                                                                        "duration": 10})
+    written_when_full: list[int] = []
+    with datagram_pair(SMALL_SNDBUF) as (tx, rx), Sink() as sink:
+
+        def read_once_the_socket_is_full() -> None:
+            try:
+                # the second refusal comes after a wait: the first one's count is final by then
+                wait_until(lambda: gen.counters[0]["would_block"] >= 2, 30,
+                           "the generator to find the socket full")
+                written_when_full.append(int(gen.counters[0]["packets"]))
+                sink.run(rx, count=count, duration=60)
+            except BaseException:
+                gen.stop()          # nobody will make room: end the send, the test fails below
+                raise
+
+        reader = threading.Thread(target=read_once_the_socket_is_full)
         reader.start()
-        sent = gen.send(tx, count=3000)
+        sent = gen.send(tx, count=count)
         reader.join()
-    assert sent == 3000 and sink.counters[0]["probe_packets"] == 3000
-    assert gen.counters[0]["would_block"] > 0      # the socket buffer filled: EAGAIN, poll
+        result = SinkResult.of(sink)
+    assert written_when_full == [fits]
+    assert sent == count and result.probe_packets == count
+    assert (result.lost, result.duplicates, result.reordered) == (0, 0, 0)
 
 
 def test_sink_stops_on_duration_idle_and_stop() -> None:
     with datagram_pair() as (tx, rx), Sink() as sink:
         started = time.monotonic()
         assert sink.run(rx, duration=0.2) == 0
-        assert 0.19 < time.monotonic() - started < 1.0
+        assert 0.19 < time.monotonic() - started < 30
 
         Generator([60]).send(tx, count=5)
         started = time.monotonic()
-        assert sink.run(rx, idle=0.1, duration=5) == 5
-        assert time.monotonic() - started < 1.0
+        assert sink.run(rx, idle=0.1, duration=60) == 5
+        assert time.monotonic() - started < 30      # idle ended it, not the duration
 
-        threading.Timer(0.1, sink.stop).start()
+        stopper = threading.Timer(0.1, sink.stop)
+        stopper.start()
         started = time.monotonic()
-        sink.run(rx)
-        assert time.monotonic() - started < 1.0
+        sink.run(rx, duration=60)
+        assert time.monotonic() - started < 30      # stop() ended it, not the duration
+        stopper.join()
 
 
 def test_sink_run_reports_a_bad_descriptor_as_oserror() -> None:
