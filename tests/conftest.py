@@ -2,7 +2,8 @@
 
 Privileged tests take the ``privileged`` fixture. Without root (or without /dev/net/tun) they skip
 with the reason, unless ``TAPENGINE_REQUIRE_PRIVILEGED=1`` is set (as in CI), which turns the skip
-into a failure. Every namespace and link a test creates carries a unique ``te`` prefix and is
+into a failure. io_uring is required the same way (``needs_io_uring``; ``batch_io`` runs a test
+once per I/O backend). Every namespace and link a test creates carries a unique ``te`` prefix and is
 removed by a finalizer, whether the test passed or not.
 """
 
@@ -13,8 +14,12 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tapengine._batchio import BatchIO
 
 REQUIRE_PRIVILEGED = os.environ.get("TAPENGINE_REQUIRE_PRIVILEGED", "") not in ("", "0")
 
@@ -27,14 +32,41 @@ def _privilege_problem() -> str | None:
     return None
 
 
-@pytest.fixture
-def privileged() -> None:
-    problem = _privilege_problem()
+def _require(problem: str | None) -> None:
+    """Nothing when ``problem`` is None; else skip, or fail under TAPENGINE_REQUIRE_PRIVILEGED=1."""
     if problem is None:
         return
     if REQUIRE_PRIVILEGED:
         pytest.fail(f"TAPENGINE_REQUIRE_PRIVILEGED=1 but this test {problem}")
     pytest.skip(problem)
+
+
+@pytest.fixture
+def privileged() -> None:
+    _require(_privilege_problem())
+
+
+@pytest.fixture
+def needs_io_uring() -> None:
+    """io_uring must carry batches here (the probe of ``tapengine._uring``), as privilege must."""
+    from tapengine._uring import unavailable_reason
+
+    reason = unavailable_reason()
+    _require(f"needs io_uring, unusable here: {reason}" if reason else None)
+
+
+@pytest.fixture(params=["readv", "io_uring"])
+def batch_io(request: pytest.FixtureRequest) -> Iterator[BatchIO]:
+    """Each I/O backend in turn, closed at teardown: ``ReadvIO``, then a 64-entry ``UringIO``."""
+    from tapengine import ReadvIO, UringIO
+
+    if request.param == "io_uring":
+        request.getfixturevalue("needs_io_uring")
+        with UringIO(64) as uring:
+            yield uring
+    else:
+        with ReadvIO() as readv:
+            yield readv
 
 
 def unique_prefix() -> str:

@@ -91,7 +91,8 @@ def test_wire_carries_ping_and_200_mb_of_tcp_intact(lan: Callable[..., list[Host
         assert stats.ports[0].rx_bytes / stats.ports[0].rx_packets > 9000  # superframes
 
 
-def test_io_uring_backend_carries_tcp_intact(lan: Callable[..., list[Host]]) -> None:
+def test_io_uring_backend_carries_tcp_intact(lan: Callable[..., list[Host]],
+                                             needs_io_uring: None) -> None:
     a, b = lan(2)
     with Engine(lan.ports, "wire", io="uring") as engine:  # type: ignore[attr-defined]
         sent, received, nbytes = tcp_transfer(a, b, 50 * MB)
