@@ -343,7 +343,8 @@ cdef class Forwarder:
             close(self.stopfd)
 
     def add_port(self, fd, PacketRing ring not None, *, bint vnet_hdr=False, bint l2=True):
-        """Serve ``fd`` (non-blocking, one packet per read/write) through ``ring``; returns its index.
+        """Serve ``fd`` (non-blocking, one packet per read/write) through ``ring``; returns its
+        index.
 
         ``vnet_hdr`` says the fd carries a 10-byte virtio_net_hdr before every frame; ``l2`` that
         frames are Ethernet (tap), not IP packets (tun). A switch needs ``l2``. The caller

@@ -14,6 +14,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from tapengine._ring cimport PacketRing
+from tapengine.netorder cimport store_host16
 
 # struct virtio_net_hdr: flags and gso_type values (linux/virtio_net.h).
 cdef enum:
@@ -29,9 +30,9 @@ cdef enum:
 # Output modes of gso_segment*.
 cdef enum:
     GSO_OUT_FULL_CSUM = 0       # every checksum computed; output header all zero (a plain frame)
-    GSO_OUT_PARTIAL_CSUM = 1    # L4 checksum left partial for an egress with CSUM but no TSO:
-                                # pseudo-header sum in the field, header flags NEEDS_CSUM with
-                                # csum_start/csum_offset set (IPv4 header checksum still full)
+    # L4 checksum left partial for an egress with CSUM but no TSO: pseudo-header sum in the
+    # field, header flags NEEDS_CSUM with csum_start/csum_offset set (IPv4 header checksum full)
+    GSO_OUT_PARTIAL_CSUM = 1
 
 # Why a packet was refused: drop counters are indexed by these ("drops by reason").
 # ``REASONS[code]`` in Python gives the lower-case name without the ``GSO_`` prefix.
@@ -86,7 +87,8 @@ cdef int gso_validate(const uint8_t *hdr, const uint8_t *frame, uint32_t length,
                       gso_info *info) noexcept nogil
 
 # Store a recomputed hdr_len into a header (host order), e.g. before passing it through.
-cdef void gso_store_hdr_len(uint8_t *hdr, uint16_t hdr_len) noexcept nogil
+cdef inline void gso_store_hdr_len(uint8_t *hdr, uint16_t hdr_len) noexcept nogil:
+    store_host16(hdr + 2, hdr_len)
 
 # Validate, then write the frame's segments into ``out`` from ``out.tail`` on and advance tail.
 # A non-GSO packet is copied as one frame, its NEEDS_CSUM checksum completed (FULL mode).

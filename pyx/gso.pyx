@@ -120,10 +120,6 @@ cdef inline void _ipv4_header_csum(uint8_t *l3) noexcept nogil:
 
 # -- validation -------------------------------------------------------------------------------
 
-cdef inline void gso_store_hdr_len(uint8_t *hdr, uint16_t hdr_len) noexcept nogil:
-    store_host16(hdr + 2, hdr_len)
-
-
 cdef int _parse_ipv6_ext(const uint8_t *frame, gso_info *info, bint strict) noexcept nogil:
     # Walks hop-by-hop, routing and destination options headers from info.l4_off; leaves
     # l4_off/l4_proto at the upper-layer header. Returns 0 or a GsoReason (> 0).

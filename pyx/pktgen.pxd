@@ -107,11 +107,13 @@ cdef class Generator:
 cdef uint32_t gen_admit(Generator gen, uint32_t count, uint64_t now) noexcept nogil
 # Patches ``count`` slots from gen.pos onwards (seq, flow, timestamp, checksum); returns count.
 cdef uint32_t gen_prepare(Generator gen, uint32_t count) noexcept nogil
-# Accounts ``sent`` of ``prepared`` patched packets as written and rolls back the rest; returns sent.
-cdef uint32_t gen_commit(Generator gen, uint32_t prepared, uint32_t sent, uint64_t now) noexcept nogil
+# Accounts ``sent`` of ``prepared`` patched packets as written and rolls back the rest;
+# returns sent.
+cdef uint32_t gen_commit(Generator gen, uint32_t prepared, uint32_t sent,
+                         uint64_t now) noexcept nogil
 # Writes packets until ``limit`` packets, ``deadline`` (CLOCK_MONOTONIC ns, 0 = none) or a stop
-# request, through ``io`` (tapengine._batchio: writev when it is None); returns packets written, with 0 or
-# the errno that ended the run in *err.
+# request, through ``io`` (tapengine._batchio: writev when it is None); returns packets written,
+# with 0 or the errno that ended the run in *err.
 cdef uint64_t gen_run(Generator gen, BatchIO io, int fd, bint vnet_hdr, uint64_t limit,
                       uint64_t deadline, int *err) noexcept nogil
 
@@ -124,7 +126,7 @@ cdef class Sink:
     cdef object _hist_array
     cdef sink_counters_t *counters
     cdef sink_flow_t *flow_table
-    cdef uint64_t *windows              # max_flows x window_words bitmaps of recent sequence numbers
+    cdef uint64_t *windows              # max_flows x window_words bitmaps of recent seq numbers
     cdef uint64_t *hist
     cdef readonly uint32_t max_flows
     cdef readonly uint32_t window       # bits of duplicate window per flow (a multiple of 64)
@@ -133,15 +135,16 @@ cdef class Sink:
     cdef volatile int stop_requested
 
 
-# Sink hot path. Accounts frames [first, first + count) of ``ring`` received at ``now``; returns count.
+# Sink hot path. Accounts frames [first, first + count) of ``ring`` received at ``now``;
+# returns count.
 cdef uint32_t sink_consume(Sink sink, PacketRing ring, uint32_t first, uint32_t count,
                            uint64_t now) noexcept nogil
 # Reads and accounts until ``limit`` probe frames, ``deadline``, ``idle_ns`` without a frame after
 # the first probe, or a stop request, through ``io`` (readv when it is None); returns
 # frames read, with 0 or the ending errno in *err.
 cdef uint64_t sink_run(Sink sink, BatchIO io, int fd, bint vnet_hdr, uint32_t budget,
-                       uint64_t limit, uint64_t deadline, uint64_t idle_ns, int *err) noexcept nogil
-
+                       uint64_t limit, uint64_t deadline, uint64_t idle_ns,
+                       int *err) noexcept nogil
 
 
 # Index of the latency histogram bucket holding ``ns`` (0 .. HIST_BUCKETS - 1): exact below 32 ns,

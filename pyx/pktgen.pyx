@@ -39,7 +39,7 @@ from tapengine.includes.system cimport (
 from tapengine.netorder cimport (
     load_be16, load_be32, load_be64, load_host16, store_be16, store_be32, store_be64,
 )
-from tapengine.syscall cimport fd_of, raise_errno, would_block
+from tapengine.syscall cimport fd_of, raise_errno
 
 import numpy as np
 
@@ -176,11 +176,11 @@ cdef uint32_t gen_prepare(Generator gen, uint32_t count) noexcept nogil:
 
 cdef uint32_t gen_commit(Generator gen, uint32_t prepared, uint32_t sent,
                          uint64_t now) noexcept nogil:
-    cdef uint32_t i, flow
+    cdef uint32_t i, _undone, flow
     for i in range(sent):
         gen.counters.bytes += ring_len(gen.ring, gen.pos + i)[0]
     # packets prepared but not written give their sequence numbers back, newest first
-    for i in range(prepared - sent):
+    for _undone in range(prepared - sent):
         flow = gen.next_flow - 1 if gen.next_flow > 0 else gen.flows - 1
         gen.next_flow = flow
         gen.flow_seq[flow] -= 1
@@ -289,7 +289,8 @@ cdef class Generator:
     """
 
     def __cinit__(self, lengths, *, bint tun=False, bint ipv6=False,
-                  bytes src_mac=b"\x02\x77\x00\x00\x00\x01", bytes dst_mac=b"\x02\x77\x00\x00\x00\x02",
+                  bytes src_mac=b"\x02\x77\x00\x00\x00\x01",
+                  bytes dst_mac=b"\x02\x77\x00\x00\x00\x02",
                   bytes src_ip=None, bytes dst_ip=None, int src_port=10000, int dst_port=9,
                   int flows=1, rate=0, bint rate_bits=False, burst=None, int batch=32):
         lengths = [int(length) for length in lengths]
@@ -654,7 +655,8 @@ cdef uint32_t sink_consume(Sink sink, PacketRing ring, uint32_t first, uint32_t 
 
 
 cdef uint64_t sink_run(Sink sink, BatchIO io, int fd, bint vnet_hdr, uint32_t budget,
-                       uint64_t limit, uint64_t deadline, uint64_t idle_ns, int *err) noexcept nogil:
+                       uint64_t limit, uint64_t deadline, uint64_t idle_ns,
+                       int *err) noexcept nogil:
     cdef uint64_t total = 0, now, last_rx = 0, probes_at_start = sink.counters.probe_packets
     cdef uint64_t until
     cdef uint32_t n
@@ -830,7 +832,8 @@ cdef class Sink:
 
 
 def bucket_bounds():
-    """``(low, high)`` uint64 arrays: bucket ``i`` of the histogram holds ``low[i] <= ns < high[i]``."""
+    """``(low, high)`` uint64 arrays: bucket ``i`` of the histogram holds
+    ``low[i] <= ns < high[i]``."""
     low = np.zeros(HIST_BUCKETS, dtype=np.uint64)
     high = np.zeros(HIST_BUCKETS, dtype=np.uint64)
     for index in range(HIST_BUCKETS):

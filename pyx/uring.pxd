@@ -41,8 +41,9 @@ cdef class UringIO(BatchIO):
     cdef readonly uint32_t features
     cdef bint enabled               # owned: the first thread that submits takes it (and enables it)
     cdef uint64_t owner             # te_thread_id() of the owning thread
-    cdef public bint _link_writes   # benchmarks only (bench/uring_ratio.py): False leaves
-                                    # writes unlinked, so an error does not stop the batch
+    # benchmarks only (bench/uring_ratio.py): False leaves writes unlinked (an error no longer
+    # stops the batch); True otherwise
+    cdef public bint _link_writes
     cdef int dead                   # errno that left submissions in an unknown state, else 0
     cdef uint32_t hint[HINT_SLOTS]  # packets the last recv on this fd found
     # counters, for benchmarks and profiles

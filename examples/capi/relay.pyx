@@ -5,7 +5,7 @@ It cimports tapengine's C-level API (the packet ring, the batched reads and writ
 dispatch) exactly as another project would, and moves packets between two fds with it.
 """
 
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint32_t
 
 from tapengine._batchio cimport BatchIO, ring_recv, ring_recv_via, ring_send, ring_send_via
 from tapengine._ring cimport VNET_HDR_LEN, PacketRing, ring_frame, ring_len, ring_pending
