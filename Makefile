@@ -38,8 +38,14 @@ $(VENV)/.stamp-system: | $(VENV)/.stamp-venv
 demo: build system-deps
 	$(VENV)/bin/tapengine demo
 
+# ruff; mypy's stubtest: the .pyi stubs against the compiled modules (Cython's own additions
+# allowed in pyx/stubtest-allowlist.txt); cython-lint on the Cython sources (it runs pycodestyle
+# from PATH, hence the venv first).
+STUBBED := $(patsubst src/tapengine/%.pyi,tapengine.%,$(wildcard src/tapengine/_*.pyi))
 lint: build
 	$(VENV)/bin/ruff check src tests bench examples
+	$(PY) -m mypy.stubtest --allowlist pyx/stubtest-allowlist.txt $(STUBBED)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cython-lint pyx examples/capi
 
 # The documentation (docs/), warnings as errors; -E rereads every page so none is skipped.
 docs: build

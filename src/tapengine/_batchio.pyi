@@ -1,11 +1,14 @@
 from types import TracebackType
 from typing import Literal, Protocol
 
+from typing_extensions import disjoint_base
+
 from tapengine._ring import PacketRing
 
 class _HasFileno(Protocol):
     def fileno(self) -> int: ...
 
+@disjoint_base
 class BatchIO:
     def recv_batch(
         self, fd: int | _HasFileno, ring: PacketRing, budget: int = 64, *, vnet_hdr: bool = False

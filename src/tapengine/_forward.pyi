@@ -1,8 +1,9 @@
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 from tapengine._batchio import BatchIO
 from tapengine._ring import PacketRing
@@ -15,8 +16,9 @@ MODES: tuple[str, ...]
 def format_mac(mac: int) -> str: ...
 def parse_mac(text: str) -> int: ...
 
+@final
 class MacTable:
-    def __init__(self, capacity: int = 4096, ageing: float = 300.0) -> None: ...
+    def __new__(cls, capacity: int = 4096, ageing: float = 300.0) -> Self: ...
     @property
     def capacity(self) -> int: ...
     @property
@@ -30,15 +32,16 @@ class MacTable:
     @property
     def stats(self) -> dict[str, int]: ...
 
+@disjoint_base
 class Forwarder:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         mode: Literal["wire", "switch"] = "wire",
         budget: int = 64,
         table: MacTable | None = None,
         spin: int = 0,
         io: BatchIO | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def add_port(self, fd: int, ring: PacketRing, *, vnet_hdr: bool = False,
                  l2: bool = True) -> int: ...
     def run(self) -> None: ...

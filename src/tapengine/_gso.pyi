@@ -3,7 +3,7 @@ from typing import Literal, TypedDict, overload
 
 from tapengine._ring import PacketRing
 
-Buffer = bytes | bytearray | memoryview
+_Buffer = bytes | bytearray | memoryview
 
 REASONS: tuple[str, ...]
 NEEDS_CSUM: int
@@ -33,7 +33,7 @@ class GsoReason(enum.IntEnum):
     GSO_SLOT_TOO_SMALL = 15
     GSO_REASON_COUNT = 16
 
-class BatchStats(TypedDict):
+class _BatchStats(TypedDict):
     consumed: int
     packets: int
     superframes: int
@@ -42,12 +42,12 @@ class BatchStats(TypedDict):
     drops: dict[str, int]
 
 def reason_name(code: int) -> str: ...
-def validate(header: Buffer, frame: Buffer, *, l2: bool = True) -> tuple[str | None, int]: ...
-def complete_checksum(header: Buffer, frame: Buffer, *, l2: bool = True) -> bytes: ...
+def validate(header: _Buffer, frame: _Buffer, *, l2: bool = True) -> tuple[str | None, int]: ...
+def complete_checksum(header: _Buffer, frame: _Buffer, *, l2: bool = True) -> bytes: ...
 @overload
 def segment(
-    header: Buffer,
-    frame: Buffer,
+    header: _Buffer,
+    frame: _Buffer,
     *,
     l2: bool = True,
     partial_csum: bool = False,
@@ -55,8 +55,8 @@ def segment(
 ) -> list[bytes]: ...
 @overload
 def segment(
-    header: Buffer,
-    frame: Buffer,
+    header: _Buffer,
+    frame: _Buffer,
     *,
     l2: bool = True,
     partial_csum: bool = False,
@@ -70,4 +70,4 @@ def segment_batch(
     *,
     l2: bool = True,
     partial_csum: bool = False,
-) -> BatchStats: ...
+) -> _BatchStats: ...

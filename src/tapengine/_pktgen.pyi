@@ -1,7 +1,8 @@
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 from tapengine._batchio import BatchIO
 from tapengine._ring import PacketRing
@@ -25,6 +26,7 @@ def monotonic() -> int: ...
 def bucket_bounds() -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]: ...
 def histogram_index(ns: int) -> int: ...
 
+@disjoint_base
 class Generator:
     ring: PacketRing
     flows: int
@@ -32,8 +34,8 @@ class Generator:
     batch: int
     ipv6: bool
     tun: bool
-    def __init__(
-        self,
+    def __new__(
+        cls,
         lengths: Any,
         *,
         tun: bool = False,
@@ -49,7 +51,7 @@ class Generator:
         rate_bits: bool = False,
         burst: int | None = None,
         batch: int = 32,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def rate(self) -> int: ...
     @property
@@ -74,20 +76,21 @@ class Generator:
     def fill(self, ring: PacketRing, count: int) -> int: ...
     def stop(self) -> None: ...
 
+@disjoint_base
 class Sink:
     ring: PacketRing
     max_flows: int
     window: int
     tun: bool
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         tun: bool = False,
         max_flows: int = 1024,
         window: int = 1024,
         nslots: int = 256,
         slot_size: int = 16384,
-    ) -> None: ...
+    ) -> Self: ...
     def close(self) -> None: ...
     def __enter__(self) -> Sink: ...
     def __exit__(self, *exc_info: object) -> None: ...

@@ -1,13 +1,17 @@
 from types import TracebackType
+from typing import Self
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
+CACHE_LINE: int
 MAX_SLOT_SIZE: int
 MIN_SLOT_SIZE: int
 MAX_SLOTS: int
 VNET_HDR_DTYPE: np.dtype[np.void]
 
+@disjoint_base
 class PacketRing:
     nslots: int
     slot_size: int
@@ -15,7 +19,7 @@ class PacketRing:
     mask: int
     head: int
     tail: int
-    def __init__(self, nslots: int = 256, slot_size: int = 2048) -> None: ...
+    def __new__(cls, nslots: int = 256, slot_size: int = 2048) -> Self: ...
     def close(self) -> None: ...
     def resize(self, nslots: int, slot_size: int | None = None) -> None: ...
     @property

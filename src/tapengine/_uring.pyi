@@ -1,9 +1,12 @@
 from typing import Literal
 
+from typing_extensions import disjoint_base
+
 from tapengine._batchio import BatchIO, ReadvIO
 
 MAX_ENTRIES: int
 
+@disjoint_base
 class UringIO(BatchIO):
     entries: int
     setup_flags: int
