@@ -9,6 +9,7 @@ what), against scapy's checksums for segmented superframes, and against the kern
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
@@ -21,6 +22,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from netutil import wait_until
 from tapengine import PacketRing
 from tapengine._forward import (
     COUNTER_NAMES,
@@ -66,33 +68,50 @@ class Harness:
     def send(self, port: int, data: bytes) -> None:
         self.outer[port].send(data)
 
-    def recv_all(self, port: int, settle: float = 0.2) -> list[bytes]:
+    def recv_all(self, port: int) -> list[bytes]:
+        """Every frame the forwarder wrote to ``port`` for what was sent in, and nothing more."""
+        self.wait_idle()
         got: list[bytes] = []
-        deadline = time.monotonic() + settle
-        while time.monotonic() < deadline:
+        while True:
             try:
                 got.append(self.outer[port].recv(70000))
-                deadline = time.monotonic() + settle
             except BlockingIOError:
-                time.sleep(0.01)
-        return got
+                return got
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until the forwarder has read every frame sent in and sleeps in epoll_wait.
+
+        It sleeps only after passes over every port found nothing to do, and a write to a socket
+        pair is complete when it returns: everything it will write for the frames sent so far is
+        then waiting in the sockets.
+        """
+        def idle() -> bool:
+            unread, _, _ = select.select(self.inner, [], [], 0)
+            return not unread and sleeps_in_epoll_wait(self.thread)
+
+        wait_until(idle, timeout, "the forwarder to read every frame sent in and go idle")
 
     def counter(self, port: int, name: str) -> int:
         return int(self.forwarder.counters[port, COL[name]])
 
-    def wait_rx(self, port: int, packets: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.counter(port, "rx_packets") < packets:
-            assert time.monotonic() < deadline, f"port {port} read fewer than {packets} packets"
-            time.sleep(0.005)
+    def wait_rx(self, port: int, packets: int, timeout: float = 30.0) -> None:
+        wait_until(lambda: self.counter(port, "rx_packets") >= packets, timeout,
+                   f"port {port} to read {packets} packets")
 
     def close(self) -> None:
         self.forwarder.stop()
-        self.thread.join(5)
+        self.thread.join(30)
         assert not self.thread.is_alive(), "the forwarder did not stop"
         self.forwarder.close()
         for sock in self.inner + self.outer:
             sock.close()
+
+
+def sleeps_in_epoll_wait(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is asleep in epoll_wait, as the kernel reports it (its wait channel)."""
+    with open(f"/proc/self/task/{thread.native_id}/wchan") as file:
+        channel = file.read()
+    return "epoll" in channel or channel == "ep_poll"
 
 
 @contextmanager
@@ -174,7 +193,6 @@ def test_full_egress_is_counted_as_dropped_not_lost() -> None:
                 except BlockingIOError:
                     time.sleep(0.001)
         h.wait_rx(0, sent)
-        time.sleep(0.1)
         delivered = len(h.recv_all(1))
         assert h.counter(1, "drop_full") > 0
         assert h.counter(1, "tx_packets") == delivered
@@ -197,7 +215,7 @@ def test_stop_before_run_returns_at_once() -> None:
     forwarder.stop()
     thread = threading.Thread(target=forwarder.run)
     thread.start()
-    thread.join(2)
+    thread.join(30)
     assert not thread.is_alive()
     with pytest.raises(RuntimeError):
         forwarder.run()
