@@ -17,6 +17,7 @@ them over workers into an ``EngineStats`` snapshot, and ``EngineStats.rates(earl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -27,7 +28,6 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import numpy as np
-from pyroute2 import IPRoute
 
 from tapengine._forward import (
     COUNTER_NAMES,
@@ -39,8 +39,10 @@ from tapengine._forward import (
 from tapengine._gso import REASONS as GSO_REASONS
 from tapengine._ring import MAX_SLOT_SIZE, PacketRing
 from tapengine._uring import UringIO
-from tapengine.errors import FlagMismatchError
+from tapengine.errors import DeviceNotFoundError, FlagMismatchError
+from tapengine.netlink import IFF_UP, find_link, link_kind, netlink_errors, rtnl
 from tapengine.tun import Mode, Offload, TunQueue, open_queue, open_queues
+from tapengine.validate import MAX_TAP_QUEUES, MAX_TXQUEUELEN, check_float, check_int
 
 EngineMode = Literal["wire", "switch"]
 IoBackend = Literal["readv", "uring"]
@@ -55,6 +57,14 @@ DEFAULT_OFFLOAD = (
 #: bursts overflow 1000 and every overflow is a retransmit; 2000 and up removed them all
 #: (bench/RESULTS.md, "Larger queues").
 DEFAULT_TXQUEUELEN = 5000
+
+#: Most ports of one switch (``MAX_PORTS`` of the forwarder, pyx/forward.pxd); a wire has two.
+MAX_SWITCH_PORTS = 64
+#: Most packets read from one port per pass of a worker.
+MAX_BUDGET = 256
+#: MAC table size bounds (the table is 4-way set-associative) and the longest ageing, seconds.
+MIN_TABLE_SIZE, MAX_TABLE_SIZE = 4, 1 << 24
+MAX_AGEING = 1e7
 
 #: Counters reported per queue (per worker) in ``PortStats.queues``.
 QUEUE_COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
@@ -85,8 +95,33 @@ class Port:
         self.queues = list(queues)
         self.mode: Mode = queues[0].mode
         self.vnet_hdr = queues[0].vnet_hdr
-        self.offload = queues[0].offload
         self.txqueuelen = txqueuelen        # what open_port found or set; 0: not looked at
+        self._txqueuelen_before: int | None = None   # set when this port raised it
+
+    def raise_txqueuelen(self, length: int) -> int:
+        """Make the device's txqueuelen at least ``length``; ``restore_txqueuelen`` undoes it."""
+        before = _get_txqueuelen(self.name)
+        if before < length:
+            _set_txqueuelen(self.name, length)
+            if self._txqueuelen_before is None:
+                self._txqueuelen_before = before
+        self.txqueuelen = max(before, length)
+        return self.txqueuelen
+
+    def restore_txqueuelen(self) -> None:
+        """Give the device back the txqueuelen it had before this port raised it (if it did).
+        A device that is gone meanwhile is left alone."""
+        if self._txqueuelen_before is None:
+            return
+        with contextlib.suppress(OSError):  # best effort on the way out; a device gone is fine
+            _set_txqueuelen(self.name, self._txqueuelen_before)
+        self.txqueuelen = self._txqueuelen_before
+        self._txqueuelen_before = None
+
+    @property
+    def offload(self) -> Offload:
+        """The offloads the kernel accepted (the same on every queue)."""
+        return self.queues[0].offload
 
     @property
     def nqueues(self) -> int:
@@ -108,15 +143,75 @@ class Port:
         return f"<Port {self.mode} {self.name!r} {self.nqueues} queue(s) offload={offload}>"
 
 
+def _get_txqueuelen(name: str) -> int:
+    with rtnl() as ipr:
+        return int(find_link(ipr, name, None).get_attr("IFLA_TXQLEN"))
+
+
+def _set_txqueuelen(name: str, length: int) -> None:
+    check_int(length, "txqueuelen", 0, MAX_TXQUEUELEN)
+    with rtnl() as ipr, netlink_errors(f"cannot set the txqueuelen of {name!r} to {length}"):
+        ipr.link("set", index=find_link(ipr, name, None)["index"], txqlen=length)
+
+
 def raise_txqueuelen(name: str, length: int) -> int:
     """Make device ``name``'s txqueuelen at least ``length`` (never lower it); returns it then."""
-    with IPRoute() as ipr:
-        (index,) = ipr.link_lookup(ifname=name)
-        current = int(ipr.link("get", index=index)[0].get_attr("IFLA_TXQLEN"))
-        if current < length:
-            ipr.link("set", index=index, txqlen=length)
-            return length
+    check_int(length, "txqueuelen", 0, MAX_TXQUEUELEN)
+    current = _get_txqueuelen(name)
+    if current < length:
+        _set_txqueuelen(name, length)
+        return length
     return current
+
+
+def link_is_up(name: str) -> bool | None:
+    """Whether link ``name`` of this namespace is administratively up; None if it is not here."""
+    try:
+        with rtnl() as ipr:
+            return bool(find_link(ipr, name, None)["flags"] & IFF_UP)
+    except OSError:
+        return None
+
+
+def check_openable(name: str, mode: Mode) -> None:
+    """Refuse, before anything is opened, a device ``name`` that exists and is not a ``mode``
+    tun/tap (a tun for a tap, a veth, the loopback); a missing one is fine (it is created).
+
+    Opening a persistent device with a virtio-net header changes its flags, so a command that
+    fails on its second device must find that out before it opens the first.
+    """
+    try:
+        with rtnl() as ipr:
+            msg = find_link(ipr, name, None)
+    except DeviceNotFoundError:
+        return
+    kind = link_kind(msg)
+    if kind == mode:
+        return
+    if kind in ("tap", "tun"):
+        hint = "leave out --tun" if kind == "tap" else "add --tun"
+        raise FlagMismatchError(
+            errno.EINVAL, f"cannot open {name!r} as a {mode}: it is a {kind} ({hint}, or name "
+            f"another device)",
+        )  # fmt: skip
+    raise FlagMismatchError(
+        errno.EINVAL, f"cannot open {name!r} as a {mode}: it is a {kind} link, not a tun/tap "
+        "device (name a tap or tun, or a new name to create one)",
+    )  # fmt: skip
+
+
+def _open_queues(name: str, mode: Mode, queues: int, vnet_hdr: bool) -> list[TunQueue]:
+    if queues > 1:
+        return open_queues(name, queues, mode, vnet_hdr=vnet_hdr)
+    try:
+        return [open_queue(name, mode, vnet_hdr=vnet_hdr)]
+    except FlagMismatchError as first:
+        # A single queue opens a device created multi-queue too; if that is not it either, the
+        # first error is the one that answers what was asked (no "multi-queue" in it).
+        try:
+            return open_queues(name, 1, mode, vnet_hdr=vnet_hdr)
+        except FlagMismatchError:
+            raise first from None
 
 
 def open_port(name: str, *, mode: Mode = "tap", queues: int = 1,
@@ -127,27 +222,25 @@ def open_port(name: str, *, mode: Mode = "tap", queues: int = 1,
     and as many of the offloads as the kernel accepts; then the kernel hands over 64 KiB
     superframes and the engine passes them through. ``offload=False`` gives plain frames.
     A single queue opens a device created multi-queue, too. The device's txqueuelen is raised to
-    ``txqueuelen`` if it is lower (0: left as it is).
+    ``txqueuelen`` if it is lower (0: left as it is); ``Port.restore_txqueuelen`` undoes that.
     """
+    check_int(queues, "number of queues", 1, MAX_TAP_QUEUES)
+    check_int(txqueuelen, "txqueuelen", 0, MAX_TXQUEUELEN)
+    check_openable(name, mode)
     wanted = DEFAULT_OFFLOAD if offload is True else Offload(offload or 0)
-    vnet_hdr = bool(wanted)
-    if queues == 1:
-        try:
-            opened = [open_queue(name, mode, vnet_hdr=vnet_hdr)]
-        except FlagMismatchError:
-            opened = open_queues(name, 1, mode, vnet_hdr=vnet_hdr)
-    else:
-        opened = open_queues(name, queues, mode, vnet_hdr=vnet_hdr)
+    opened = _open_queues(name, mode, queues, bool(wanted))
+    port = Port(name, opened)
     try:
         for queue in opened:
             if wanted:
                 queue.negotiate_offload(wanted)
-        length = raise_txqueuelen(name, txqueuelen) if txqueuelen else 0
+        if txqueuelen:
+            port.raise_txqueuelen(txqueuelen)
     except BaseException:
-        for queue in opened:
-            queue.close()
+        port.restore_txqueuelen()
+        port.close()
         raise
-    return Port(name, opened, length)
+    return port
 
 
 @dataclass(frozen=True)
@@ -160,6 +253,7 @@ class PortStats:
     counters: dict[str, int]
     offload: list[str] = field(default_factory=list)
     queues: list[dict[str, int]] = field(default_factory=list)   # QUEUE_COUNTERS per worker
+    link_up: bool = True        # False once Engine.link_events saw the link set down
 
     def __getattr__(self, name: str) -> int:
         try:
@@ -183,9 +277,14 @@ class PortStats:
 
     @property
     def state(self) -> str:
-        if self.up:
-            return "UP"
-        return f"DOWN ({os.strerror(self.down_errno)})" if self.down_errno else "DOWN"
+        """``UP``, ``DOWN (reason)`` for a port that failed, ``DOWN (link down)``."""
+        if not self.up:
+            return f"DOWN ({os.strerror(self.down_errno)})" if self.down_errno else "DOWN"
+        return "UP" if self.link_up else "DOWN (link down)"
+
+    @property
+    def operstate(self) -> str:
+        return "UP" if self.up and self.link_up else "DOWN"
 
 
 @dataclass(frozen=True)
@@ -208,15 +307,18 @@ class EngineStats:
         raise KeyError(name)
 
     def rates(self, earlier: EngineStats) -> dict[str, dict[str, float]]:
-        """Per port ``rx_pps``, ``rx_bps``, ``tx_pps``, ``tx_bps`` (bits) since ``earlier``."""
+        """Per port ``rx_pps``, ``rx_bps``, ``tx_pps``, ``tx_bps`` (bits) and ``dropped_pps``
+        (drops of every reason, both directions) since ``earlier``."""
         span = self.timestamp - earlier.timestamp
         result: dict[str, dict[str, float]] = {}
         for now, then in zip(self.ports, earlier.ports, strict=True):
             def per_second(name: str, now: PortStats = now, then: PortStats = then) -> float:
                 return (now.counters[name] - then.counters[name]) / span if span > 0 else 0.0
+            dropped = (now.rx_dropped + now.tx_dropped) - (then.rx_dropped + then.tx_dropped)
             result[now.name] = {
                 "rx_pps": per_second("rx_packets"), "rx_bps": 8 * per_second("rx_bytes"),
                 "tx_pps": per_second("tx_packets"), "tx_bps": 8 * per_second("tx_bytes"),
+                "dropped_pps": dropped / span if span > 0 else 0.0,
             }
         return result
 
@@ -229,7 +331,7 @@ class EngineStats:
             "ports": [
                 {
                     "ifname": port.name,
-                    "operstate": "UP" if port.up else "DOWN",
+                    "operstate": port.operstate,
                     "down_reason": os.strerror(port.down_errno) if port.down_errno else None,
                     "offload": port.offload,
                     "queues": port.queues,
@@ -259,7 +361,7 @@ class EngineStats:
                  f"{'tx packets':>12} {'tx bytes':>15} {'dropped':>9}"]
         for port in self.ports:
             lines.append(
-                f"{port.name:<16} {'UP' if port.up else 'DOWN':<6} {port.rx_packets:>12} "
+                f"{port.name:<16} {port.operstate:<6} {port.rx_packets:>12} "
                 f"{port.rx_bytes:>15} {port.tx_packets:>12} {port.tx_bytes:>15} "
                 f"{port.rx_dropped + port.tx_dropped:>9}"
             )
@@ -274,6 +376,8 @@ class EngineStats:
                 lines.append(f"drops on {port.name}: {reasons}")
             if not port.up:
                 lines.append(f"{port.name} went down: {port.state[6:-1] or 'hung up'}")
+            elif not port.link_up:
+                lines.append(f"{port.name}: link is down")
         if self.header_drops:
             lines.append("refused virtio-net headers: " + ", ".join(
                 f"{reason} {n}" for reason, n in self.header_drops.items()))
@@ -300,6 +404,20 @@ class PortEvent:
         return f"port {self.port} is down ({reason}: {gone}); forwarding goes on between the others"
 
 
+@dataclass(frozen=True)
+class LinkEvent:
+    """A port's link that was set down (or up again) while the engine ran."""
+
+    port: str
+    up: bool
+
+    def __str__(self) -> str:
+        if self.up:
+            return f"port {self.port}: link is up again; forwarding to it resumes"
+        return (f"port {self.port}: link is down; frames toward it are dropped (counted as "
+                f"link_down) until 'ip link set {self.port} up'")
+
+
 class Engine:
     """Forward between ``ports`` in ``mode`` (``"wire"``: exactly two; ``"switch"``: two or more).
 
@@ -320,6 +438,12 @@ class Engine:
             raise ValueError(f"a wire joins exactly two ports, not {len(ports)}")
         if mode == "switch" and len(ports) < 2:
             raise ValueError("a switch needs at least two ports")
+        if mode == "switch" and len(ports) > MAX_SWITCH_PORTS:
+            raise ValueError(f"a switch takes at most {MAX_SWITCH_PORTS} ports, not {len(ports)}")
+        check_int(budget, "budget", 1, MAX_BUDGET)
+        if mode == "switch":
+            check_int(table_size, "MAC table size", MIN_TABLE_SIZE, MAX_TABLE_SIZE)
+            check_float(ageing, "ageing time", high=MAX_AGEING)
         if mode == "switch" and any(port.mode != "tap" for port in ports):
             raise ValueError("a switch forwards Ethernet frames: every port must be a tap")
         if len({port.mode for port in ports}) > 1:
@@ -339,6 +463,8 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._reported: set[str] = set()
+        self._link_down: set[str] = set()     # ports whose link was seen down (link_events)
+        self._link_seen_up: set[str] = set()
         self._started = 0.0
         self._stopped: float | None = None
 
@@ -440,6 +566,7 @@ class Engine:
             up, down_errno = self._port_state(index) if self._forwarders else (True, 0)
             ports.append(PortStats(
                 name=port.name, up=up, down_errno=down_errno,
+                link_up=port.name not in self._link_down,
                 counters={name: int(counters[index, k]) for k, name in enumerate(COUNTER_NAMES)},
                 offload=offload_names(port.offload),
                 queues=[{name: int(live[index, _COL[name]]) for name in QUEUE_COUNTERS}
@@ -473,20 +600,59 @@ class Engine:
                 found.append(PortEvent(port.name, down_errno))
         return found
 
+    def link_events(self) -> list[LinkEvent]:
+        """Ports whose link went down, or up again, since the last call (asked over netlink).
+
+        A link that was down from the start (a tap the engine created is down until someone
+        brings it up) is not reported until it has been up once; a port whose link is in
+        another namespace is not watched.
+        """
+        found = []
+        for port in self.ports:
+            up = link_is_up(port.name)
+            if up is None:
+                continue
+            if up:
+                self._link_seen_up.add(port.name)
+                if port.name in self._link_down:
+                    self._link_down.discard(port.name)
+                    found.append(LinkEvent(port.name, True))
+            elif port.name in self._link_seen_up and port.name not in self._link_down:
+                self._link_down.add(port.name)
+                found.append(LinkEvent(port.name, False))
+        return found
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return (f"<Engine {self.mode} {', '.join(port.name for port in self.ports)}: "
                 f"{self.workers} worker(s), {state}>")
 
 
-def open_ports(names: Iterable[str], **kwargs: Any) -> list[Port]:
-    """``open_port`` for each name; all or none (closed again on error)."""
+def open_ports(names: Iterable[str], *, txqueuelen: int = DEFAULT_TXQUEUELEN,
+               **kwargs: Any) -> list[Port]:  # fmt: skip
+    """``open_port`` for each name; all or none. Every device is opened before any txqueuelen
+    is raised, and on an error the raised ones get their old txqueuelen back and every queue is
+    closed: a failure leaves the devices as they were."""
+    check_int(txqueuelen, "txqueuelen", 0, MAX_TXQUEUELEN)
+    names = list(names)
+    for name in names:
+        check_openable(name, kwargs.get("mode", "tap"))
     ports: list[Port] = []
     try:
         for name in names:
-            ports.append(open_port(name, **kwargs))
+            ports.append(open_port(name, txqueuelen=0, **kwargs))
+        if txqueuelen:
+            for port in ports:
+                port.raise_txqueuelen(txqueuelen)
     except BaseException:
-        for port in ports:
-            port.close()
+        close_ports(ports, restore=True)
         raise
     return ports
+
+
+def close_ports(ports: Iterable[Port], *, restore: bool = False) -> None:
+    """Close every port; with ``restore``, first give back the txqueuelen each one raised."""
+    for port in ports:
+        if restore:
+            port.restore_txqueuelen()
+        port.close()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import os
 import re
 import signal
 import threading
@@ -68,6 +69,7 @@ from tapengine.validate import (
     check_mac,
     check_mtu,
     check_netns_name,
+    read_text_file,
 )
 
 
@@ -471,18 +473,28 @@ class Topology:
 
     @classmethod
     def from_file(cls, path: str | Path, *, prefix: str | None = None) -> Topology:
-        """Read a TOML topology; errors name the file, line and key path."""
-        path = Path(path)
-        text = path.read_text(encoding="utf-8")
+        """Read a TOML topology; errors name the file, line and key path.
+
+        The file must be a regular file of at most 1 MiB of UTF-8 (a FIFO or a device is refused
+        without being read: ``InvalidValueError``); nesting too deep for the parser is refused
+        with a ``TopologyError``, not a ``RecursionError``.
+        """
+        source = os.fspath(path)
+        text = read_text_file(path, "topology file")  # its errors name the file
         try:
             data = tomllib.loads(text)
+            return cls.from_dict(data, source=source, prefix=prefix, text=text)
         except tomllib.TOMLDecodeError as err:
             match = re.search(r"line (\d+)", str(err))
             raise TopologyError(
-                f"not valid TOML: {err}", source=str(path),
+                f"not valid TOML: {err}", source=source,
                 line=int(match.group(1)) if match else None,
             ) from None  # fmt: skip
-        return cls.from_dict(data, source=str(path), prefix=prefix, text=text)
+        except RecursionError:
+            raise TopologyError(
+                "nested too deeply to read (arrays or tables inside each other hundreds of "
+                "levels deep): a topology needs only a few levels", source=source,
+            ) from None  # fmt: skip
 
     # -- what exists -------------------------------------------------------------------------
 

@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tapengine import _pktgen
+from tapengine import _pktgen, validate
 from tapengine._pktgen import Generator, Sink
+from tapengine.errors import InvalidValueError
 from tapengine.tun import TunQueue, open_queue
-from tapengine.validate import parse_mac
+from tapengine.validate import check_int, parse_mac, quote
 
 FCS_LEN = 4
 ETH_HLEN = 14
@@ -38,6 +39,14 @@ Mode = Literal["tap", "tun"]
 # -- rates -------------------------------------------------------------------------------------
 
 _PREFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+MAX_RATE = 10**12  # packets or bits per second
+#: Ports per generator: UDP source ports SRC_PORT .. SRC_PORT+FLOWS-1 (the sink tracks as many).
+MAX_FLOWS = 65536
+MAX_BATCH = 256
+#: Longest run (seconds) of the generator or the sink: 116 days; NaN and infinity are refused.
+MAX_DURATION = 1e7
+MAX_BURST = validate.MAX_U32
+MAX_COUNT = 2**63 - 1  # packets in one run: the counters are 64 bits wide
 _RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(pps|bit|bit/s|bps)?\s*$", re.IGNORECASE)
 
 
@@ -67,18 +76,20 @@ def parse_rate(text: str) -> Rate | None:
     match = _RATE.match(text)
     if not match:
         raise ValueError(
-            f"invalid rate {text!r}: use packets per second (100kpps, 1.5Mpps, 20000) or bits "
+            f"invalid rate {quote(text)}: use packets per second (100kpps, 1.5Mpps, 20000) or bits "
             "per second (500mbit, 1gbit), or 'max'"
         )
     number, prefix, unit = match.groups()
     unit = (unit or "pps").lower()
     if unit == "bps":
-        raise ValueError(f"ambiguous rate {text!r}: write bits as '{number}{prefix}bit'")
-    value = round(float(number) * _PREFIX[prefix.lower()])
+        raise ValueError(f"ambiguous rate {quote(text)}: write bits as a number and 'bit', "
+                         "like 500mbit")  # fmt: skip
+    scaled = float(number) * _PREFIX[prefix.lower()]  # 400 digits: inf, refused just below
+    if not scaled <= MAX_RATE:
+        raise ValueError(f"rate {quote(text)} is beyond anything a tap can take (limit 1 Tbit/s)")
+    value = round(scaled)
     if value <= 0:
-        raise ValueError(f"invalid rate {text!r}: it must be above zero (or 'max')")
-    if value > 10**12:
-        raise ValueError(f"rate {text!r} is beyond anything a tap can take (limit 1 Tbit/s)")
+        raise ValueError(f"invalid rate {quote(text)}: it must be above zero (or 'max')")
     return Rate(value, "pps" if unit == "pps" else "bit")
 
 
@@ -216,7 +227,22 @@ class GenConfig:
     def lengths(self) -> list[int]:
         return written_lengths(self.sizes, mode=self.mode, ipv6=self.ipv6)
 
+    def check(self) -> None:
+        """Refuse numbers the generator cannot take, naming the setting (before any syscall)."""
+        check_int(self.flows, "number of flows", 1, MAX_FLOWS)
+        check_int(self.batch, "batch size", 1, MAX_BATCH)
+        check_int(self.src_port, "UDP source port", 0, 65535)
+        check_int(self.dst_port, "UDP destination port", 0, 65535)
+        if self.src_port + self.flows - 1 > 65535:
+            raise InvalidValueError(
+                f"UDP source ports {self.src_port}..{self.src_port + self.flows - 1} do not fit "
+                "0..65535: lower the source port or the number of flows"
+            )
+        if self.burst is not None:
+            check_int(self.burst, "burst", 1, MAX_BURST)
+
     def generator(self) -> Generator:
+        self.check()
         src_ip, dst_ip = self.addresses
         return Generator(
             self.lengths(),

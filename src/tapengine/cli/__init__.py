@@ -2,21 +2,30 @@
 
 Each subcommand lives in a module of this package that exposes ``register(subparsers)``; the
 module adds its parser and sets ``func`` to a callable taking the parsed ``argparse.Namespace``
-and returning an exit code. Expected errors become one line on stderr and exit code 1.
+and returning an exit code. Expected errors become one line on stderr and exit code 1; usage
+errors (a value out of range, a missing argument) one line and exit code 2. What the commands
+share (argument types, options, output helpers) is in ``tapengine.cli.common``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from tapengine import __version__
+from tapengine.cli.common import (
+    CommandError,
+    Parser,
+    add_io_option,
+    example_epilog,
+    one_line,
+    open_io,
+)
 from tapengine.errors import TapengineError
+from tapengine.signals import Terminated
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -34,12 +43,8 @@ COMMAND_MODULES = (
 )
 
 
-class CommandError(Exception):
-    """An error a command reports as one line: what failed, why, what to do."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tapengine",
         description="A Linux packet engine for tun/tap devices.",
         epilog="Run 'tapengine COMMAND --help' for the options and an example of each command.",
@@ -51,36 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def example_epilog(*lines: str) -> str:
-    """An ``--help`` epilog showing example invocations."""
-    return "example:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def add_io_option(parser: argparse.ArgumentParser) -> None:
-    """``--io readv|uring``: how batches reach the kernel."""
-    parser.add_argument(
-        "--io", choices=("readv", "uring"), default="readv",
-        help="one system call per packet (readv/writev, the default) or one io_uring_enter per "
-             "batch (uring)",
-    )
-
-
-def open_io(choice: str, entries: int = 256) -> contextlib.AbstractContextManager[Any]:
-    """A context manager giving the ``UringIO`` for ``--io uring``, or ``None`` for readv."""
-    if choice != "uring":
-        return contextlib.nullcontext()
-    from tapengine._uring import UringIO, available, unavailable_reason
-
-    if not available():
-        raise CommandError(f"io_uring is not usable here: {unavailable_reason()}; use --io readv")
-    return UringIO(entries)
-
-
-def _one_line(err: Exception) -> str:
+def _one_line(err: BaseException) -> str:
     # Our own OSErrors carry a complete message in strerror; "[Errno 17] " in front adds nothing.
     if isinstance(err, OSError) and isinstance(err, TapengineError) and err.strerror:
-        return err.strerror
-    return str(err)
+        return one_line(err.strerror)
+    return one_line(str(err) or type(err).__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,12 +73,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at /dev/null so the interpreter's final flush does not complain again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Terminated as err:  # a stop signal; what the command had built was removed on the way
+        print(f"tapengine {args.command_name}: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
-        print("tapengine: interrupted", file=sys.stderr)
+        print(f"tapengine {args.command_name}: interrupted", file=sys.stderr)
         return 130
     except (CommandError, OSError, ValueError) as err:
         print(f"tapengine {args.command_name}: {_one_line(err)}", file=sys.stderr)
         return 1
+    except Exception as err:  # a bug of ours: still one line, and no traceback unless asked
+        if os.environ.get("TAPENGINE_DEBUG"):
+            raise
+        print(f"tapengine {args.command_name}: internal error: {type(err).__name__}: "
+              f"{_one_line(err)} (please report it; TAPENGINE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+
+
+__all__ = ["CommandError", "add_io_option", "build_parser", "example_epilog", "main", "open_io"]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
 from tapengine.benchrun import (
     DEFAULT_SIZES,
@@ -23,8 +21,24 @@ from tapengine.benchrun import (
     parse_sizes,
     run_bench,
 )
-from tapengine.cli import CommandError, example_epilog
+from tapengine.cli.common import (
+    CommandError,
+    FloatArg,
+    IntArg,
+    ParsedArg,
+    PathArg,
+    add_json_option,
+    example_epilog,
+)
+from tapengine.signals import stop_signals
 from tapengine.traffic import parse_rate
+from tapengine.validate import quote
+
+MAX_ROUNDS = 1000
+MAX_RUN_SECONDS = 3600.0
+#: Without --quick, and what --quick uses unless the option is given.
+DEFAULTS = {"rounds": 5, "duration": 2.0, "tcp_duration": 3.0}
+QUICK = {"rounds": 2, "duration": 1.0, "tcp_duration": 1.0}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,54 +60,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true",
-                        help="2 rounds, 1 s per frame run and 1 s per TCP run (about a minute)")
-    parser.add_argument("--rounds", type=int, default=5, help="runs of each scenario (default 5)")
-    parser.add_argument("--duration", type=float, default=2.0, metavar="SECONDS",
-                        help="length of one frame run (default 2)")
-    parser.add_argument("--tcp-duration", type=float, default=3.0, metavar="SECONDS",
+                        help="2 rounds, 1 s per frame run and 1 s per TCP run (about a minute); "
+                        "--rounds, --duration and --tcp-duration still apply when given")
+    parser.add_argument("--rounds", type=IntArg("number of rounds", 1, MAX_ROUNDS),
+                        help=f"runs of each scenario (default 5, at most {MAX_ROUNDS})")
+    parser.add_argument("--duration", type=FloatArg("duration", high=MAX_RUN_SECONDS),
+                        metavar="SECONDS", help="length of one frame run (default 2)")
+    parser.add_argument("--tcp-duration", metavar="SECONDS",
+                        type=FloatArg("TCP run length", low=1, high=MAX_RUN_SECONDS,
+                                      low_inclusive=True),
                         help="length of one iperf3 run (default 3, at least 1)")
-    parser.add_argument("--rate", default="max",
+    parser.add_argument("--rate", default="max", type=ParsedArg("rate", parse_rate),
                         help="the generator's rate in the frame runs, e.g. 50kpps or 200mbit "
                         "(default max: flat out, and the figure is what gets through)")
     parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
+                        type=ParsedArg("sizes", parse_sizes),
                         help="frame sizes (Ethernet, with FCS) or imix, comma-separated "
                         f"(default {','.join(DEFAULT_SIZES)})")
-    parser.add_argument("--scenarios", default="all",
+    parser.add_argument("--scenarios", default="all", type=ParsedArg("scenarios", parse_scenarios),
                         help="comma-separated: " + ", ".join((*SCENARIO_GROUPS, *SCENARIO_NAMES))
                         + " (default all; all leaves out uring and tcp-uring, the engine "
                         "with its io_uring backend)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+    add_json_option(parser, "print the report as JSON")
+    parser.add_argument("--plot", type=PathArg("plot"), metavar="FILE.png",
                         help="also draw throughput against frame size and the latency "
                         "distribution (needs matplotlib: pip install 'tapengine[plot]')")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.add_argument("--prefix", help="name prefix of the namespaces and links built for the "
-                        "run (default: te and 6 random hex digits)")
+    parser.add_argument("--prefix", type=ParsedArg("bench prefix", _prefix),
+                        help="name prefix of the namespaces and links built for the run "
+                        "(default: te and 6 random hex digits)")
     parser.set_defaults(func=run, command_name="bench")
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through the teardown of the namespaces
+def _prefix(text: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9]{3,9}", text):
+        raise ValueError(f"invalid prefix {quote(text)}: use 4 to 10 lowercase letters and "
+                         "digits, starting with a letter (the default is te + 6 hex)")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
-    selection = parse_scenarios(args.scenarios)
-    sizes = parse_sizes(args.sizes)
-    rate = parse_rate(args.rate)
-    if args.quick:
-        rounds, duration, tcp_duration = 2, 1.0, 1.0
-    else:
-        rounds, duration, tcp_duration = args.rounds, args.duration, args.tcp_duration
-    if rounds < 1:
-        raise CommandError(f"--rounds must be at least 1, not {rounds}")
-    if duration <= 0:
-        raise CommandError(f"--duration must be positive, not {duration:g}")
-    if tcp_duration < 1:
-        raise CommandError(f"--tcp-duration must be at least 1 second, not {tcp_duration:g}")
-    if args.prefix is not None and not re.fullmatch(r"[a-z][a-z0-9]{3,9}", args.prefix):
-        raise CommandError(f"invalid --prefix {args.prefix!r}: use 4 to 10 lowercase letters "
-                           "and digits, starting with a letter (the default is te + 6 hex)")
+    selection, sizes = args.scenarios, args.sizes
+    rate = args.rate
+    base = QUICK if args.quick else DEFAULTS
+    rounds, duration, tcp_duration = (
+        base[name] if getattr(args, name) is None else getattr(args, name) for name in base
+    )
     if args.plot is not None:
+        args.plot = Path(args.plot)
         from tapengine.benchplot import PlotUnavailableError, require_matplotlib
 
         try:
@@ -109,15 +123,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"bench {time.monotonic() - started:6.1f}s {line}", file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        report = run_bench(selection, sizes, rounds=rounds, duration=duration,
-                           tcp_duration=tcp_duration, rate=rate, progress=progress,
-                           prefix=args.prefix)
+        with stop_signals("raise"):  # unwinds through the teardown of the namespaces
+            report = run_bench(selection, sizes, rounds=rounds, duration=duration,
+                               tcp_duration=tcp_duration, rate=rate, progress=progress,
+                               prefix=args.prefix)
     except (RuntimeError, subprocess.SubprocessError) as err:  # a forwarder or iperf3 failed
         raise CommandError(str(err).splitlines()[0] if str(err) else repr(err)) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if args.plot is not None:
         from tapengine.benchplot import plot_report
 

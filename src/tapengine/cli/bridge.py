@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 
 from tapengine import devices
-from tapengine.cli import CommandError, example_epilog
-from tapengine.cli.tap import (
-    add_link_settings,
-    apply_link_settings,
-    check_link_settings,
+from tapengine.cli.common import (
+    CommandError,
+    IfnameArg,
+    add_actions,
+    add_json_option,
+    add_netns_option,
+    example_epilog,
     print_json,
 )
+from tapengine.cli.tap import add_link_settings, apply_link_settings, check_link_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,39 +26,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "tapengine bridge list --json"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.set_defaults(func=lambda args: parser.print_help() or 2, command_name="bridge")
-    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+    parser.set_defaults(command_name="bridge")
+    actions = add_actions(parser)
 
     def action(name: str, helptext: str, example: str) -> argparse.ArgumentParser:
         sub = actions.add_parser(name, help=helptext, epilog=example_epilog(example),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("--netns", help="the namespace of the bridge (and its ports)")
+        add_netns_option(sub, "the namespace of the bridge (and its ports)")
         return sub
 
     add = action("add", "create a bridge", "tapengine bridge add br0 --stp --up")
-    add.add_argument("name")
+    add.add_argument("name", type=IfnameArg())
     add.add_argument("--stp", action="store_true", help="enable the spanning tree protocol")
     add_link_settings(add)
-    add.add_argument("--json", action="store_true", help="print the new bridge as JSON")
+    add_json_option(add, "print the new bridge as JSON")
     add.set_defaults(func=run_add, command_name="bridge add")
 
     delete = action("del", "delete a bridge (its ports stay)", "tapengine bridge del br0")
-    delete.add_argument("name")
+    delete.add_argument("name", type=IfnameArg())
     delete.add_argument("--force", action="store_true", help="succeed if it does not exist")
     delete.set_defaults(func=run_del, command_name="bridge del")
 
     attach = action("attach", "make a link a port of a bridge", "tapengine bridge attach br0 tap0")
-    attach.add_argument("bridge")
-    attach.add_argument("port")
+    attach.add_argument("bridge", type=IfnameArg())
+    attach.add_argument("port", type=IfnameArg())
     attach.set_defaults(func=run_attach, command_name="bridge attach")
 
     detach = action("detach", "remove a port from a bridge", "tapengine bridge detach br0 tap0")
-    detach.add_argument("bridge")
-    detach.add_argument("port")
+    detach.add_argument("bridge", type=IfnameArg())
+    detach.add_argument("port", type=IfnameArg())
     detach.set_defaults(func=run_detach, command_name="bridge detach")
 
     listing = action("list", "list bridges and their ports", "tapengine bridge list --json")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(listing)
     listing.set_defaults(func=run_list, command_name="bridge list")
 
 
@@ -95,7 +98,19 @@ def run_del(args: argparse.Namespace) -> int:
 
 
 def run_attach(args: argparse.Namespace) -> int:
-    _bridge(args.bridge, args.netns).attach(args.port)
+    bridge = _bridge(args.bridge, args.netns)
+    try:
+        port = devices.get_link(args.port, args.netns)
+    except devices.DeviceNotFoundError:
+        where = f"namespace {args.netns!r}" if args.netns else "this namespace"
+        raise CommandError(f"no link named {args.port!r} in {where}: nothing to attach to "
+                           f"{args.bridge!r}") from None  # fmt: skip
+    if port.kind == "bridge":
+        raise CommandError(
+            f"cannot attach bridge {args.port!r} to bridge {args.bridge!r}: a bridge cannot be "
+            "a port of another bridge; join them with a veth pair instead"
+        )
+    bridge.attach(args.port)
     return 0
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from tapengine.cli import example_epilog
-from tapengine.cli.tap import print_json
-from tapengine.topology import cleanup_prefix
+from tapengine.cleanup import cleanup_prefix
+from tapengine.cli.common import PrefixArg, add_json_option, example_epilog, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,9 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "tapengine cleanup --prefix demo- --dry-run"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--prefix", required=True, help="name prefix (at least 2 characters)")
+    parser.add_argument("--prefix", required=True, type=PrefixArg(min_length=2),
+                        help="name prefix (at least 2 characters)")
     parser.add_argument("--dry-run", action="store_true", help="only show what would be removed")
-    parser.add_argument("--json", action="store_true", help="print what was removed as JSON")
+    add_json_option(parser, "print what was removed as JSON")
     parser.set_defaults(func=run, command_name="cleanup")
 
 

@@ -15,19 +15,18 @@ import json
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from types import FrameType
 from typing import Any
 
-from tapengine.cli import CommandError, example_epilog
+from tapengine.cli.common import CommandError, FloatArg, IntArg, add_json_option, example_epilog
+from tapengine.cli.forward import MAX_QUEUES
 from tapengine.devices import get_link
 from tapengine.engine import Engine, EngineStats, offload_names, open_ports
 from tapengine.kstats import read_stats
 from tapengine.netns import create_netns, inside_netns
+from tapengine.signals import stop_signals
 
 ADDRESSES = ("10.77.0.1", "10.77.0.2")
 
@@ -41,29 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=example_epilog("tapengine demo", "tapengine demo --seconds 10 --no-offload"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--seconds", type=float, default=5.0, metavar="S",
-                        help="length of the iperf3 TCP run (default: 5)")
+    parser.add_argument("--seconds", type=FloatArg("length", low=1, high=600, low_inclusive=True),
+                        default=5.0, metavar="S",
+                        help="length of the iperf3 TCP run (default: 5, 1 to 600)")
     parser.add_argument("--no-offload", action="store_true",
                         help="plain MTU frames instead of 64 KiB superframes")
-    parser.add_argument("--queues", type=int, default=1, metavar="N",
-                        help="queues per tap, one worker each (default: 1)")
-    parser.add_argument("--json", action="store_true", help="the results as JSON")
+    parser.add_argument("--queues", type=IntArg("number of queues", 1, MAX_QUEUES), default=1,
+                        metavar="N", help="queues per tap, one worker each (default: 1, at most "
+                        f"{MAX_QUEUES})")
+    add_json_option(parser, "the results as JSON")
     parser.set_defaults(func=run, command_name="demo")
-
-
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM unwind as KeyboardInterrupt (even if SIGINT was inherited as ignored),
-    so the cleanup below runs for both."""
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _spawn(netns: str, argv: list[str]) -> subprocess.Popen[str]:
@@ -88,16 +74,12 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise CommandError(f"the demo needs {' and '.join(missing)}: run 'make system-deps' "
                            "(or apt-get install iputils-ping iperf3)")
-    if not 1 <= args.seconds <= 600:
-        raise CommandError("--seconds must be between 1 and 600")
     say = (lambda *parts: print(*parts, file=sys.stderr, flush=True)) if args.json else \
         (lambda *parts: print(*parts, flush=True))
     prefix = "te" + secrets.token_hex(3)
-    with _signals_interrupt(), contextlib.ExitStack() as stack:
+    names = [prefix + "t" + side for side in ("a", "b")]
+    with stop_signals("raise"), contextlib.ExitStack() as stack:
         namespaces = [stack.enter_context(create_netns(prefix + side)) for side in ("a", "b")]
-        names = [prefix + "t" + side for side in ("a", "b")]
-        stack.callback(say, f"removed namespaces {namespaces[0].name} and {namespaces[1].name} "
-                            f"and taps {names[0]} and {names[1]}")
         ports = open_ports(names, queues=args.queues, offload=not args.no_offload)
         for port in ports:
             stack.callback(port.close)
@@ -151,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
                               "ping": ping_summary,
                               "kernel": {name: stats.counters() for name, stats in
                                          kernel.items()}}, indent=2))
+    # Said once the ExitStack has removed them (not before).
+    say(f"removed namespaces {prefix}a and {prefix}b and taps {names[0]} and {names[1]}")
     return 0
 
 

@@ -5,13 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
-from tapengine.cli import CommandError, add_io_option, example_epilog, open_io
+from tapengine.cli.common import (
+    CommandError,
+    FloatArg,
+    IfnameArg,
+    IntArg,
+    ParsedArg,
+    add_io_option,
+    add_json_option,
+    add_netns_option,
+    example_epilog,
+    open_io,
+    run_with_progress,
+)
 from tapengine.traffic import (
+    MAX_BATCH,
+    MAX_BURST,
+    MAX_COUNT,
+    MAX_DURATION,
+    MAX_FLOWS,
     GenConfig,
     GenResult,
     format_bits,
@@ -22,8 +36,6 @@ from tapengine.traffic import (
     probe_device,
     sizes_of,
 )
-
-PROGRESS_INTERVAL = 0.5
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,78 +52,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("device", metavar="DEV", help="an existing tap or tun (must be up)")
-    parser.add_argument("--netns", help="the namespace DEV lives in")
-    parser.add_argument("--rate", default="max",
+    parser.add_argument("device", metavar="DEV", type=IfnameArg(),
+                        help="an existing tap or tun (must be up)")
+    add_netns_option(parser, "the namespace DEV lives in")
+    parser.add_argument("--rate", default="max", type=ParsedArg("rate", parse_rate),
                         help="100kpps, 1.5Mpps, 500mbit, 1gbit, or max (default)")
-    parser.add_argument("--size", default="64", help="frame size, a list 64,1518, or imix")
-    parser.add_argument("--flows", type=int, default=1, help="flows (UDP source ports)")
+    parser.add_argument("--size", default="64", type=ParsedArg("size", parse_size),
+                        help="frame size, a list 64,1518, or imix")
+    parser.add_argument("--flows", type=IntArg("number of flows", 1, MAX_FLOWS), default=1,
+                        help=f"flows (UDP source ports; at most {MAX_FLOWS})")
     limit = parser.add_mutually_exclusive_group()
-    limit.add_argument("--count", type=int, help="stop after this many packets")
-    limit.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    limit.add_argument("--count", type=IntArg("count", 1, MAX_COUNT),
+                       help="stop after this many packets")
+    limit.add_argument("--duration", type=FloatArg("duration", high=MAX_DURATION),
+                       metavar="SECONDS", help="stop after this long")
     parser.add_argument("--ipv6", action="store_true", help="UDP over IPv6 (default IPv4)")
     parser.add_argument("--src-ip", help="default 10.77.0.1 or fd77::1")
     parser.add_argument("--dst-ip", help="default 10.77.0.2 or fd77::2")
     parser.add_argument("--src-mac", default="02:77:00:00:00:01", help="(tap only)")
     parser.add_argument("--dst-mac", default="02:77:00:00:00:02", help="(tap only)")
-    parser.add_argument("--src-port", type=int, default=10000, help="first UDP source port")
-    parser.add_argument("--dst-port", type=int, default=9, help="UDP destination port")
-    parser.add_argument("--burst", type=int,
+    parser.add_argument("--src-port", type=IntArg("UDP port", 0, 65535), default=10000,
+                        help="first UDP source port")
+    parser.add_argument("--dst-port", type=IntArg("UDP port", 0, 65535), default=9,
+                        help="UDP destination port")
+    parser.add_argument("--burst", type=IntArg("burst", 1, MAX_BURST),
                         help="token bucket depth in packets (bits with a bit rate); "
                         "default 10 ms of traffic, at least one batch, at most 1024 frames")
-    parser.add_argument("--batch", type=int, default=32, help="frames per batch (1..256)")
+    parser.add_argument("--batch", type=IntArg("batch size", 1, MAX_BATCH), default=32,
+                        help=f"frames per batch (1..{MAX_BATCH})")
     add_io_option(parser)
     parser.add_argument("--per-flow", action="store_true", help="packets per flow in --json")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json_option(parser, "print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run, command_name="gen")
 
 
-def run_with_progress(work: Callable[[], Any], stop: Callable[[], None],
-                      progress: Callable[[], str], *, show: bool) -> tuple[Any, bool]:
-    """Run ``work`` in a thread (it releases the GIL); print ``progress()`` on stderr meanwhile.
-
-    Ctrl-C calls ``stop`` and waits for ``work`` to return. Returns ``(result, interrupted)``;
-    an exception raised by ``work`` is raised here.
-    """
-    outcome: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            outcome["result"] = work()
-        except BaseException as err:  # handed to the main thread
-            outcome["error"] = err
-
-    worker = threading.Thread(target=body, name="tapengine-traffic", daemon=True)
-    interrupted = False
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(PROGRESS_INTERVAL)
-            if show and worker.is_alive():
-                print(f"\r\033[K{progress()}", end="", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        interrupted = True
-        stop()
-        worker.join()
-    if show:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("result"), interrupted
-
-
 def _config(args: argparse.Namespace, mode: str) -> GenConfig:
-    if args.count is not None and args.count < 1:
-        raise ValueError(f"--count must be at least 1, not {args.count}")
-    if args.duration is not None and args.duration <= 0:
-        raise ValueError(f"--duration must be positive, not {args.duration}")
     return GenConfig(
         mode=mode,  # type: ignore[arg-type]
         ipv6=args.ipv6,
-        sizes=parse_size(args.size),
+        sizes=args.size,
         flows=args.flows,
-        rate=parse_rate(args.rate),
+        rate=args.rate,
         burst=args.burst,
         src_mac=args.src_mac,
         dst_mac=args.dst_mac,

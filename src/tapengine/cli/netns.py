@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tapengine import netns
-from tapengine.cli import example_epilog
-from tapengine.cli.tap import print_json
+from tapengine.cli.common import NetnsArg, add_actions, add_json_option, example_epilog, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,13 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "tapengine netns del lab"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.set_defaults(func=lambda args: parser.print_help() or 2, command_name="netns")
-    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+    parser.set_defaults(command_name="netns")
+    actions = add_actions(parser)
 
     add = actions.add_parser("add", help="create a namespace (its loopback up)",
                              epilog=example_epilog("tapengine netns add lab"),
                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add.add_argument("name")
+    add.add_argument("name", type=NetnsArg())
     add.set_defaults(func=run_add, command_name="netns add")
 
     delete = actions.add_parser(
@@ -31,14 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=example_epilog("tapengine netns del lab --force"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    delete.add_argument("name")
+    delete.add_argument("name", type=NetnsArg())
     delete.add_argument("--force", action="store_true", help="succeed if it does not exist")
     delete.set_defaults(func=run_del, command_name="netns del")
 
     listing = actions.add_parser("list", help="list namespaces",
                                  epilog=example_epilog("tapengine netns list --json"),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(listing)
     listing.set_defaults(func=run_list, command_name="netns list")
 
 

@@ -7,9 +7,21 @@ import json
 import sys
 import time
 
-from tapengine.cli import add_io_option, example_epilog, open_io
-from tapengine.cli.gen import run_with_progress
+from tapengine.cli.common import (
+    FloatArg,
+    IfnameArg,
+    IntArg,
+    add_io_option,
+    add_json_option,
+    add_netns_option,
+    example_epilog,
+    open_io,
+    run_with_progress,
+)
 from tapengine.traffic import (
+    MAX_COUNT,
+    MAX_DURATION,
+    MAX_FLOWS,
     LatencyStats,
     Sink,
     SinkResult,
@@ -35,26 +47,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("device", metavar="DEV", help="an existing tap or tun")
-    parser.add_argument("--netns", help="the namespace DEV lives in")
-    parser.add_argument("--count", type=int, help="stop after this many probe frames")
-    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
-    parser.add_argument("--idle", type=float, metavar="SECONDS",
+    parser.add_argument("device", metavar="DEV", type=IfnameArg(), help="an existing tap or tun")
+    add_netns_option(parser, "the namespace DEV lives in")
+    parser.add_argument("--count", type=IntArg("count", 1, MAX_COUNT),
+                        help="stop after this many probe frames")
+    parser.add_argument("--duration", type=FloatArg("duration", high=MAX_DURATION),
+                        metavar="SECONDS", help="stop after this long")
+    parser.add_argument("--idle", type=FloatArg("idle time", high=MAX_DURATION),
+                        metavar="SECONDS",
                         help="stop this long after the last probe frame (once one arrived)")
-    parser.add_argument("--max-flows", type=int, default=1024,
-                        help="flows tracked (ids above are counted as untracked)")
+    parser.add_argument("--max-flows", type=IntArg("number of flows", 1, MAX_FLOWS),
+                        default=1024, help="flows tracked (ids above are counted as untracked; "
+                        f"at most {MAX_FLOWS})")
     parser.add_argument("--per-flow", action="store_true", help="per-flow results in --json")
     add_io_option(parser)
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json_option(parser, "print the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run, command_name="sink")
-
-
-def _check(args: argparse.Namespace) -> None:
-    for name in ("count", "duration", "idle"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name} must be positive, not {value}")
 
 
 def format_latency(latency: LatencyStats | None) -> str:
@@ -76,7 +85,6 @@ def format_result(name: str, result: SinkResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    _check(args)
     info = probe_device(args.device, args.netns)
     started = time.monotonic()
     with Sink(tun=info.mode == "tun", max_flows=args.max_flows) as sink:

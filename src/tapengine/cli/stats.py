@@ -6,8 +6,17 @@ import argparse
 import time
 
 from tapengine import kstats
-from tapengine.cli import example_epilog
-from tapengine.cli.tap import print_json
+from tapengine.cli.common import (
+    FloatArg,
+    IfnameArg,
+    add_json_option,
+    add_netns_option,
+    example_epilog,
+    print_json,
+)
+
+#: Longest --interval: a day (two snapshots further apart tell nothing a rate should).
+MAX_INTERVAL = 86400.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,11 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "tapengine stats tap0 --interval 1"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("devices", nargs="*", metavar="DEV", help="links to show (default: all)")
-    parser.add_argument("--netns", help="the namespace of the links")
-    parser.add_argument("--interval", type=float, metavar="SECONDS",
-                        help="take two snapshots this far apart and show per-second rates")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("devices", nargs="*", metavar="DEV", type=IfnameArg(),
+                        help="links to show (default: all)")
+    add_netns_option(parser, "the namespace of the links")
+    parser.add_argument("--interval", type=FloatArg("interval", high=MAX_INTERVAL),
+                        metavar="SECONDS", help="take two snapshots this far apart and show "
+                        f"per-second rates (above 0, at most {MAX_INTERVAL:g})")
+    add_json_option(parser)
     parser.set_defaults(func=run, command_name="stats")
 
 
@@ -34,8 +45,6 @@ def _snapshots(args: argparse.Namespace) -> list[kstats.LinkStats]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.interval is not None and args.interval <= 0:
-        raise ValueError(f"--interval must be positive, not {args.interval}")
     before = _snapshots(args)
     if args.interval is None:
         if args.json:

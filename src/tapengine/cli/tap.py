@@ -4,43 +4,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import grp
-import json
-import pwd
 
 from tapengine import devices, validate
-from tapengine.cli import CommandError, example_epilog
-
-
-def _user_id(value: str) -> int:
-    if value.isdigit():
-        return int(value)
-    try:
-        return pwd.getpwnam(value).pw_uid
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"no user named {value!r}") from None
-
-
-def _group_id(value: str) -> int:
-    if value.isdigit():
-        return int(value)
-    try:
-        return grp.getgrnam(value).gr_gid
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"no group named {value!r}") from None
+from tapengine.cli.common import (
+    CidrArg,
+    CommandError,
+    IdArg,
+    IfnameArg,
+    IntArg,
+    MacArg,
+    add_actions,
+    add_json_option,
+    add_netns_option,
+    example_epilog,
+    print_json,
+)
 
 
 def add_link_settings(parser: argparse.ArgumentParser) -> None:
     """--mtu, --mac, --address and --up, shared by ``tap add`` and ``bridge add``."""
-    parser.add_argument("--mtu", type=int, help="MTU (68-65535)")
-    parser.add_argument("--mac", help="MAC address, e.g. 02:00:00:00:00:01")
-    parser.add_argument("--address", action="append", default=[], metavar="CIDR",
+    parser.add_argument("--mtu", type=IntArg("MTU", validate.MIN_MTU, validate.MAX_MTU),
+                        help=f"MTU ({validate.MIN_MTU}-{validate.MAX_MTU})")
+    parser.add_argument("--mac", type=MacArg(), help="MAC address, e.g. 02:00:00:00:00:01")
+    parser.add_argument("--address", action="append", default=[], metavar="CIDR", type=CidrArg(),
                         help="IPv4 or IPv6 address with prefix (repeatable), e.g. 10.77.0.1/24")
     parser.add_argument("--up", action="store_true", help="bring the link up")
 
 
 def check_link_settings(args: argparse.Namespace) -> None:
-    """Check the settings before anything is created, so bad input changes nothing."""
+    """Check the settings before anything is created, so bad input changes nothing (the
+    argument types did already; this holds for a Namespace built another way too)."""
     if args.mtu is not None:
         validate.check_mtu(args.mtu)
     if args.mac is not None:
@@ -60,10 +53,6 @@ def apply_link_settings(link: devices.Link, args: argparse.Namespace) -> None:
         link.up()
 
 
-def print_json(data: object) -> None:
-    print(json.dumps(data, indent=2))
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "tap", help="create, delete and list tun/tap devices",
@@ -72,24 +61,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "tapengine tap list --json", "tapengine tap del tap0"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.set_defaults(func=lambda args: parser.print_help() or 2, command_name="tap")
-    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+    parser.set_defaults(command_name="tap")
+    actions = add_actions(parser)
 
     add = actions.add_parser(
         "add", help="create a persistent tap (or tun) device",
         epilog=example_epilog("tapengine tap add tap0 --queues 2 --vnet-hdr --netns lab --up"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    add.add_argument("name", help="interface name (at most 15 bytes)")
+    add.add_argument("name", type=IfnameArg(), help="interface name (at most 15 bytes)")
     add.add_argument("--tun", action="store_true", help="a layer-3 tun device instead of a tap")
-    add.add_argument("--queues", type=int, default=1,
-                     help="number of queues; more than 1 makes it multi-queue")  # fmt: skip
+    add.add_argument("--queues", type=IntArg("number of queues", 1, validate.MAX_TAP_QUEUES),
+                     default=1, help="number of queues; more than 1 makes it multi-queue "
+                     f"(at most {validate.MAX_TAP_QUEUES})")  # fmt: skip
     add.add_argument("--vnet-hdr", action="store_true", help="create with IFF_VNET_HDR")
-    add.add_argument("--owner", type=_user_id, help="user (name or uid) allowed to open it")
-    add.add_argument("--group", type=_group_id, help="group (name or gid) allowed to open it")
-    add.add_argument("--netns", help="create it inside this network namespace")
+    add.add_argument("--owner", type=IdArg("user"), help="user (name or uid) allowed to open it")
+    add.add_argument("--group", type=IdArg("group"),
+                     help="group (name or gid) allowed to open it")
+    add_netns_option(add, "create it inside this network namespace")
     add_link_settings(add)
-    add.add_argument("--json", action="store_true", help="print the new device as JSON")
+    add_json_option(add, "print the new device as JSON")
     add.set_defaults(func=run_add, command_name="tap add")
 
     delete = actions.add_parser(
@@ -97,8 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=example_epilog("tapengine tap del tap0 --netns lab"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    delete.add_argument("name")
-    delete.add_argument("--netns", help="the namespace it is in")
+    delete.add_argument("name", type=IfnameArg())
+    add_netns_option(delete, "the namespace it is in")
     delete.add_argument("--force", action="store_true", help="succeed if it does not exist")
     delete.set_defaults(func=run_del, command_name="tap del")
 
@@ -107,8 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=example_epilog("tapengine tap list --netns lab --json"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    listing.add_argument("--netns", help="list the devices of this namespace")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_netns_option(listing, "list the devices of this namespace")
+    add_json_option(listing)
     listing.set_defaults(func=run_list, command_name="tap list")
 
 

@@ -6,8 +6,14 @@ import argparse
 import signal
 import sys
 
-from tapengine.cli import example_epilog
-from tapengine.cli.tap import print_json
+from tapengine.cli.common import (
+    PathArg,
+    PrefixArg,
+    add_actions,
+    add_json_option,
+    example_epilog,
+    print_json,
+)
 from tapengine.topology import Topology
 
 
@@ -21,15 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "tapengine topology down examples/topology.toml"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.set_defaults(func=lambda args: parser.print_help() or 2, command_name="topology")
-    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+    parser.set_defaults(command_name="topology")
+    actions = add_actions(parser)
 
     def action(name: str, helptext: str, example: str) -> argparse.ArgumentParser:
         sub = actions.add_parser(name, help=helptext, epilog=example_epilog(example),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("file", help="topology TOML file")
-        sub.add_argument("--prefix", help="override the file's name prefix")
-        sub.add_argument("--json", action="store_true", help="print the topology as JSON")
+        sub.add_argument("file", type=PathArg("topology file"),
+                         help="topology TOML file (a regular file of at most 1 MiB)")
+        sub.add_argument("--prefix", type=PrefixArg(min_length=1),
+                         help="override the file's name prefix")
+        add_json_option(sub, "print the topology as JSON")
         return sub
 
     up = action("up", "build it (on failure or Ctrl-C nothing is left behind)",
