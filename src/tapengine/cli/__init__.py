@@ -25,7 +25,7 @@ from tapengine.cli.common import (
     open_io,
 )
 from tapengine.errors import TapengineError
-from tapengine.signals import Terminated
+from tapengine.signals import Terminated, signal_name
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -74,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Terminated as err:  # a stop signal; what the command had built was removed on the way
-        print(f"tapengine {args.command_name}: {err}", file=sys.stderr)
-        return err.exit_code
+        print(f"tapengine {args.command_name}: interrupted by {signal_name(err.signum)}",
+              file=sys.stderr)  # fmt: skip
+        return 130  # as for Ctrl-C, whichever stop signal it was
     except KeyboardInterrupt:
         print(f"tapengine {args.command_name}: interrupted", file=sys.stderr)
         return 130
