@@ -27,7 +27,8 @@ from scapy.layers.l2 import ARP, Ether
 
 from conftest import inside_netns
 from netutil import wait_until
-from tapengine import PacketRing, TunQueue, open_queue
+from tapengine import PacketRing, TunQueue, UringIO, open_queue
+from tapengine._batchio import BatchIO
 from tapengine._pktgen import MAGIC, Generator, Sink, monotonic
 from tapengine.traffic import GenConfig, GenResult, SinkResult, parse_rate, parse_size
 
@@ -434,6 +435,23 @@ def test_generator_to_sink_over_a_datagram_pair_loses_nothing() -> None:
     assert result.probe_packets == 4000 and result.lost == 0
     assert [flow.received for flow in result.per_flow] == [1000] * 4
     assert result.latency is not None and result.latency.count == 4000
+
+
+def test_generator_and_sink_take_either_backend(batch_io: BatchIO) -> None:
+    # the generator writes through the fixture's backend; the sink reads in its own thread through
+    # one of the same kind (a UringIO belongs to the thread that first uses it)
+    gen = GenConfig(flows=2, rate=parse_rate("50kpps")).generator()
+    with datagram_pair() as (tx, rx), Sink(max_flows=2) as sink, type(batch_io)() as rx_io:
+        reader = threading.Thread(target=sink.run, args=(rx,),
+                                  kwargs={"count": 1000, "duration": 60, "io": rx_io})
+        reader.start()
+        sent = gen.send(tx, count=1000, io=batch_io)
+        reader.join()
+        result = SinkResult.of(sink)
+    assert sent == 1000
+    assert result.probe_packets == 1000 and result.lost == 0
+    if isinstance(rx_io, UringIO) and isinstance(batch_io, UringIO):
+        assert rx_io.stats()["submitted"] > 0 and batch_io.stats()["submitted"] >= 1000
 
 
 # The smallest send buffer the kernel grants (it doubles the value asked for and enforces a
