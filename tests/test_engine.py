@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -27,6 +26,7 @@ from fwdnet import (
     tcp_transfer,
     udp_send,
 )
+from netutil import wait_until
 from tapengine.engine import Engine, Port, open_port, open_ports
 
 MB = 1 << 20
@@ -55,17 +55,6 @@ def lan(make_netns: Callable[[str], str], prefix: str) -> Iterator[Callable[...,
         port.close()
 
 
-def settle(engine: Engine, seconds: float = 0.3) -> None:
-    """Wait until the engine's rx counters stop moving (the kernel has nothing more to send)."""
-    before = -1
-    while True:
-        time.sleep(seconds)
-        now = sum(port.rx_packets for port in engine.stats().ports)
-        if now == before:
-            return
-        before = now
-
-
 @pytest.mark.parametrize("offload", [True, False], ids=["offload", "no-offload"])
 def test_wire_carries_ping_and_200_mb_of_tcp_intact(lan: Callable[..., list[Host]],
                                                       offload: bool) -> None:
@@ -76,9 +65,11 @@ def test_wire_carries_ping_and_200_mb_of_tcp_intact(lan: Callable[..., list[Host
         sent, received, nbytes = tcp_transfer(a, b, 200 * MB)
         assert nbytes == 200 * MB
         assert received == sent
-        settle(engine)
     stats = engine.stats()
     # What the engine read from a tap is exactly what the kernel sent out of it, and the reverse.
+    # The engine has stopped, so its counters are final; the kernel counts a tap's tx when the
+    # frame is read and its rx when it is written, so nothing in flight can be counted by one side
+    # and not the other.
     for port, host, other in ((stats.ports[0], a, b), (stats.ports[1], b, a)):
         assert port.rx_packets == kernel_stats(host)["tx_packets"]
         assert port.rx_bytes == kernel_stats(host)["tx_bytes"]
@@ -97,7 +88,6 @@ def test_io_uring_backend_carries_tcp_intact(lan: Callable[..., list[Host]],
     with Engine(lan.ports, "wire", io="uring") as engine:  # type: ignore[attr-defined]
         sent, received, nbytes = tcp_transfer(a, b, 50 * MB)
         assert (received, nbytes) == (sent, 50 * MB)
-        settle(engine)
     assert engine.stats().ports[0].rx_packets == kernel_stats(a)["tx_packets"]
 
 
@@ -110,7 +100,6 @@ def test_two_queues_give_two_workers_and_flows_arrive_intact(
         for _ in range(4):
             sent, received, nbytes = tcp_transfer(a, b, 20 * MB)
             assert (received, nbytes) == (sent, 20 * MB)
-        settle(engine)
     stats = engine.stats()
     assert stats.ports[0].rx_packets == kernel_stats(a)["tx_packets"]
 
@@ -124,14 +113,14 @@ def test_switch_floods_unknown_unicast_once_then_forwards_only_to_the_learned_po
     with Engine(lan.ports, "switch") as engine:  # type: ignore[attr-defined]
         bystanders_before = [kernel_stats(h)["rx_packets"] for h in (c, d)]
         udp_send(a, b, [b"first"])
-        settle(engine, 0.2)
-        stats = engine.stats()
-        assert stats.port(a.ifname).flooded == 1
-        assert [kernel_stats(h)["rx_packets"] for h in (c, d)] == \
-            [n + 1 for n in bystanders_before]          # c and d got the flooded frame
+        wait_until(lambda: [kernel_stats(h)["rx_packets"] for h in (c, d)]
+                   == [n + 1 for n in bystanders_before], 30,
+                   "c and d to receive the flooded frame")
+        assert engine.stats().port(a.ifname).flooded == 1
         udp_send(b, a, [b"reply"])                      # b is learned now
         udp_send(a, b, [b"again"] * 10)
-        settle(engine, 0.2)
+        wait_until(lambda: kernel_stats(b)["rx_packets"] >= 11, 30,
+                   "b to receive the first frame and the ten after it")
         stats = engine.stats()
         assert stats.port(a.ifname).flooded == 1        # not flooded again
         assert stats.port(b.ifname).flooded == 0        # a was known from its first frame
@@ -173,11 +162,7 @@ def test_deleting_one_tap_during_a_transfer_leaves_the_others_forwarding(
         assert deleted
         assert (received, nbytes) == (sent, 120 * MB)
         assert ping(a, b, count=2).returncode == 0      # still serving the others
-        deadline = time.monotonic() + 5
-        events = engine.events()
-        while not events and time.monotonic() < deadline:
-            time.sleep(0.05)
-            events = engine.events()
+        events = wait_until(engine.events, 30, "the engine to report the deleted port")
         assert [event.port for event in events] == [c.ifname]
         assert events[0].errno in (errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EIO, errno.EPIPE)
         stats = engine.stats()
