@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from control_helpers import ip_json, remove_everything
+from netutil import wait_until
 from tapengine import devices
 from tapengine.errors import DeviceNotFoundError
 from tapengine.kstats import LinkStats, rates, read_all_stats, read_stats
@@ -53,11 +53,8 @@ def pair(privileged: None, prefix: str) -> Iterator[tuple[str, str]]:
         veth.peer.up()
         # A veth drops what it sends until both ends have carrier: wait for operstate UP.
         ends = ((prefix + "a0", a), (prefix + "b0", b))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not all(
-            read_stats(name, ns).operstate == "UP" for name, ns in ends
-        ):
-            time.sleep(0.01)
+        wait_until(lambda: all(read_stats(name, ns).operstate == "UP" for name, ns in ends), 30,
+                   "both veth ends to have carrier")
         yield a, b
 
 
