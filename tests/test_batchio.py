@@ -6,8 +6,11 @@ I/O on the other, checked byte for byte and with kernel counters; then what is i
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +24,7 @@ from scapy.layers.l2 import Ether
 import tapengine
 import tapengine._batchio
 from conftest import inside_netns
-from netutil import configure, move_link, stats64
+from netutil import configure, move_link, stats64, wait_until
 from tapengine import (
     PacketRing,
     ReadvIO,
@@ -66,13 +69,21 @@ def endpoint(make_netns: Callable[[str], str], prefix: str,
 
 
 def send_udp_from_netns(netns: str, payloads: list[bytes]) -> None:
+    """Send ``payloads`` to the peer through the test's device; return once every one of them is
+    queued for the device's reader (the socket's unsent bytes, SIOCOUTQ, are back to zero: the
+    tun driver lets go of a frame's socket when it queues the frame)."""
     with inside_netns(netns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for payload in payloads:
             sock.sendto(payload, (PEER_IP, PORT))
+        wait_until(lambda: unsent_bytes(sock) == 0, 30, "the datagrams to reach the device")
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
 
 
 def drain(io: BatchIO, queue: TunQueue, ring: PacketRing, want: int,
-          timeout: float = 5.0) -> list[bytes]:
+          timeout: float = 30.0) -> list[bytes]:
     """Read until ``want`` of our UDP packets arrived; return every frame read, in order."""
     deadline = time.monotonic() + timeout
     frames: list[bytes] = []
@@ -102,7 +113,7 @@ def checksums_are_valid(packet: IP) -> bool:
     return rebuilt.chksum == packet.chksum and rebuilt[UDP].chksum == packet[UDP].chksum
 
 
-def in_thread(work: Callable[[], object], timeout: float = 10.0) -> object:
+def in_thread(work: Callable[[], object], timeout: float = 30.0) -> object:
     """Run ``work`` in a fresh thread; fail (rather than hang) if it does not return in time."""
     outcome: list[object] = []
 
@@ -146,13 +157,7 @@ def tap_pair(make_netns: Callable[[str], str], prefix: str,
                 # machine must not turn the order test into a test of the kernel's drops
                 ipr.link("set", index=index, master=bridge, state="up", txqlen=32768)
             ipr.link("set", index=bridge, state="up")
-        time.sleep(0.05)
-        while True:  # anything the kernel sent while the links came up
-            try:
-                os.read(b.fileno(), 65536)
-            except BlockingIOError:
-                break
-        yield a, b, netns
+        yield a, b, netns  # the tests skip the kernel's own frames (by their EtherType)
 
 
 def numbered(seq: int, size: int) -> bytes:
@@ -228,7 +233,6 @@ def test_recv_batch_on_an_idle_fd_returns_zero_at_once(privileged: None, prefix:
 def test_recv_batch_respects_budget_and_ring_space(endpoint: Endpoint, batch_io: BatchIO) -> None:
     ring = PacketRing(4, 2048)
     send_udp_from_netns(endpoint.netns, [b"x"] * 10)
-    time.sleep(0.05)
     assert batch_io.recv_batch(endpoint.queue, ring, 3) == 3
     assert batch_io.recv_batch(endpoint.queue, ring, 64) == 1  # only one slot left
     assert batch_io.recv_batch(endpoint.queue, ring, 64) == 0  # full: nothing read or lost
@@ -253,10 +257,10 @@ def test_send_batch_error_mid_batch_sends_nothing_after_it(endpoint: Endpoint,
         before = stats64(endpoint.queue.name, endpoint.netns)
         with pytest.raises(OSError) as caught:
             batch_io.send_batch(endpoint.queue, ring, 0, 3)
-        sock.settimeout(1)
+        sock.settimeout(30)
         assert sock.recv(2048) == b"first"
-        sock.settimeout(0.3)
-        with pytest.raises(TimeoutError):  # the write after the failure never happened
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):  # the write after the failure never happened
             sock.recv(2048)
     after = stats64(endpoint.queue.name, endpoint.netns)
     assert caught.value.errno == errno.EINVAL
@@ -309,7 +313,6 @@ def test_numbered_frames_keep_their_order_under_load(
     dropped_before = stats64(b.name, netns)["tx_dropped"]
     sender.start()
     deadline = time.monotonic() + 60
-    idle_since = None
     while time.monotonic() < deadline:
         # odd budgets, reads racing writes: for io_uring, gaps (EAGAIN then a packet) are likely
         n = batch_io.recv_batch(b, ring, 1 + len(seen) % 48, vnet_hdr=vnet)
@@ -322,13 +325,10 @@ def test_numbered_frames_keep_their_order_under_load(
             assert len(frame) == 64 + int.from_bytes(frame[14:18], "big") % 700
             seen.append(int.from_bytes(frame[14:18], "big"))
         ring.consume(n)
-        if n == 0 and done.is_set():
-            idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since > 0.5:
-                break
-        elif n:
-            idle_since = None
-    sender.join(5)
+        if n == 0 and done.is_set() and \
+                len(seen) + stats64(b.name, netns)["tx_dropped"] - dropped_before >= total:
+            break  # every frame sent is read, or counted as dropped by the kernel
+    sender.join(30)
     assert seen == sorted(set(seen)), "frames were reordered or duplicated"
     dropped = stats64(b.name, netns)["tx_dropped"] - dropped_before
     # whatever is missing was dropped by the kernel (tap b's queue full), never by us
@@ -346,7 +346,7 @@ def test_recv_and_send_batch_take_either_backend(tap_pair: tuple[TunQueue, TunQu
         tx.push(frame)
     assert tapengine.send_batch(a, tx, 0, 64, io=batch_io) == 64
     got: list[bytes] = []
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while len(got) < 64 and time.monotonic() < deadline:
         n = tapengine.recv_batch(b, rx, 64, io=batch_io)
         got += [rx.packet(rx.head + i) for i in range(n)]
