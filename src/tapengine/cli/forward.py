@@ -46,15 +46,15 @@ MAX_QUEUES = 64
 #: Longest --stats-interval: a day.
 MAX_STATS_INTERVAL = 86400.0
 
-SIGNALS_HELP = ("SIGINT (Ctrl-C), SIGTERM, SIGHUP or SIGQUIT stops it and prints the final stats; "
-                "SIGUSR1 prints a snapshot of the stats on stderr and forwarding goes on.")
+SIGNALS_HELP = ("\n\nSIGINT (Ctrl-C), SIGTERM, SIGHUP or SIGQUIT stops it and prints the final "
+                "stats;\nSIGUSR1 prints a snapshot of the stats on stderr and forwarding goes on.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     forward = subparsers.add_parser(
         "forward", help="forward between two taps (a wire)",
-        description="Forward every frame between two tun/tap devices until stopped. Devices "
-                    "that do not exist are created, and removed again on exit. " + SIGNALS_HELP,
+        description="Forward every frame between two tun/tap devices until stopped.\nDevices "
+                    "that do not exist are created, and removed again on exit." + SIGNALS_HELP,
         epilog=example_epilog("tapengine forward tap0 tap1 --stats-interval 1",
                               "tapengine forward tun0 tun1 --tun --queues 2 --json"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -67,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     switch = subparsers.add_parser(
         "switch", help=f"a learning switch between taps (2 to {MAX_SWITCH_PORTS})",
         description="A learning Ethernet switch between two or more taps (at most "
-                    f"{MAX_SWITCH_PORTS}): known unicast goes to its port, unknown unicast, "
-                    "broadcast and multicast to all others. " + SIGNALS_HELP,
+                    f"{MAX_SWITCH_PORTS}):\nknown unicast goes to its port, unknown unicast, "
+                    "broadcast and multicast to all others." + SIGNALS_HELP,
         epilog=example_epilog("tapengine switch tap0 tap1 tap2 tap3 --stats-interval 2"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
