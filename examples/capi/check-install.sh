@@ -21,13 +21,17 @@ step "sdist, and the wheel built from it"
     || { cat "$work/build.log"; exit 1; }
 sdist=$(echo "$work"/dist/tapengine-*.tar.gz)
 wheel=$(echo "$work"/dist/tapengine-*.whl)
-missing=$(python3 - "$wheel" <<'PY'
+missing=$("$build_python" - "$wheel" <<'PY'
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 api = ["_ring.pxd", "_batchio.pxd", "_uring.pxd", "_forward.pxd", "_pktgen.pxd", "_gso.pxd",
        "syscall.pxd", "netorder.pxd", "__init__.pxd", "includes/__init__.pxd",
        "includes/system.pxd", "includes/consts.pxd", "includes/uring.pxd", "includes/uring.h"]
-print(" ".join(name for name in api if "tapengine/" + name not in names))
+modules = ["ring", "batchio", "uring", "forward", "pktgen", "gso"]
+missing = [name for name in api if "tapengine/" + name not in names]
+missing += [f"_{module}.*.so" for module in modules
+            if not any(n.startswith(f"tapengine/_{module}.") and n.endswith(".so") for n in names)]
+print(" ".join(missing))
 PY
 )
 [ -z "$missing" ] || { echo "the wheel lacks: $missing"; exit 1; }
@@ -35,7 +39,7 @@ PY
 for kind in wheel sdist; do
     step "a fresh virtualenv with the $kind"
     venv="$work/venv-$kind"
-    python3 -m venv "$venv"
+    "$build_python" -m venv "$venv"  # the interpreter the wheel was built for
     "$venv/bin/python" "${pip[@]}" install "${build_deps[@]}"
     if [ "$kind" = wheel ]; then
         "$venv/bin/python" "${pip[@]}" install "$wheel"
