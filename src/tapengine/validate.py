@@ -113,7 +113,7 @@ def check_prefix(prefix: object, *, min_length: int = 2) -> str:
         )
     problem = _name_problem(prefix, IFNAMSIZ - 1)
     if problem:
-        raise InvalidValueError(f"invalid prefix {quote(prefix)}: {problem}")
+        raise InvalidValueError(f"refusing prefix {quote(prefix)}: {problem}")
     return prefix
 
 

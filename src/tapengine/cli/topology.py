@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     down = action("down", "remove everything it names",
                   "tapengine topology down examples/topology.toml")
+    down.add_argument("--force", action="store_true",
+                      help="also remove what has a name of the file but was not created by "
+                           "tapengine, or is of another kind (never physical devices or lo)")
     down.set_defaults(func=run_down, command_name="topology down")
 
     check = action("check", "check the file and show what it would build",
@@ -91,9 +94,10 @@ def run_up(args: argparse.Namespace) -> int:
 
 def run_down(args: argparse.Namespace) -> int:
     topology = _load(args)
-    topology.down()
+    removed = topology.down(force=args.force)
     if not args.json:
-        print(f"removed {args.file}", file=sys.stdout)
+        what = ", ".join(removed) if removed else "nothing existed"
+        print(f"removed {args.file}: {what}", file=sys.stdout)
     else:
         print_json(topology.describe())
     return 0
