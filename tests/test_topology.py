@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from control_helpers import addresses, leftovers, link, namespaces, remove_everything, snapshot
+from netutil import wait_until
 from tapengine import devices
 from tapengine.cleanup import cleanup_prefix
 from tapengine.errors import InvalidValueError, TopologyError
@@ -300,6 +301,21 @@ def start_up(path: Path, *extra: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def processes_with_argument(argument: str) -> list[int]:
+    """Live processes with ``argument`` on their command line (a forked child keeps its
+    parent's; a zombie has none)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as file:
+                    if os.fsencode(argument) in file.read().split(b"\0"):
+                        pids.append(int(entry))
+            except OSError:
+                continue  # it exited while we looked
+    return pids
+
+
 def wait_for(condition: Any, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -328,14 +344,18 @@ def test_signal_during_up_leaves_nothing(
 def test_sigkill_during_up_then_cleanup_restores_a_clean_machine(
     privileged: None, prefix: str, tmp_path: Path
 ) -> None:
-    process = start_up(big_topology(tmp_path, prefix))
+    topology = big_topology(tmp_path, prefix)
+    process = start_up(topology)
     try:
         wait_for(lambda: os.path.exists(f"/run/netns/{prefix}n1"))
         process.kill()  # SIGKILL: no handler runs, the half-built topology stays
         process.communicate(timeout=30)
     finally:
         process.kill()
-    time.sleep(0.3)  # let an orphaned helper process (pyroute2 forks to create a netns) finish
+    # pyroute2 forks a helper to create each namespace; one orphaned by the kill may still add
+    # a namespace: wait until no process started for this topology is left
+    wait_until(lambda: not processes_with_argument(str(topology)), 30,
+               "the killed process's forked helpers to exit")
     left = leftovers(prefix)
     assert left and f"{prefix}n11" not in left, left
     result = subprocess.run(
