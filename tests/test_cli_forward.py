@@ -5,6 +5,7 @@ prints final stats that agree with the kernel's counters, exits 0 and leaves not
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -18,12 +19,14 @@ from fwdnet import (
     add_neighbor,
     attach,
     delete_link,
+    in_netns,
     kernel_stats,
     link_exists,
     ping,
     quiet_ipv6,
     tcp_transfer,
 )
+from netutil import wait_until
 
 MB = 1 << 20
 
@@ -33,7 +36,7 @@ def tapengine(*args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
-def first_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
+def first_line(proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
@@ -69,8 +72,36 @@ def cli(make_netns: Callable[[str], str], prefix: str) -> Iterator[Callable[...,
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str, str]:
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=20)
+    out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err
+
+
+def stderr_until(proc: subprocess.Popen[str], words: str, timeout: float = 60.0) -> str:
+    """Read ``proc``'s stderr until it holds ``words``; return what was read (which
+    ``communicate()`` will not return again)."""
+    assert proc.stderr is not None
+    read = b""
+    deadline = time.monotonic() + timeout
+    while words.encode() not in read:
+        ready, _, _ = select.select([proc.stderr], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(proc.stderr.fileno(), 65536) if ready else b""
+        if not chunk:
+            pytest.fail(f"no {words!r} on tapengine's stderr within {timeout} s: {read[-2000:]!r}")
+        read += chunk
+    return read.decode()
+
+
+def tcp_is_quiet(netns: str) -> bool:
+    """No TCP socket in ``netns`` has a segment left to send or to wait for: only listeners and
+    TIME-WAIT (which send nothing unprompted) remain, so the transfer's last ACK has arrived."""
+    def states() -> set[str]:
+        found = set()
+        for table in ("tcp", "tcp6"):
+            with open(f"/proc/thread-self/net/{table}") as file:
+                found |= {line.split()[3] for line in file.readlines()[1:]}
+        return found
+
+    return in_netns(netns, states) <= {"0A", "06"}        # LISTEN, TIME_WAIT
 
 
 def test_forward_carries_ping_and_200_mb_then_sigterm_prints_final_stats(
@@ -83,7 +114,8 @@ def test_forward_carries_ping_and_200_mb_then_sigterm_prints_final_stats(
     assert result.returncode == 0, result.stdout + result.stderr
     sent, received, nbytes = tcp_transfer(a, b, 200 * MB)
     assert (received, nbytes) == (sent, 200 * MB)
-    time.sleep(0.5)
+    wait_until(lambda: tcp_is_quiet(a.netns) and tcp_is_quiet(b.netns), 60,
+               "the transfer's connection to finish closing")
     kernel = {host.ifname: kernel_stats(host) for host in (a, b)}
     code, out, err = stop(proc)
     assert code == 0, err
@@ -104,10 +136,10 @@ def test_forward_without_offload_carries_tcp_and_reports_live_rates(
     assert "offload off" in line
     sent, received, nbytes = tcp_transfer(a, b, 50 * MB)
     assert (received, nbytes) == (sent, 50 * MB)
-    time.sleep(0.7)
+    live = stderr_until(proc, "pps")             # a live line, however quick the transfer was
     code, out, err = stop(proc, signal.SIGINT)
     assert code == 0, err
-    assert "pps" in err and "Mbit/s" in err
+    assert "Mbit/s" in live + err
     assert a.ifname in out and "rx packets" in out
 
 
@@ -129,11 +161,10 @@ def test_switch_learns_every_station_and_reports_a_port_that_vanishes(
         result = ping(hosts[src], hosts[dst], count=1)
         assert result.returncode == 0, result.stdout
     delete_link(hosts[2])
-    time.sleep(1.0)
+    noticed = stderr_until(proc, f"port {hosts[2].ifname} is down")
     assert ping(hosts[0], hosts[1], count=1).returncode == 0
     code, out, err = stop(proc)
-    assert code == 0, err
-    assert f"port {hosts[2].ifname} is down" in err
+    assert code == 0, noticed + err
     final = json.loads(out[out.index("{"):])
     table = {row["mac"]: row["port"] for row in final["mac_table"]}
     assert table == {host.mac: host.ifname for host in hosts[:2]}
