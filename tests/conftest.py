@@ -95,8 +95,10 @@ def prefix() -> Iterator[str]:
     yield name
     if _privilege_problem() is not None:
         return
-    deadline = time.monotonic() + 3.0  # the kernel destroys namespaces (and their veth peers)
-    while (leaked := leftovers(name)) and time.monotonic() < deadline:  # asynchronously
+    # The kernel destroys namespaces (and the veth peers in them) asynchronously, and on a loaded
+    # machine that can take seconds: a generous bound, reached only by a real leak.
+    deadline = time.monotonic() + 30.0
+    while (leaked := leftovers(name)) and time.monotonic() < deadline:
         time.sleep(0.1)
     if leaked:
         from tapengine.cleanup import cleanup_prefix
