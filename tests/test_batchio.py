@@ -347,11 +347,12 @@ def test_recv_and_send_batch_take_either_backend(tap_pair: tuple[TunQueue, TunQu
     assert tapengine.send_batch(a, tx, 0, 64, io=batch_io) == 64
     got: list[bytes] = []
     deadline = time.monotonic() + 30
-    while len(got) < 64 and time.monotonic() < deadline:
+    while len(got) < 64 and time.monotonic() < deadline:   # ours: the kernel's frames are skipped
         n = tapengine.recv_batch(b, rx, 64, io=batch_io)
-        got += [rx.packet(rx.head + i) for i in range(n)]
+        got += [rx.packet(rx.head + i) for i in range(n)
+                if rx.packet(rx.head + i)[12:14] == ETHERTYPE]
         rx.consume(n)
-    assert [f for f in got if f[12:14] == ETHERTYPE] == frames
+    assert got == frames
     if isinstance(batch_io, UringIO):
         assert batch_io.stats()["submitted"] >= 128  # both went through io_uring
 
