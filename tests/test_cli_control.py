@@ -22,6 +22,7 @@ from control_helpers import (
     snapshot,
     tapengine,
 )
+from tapengine.devices import create_veth
 
 COMMANDS = [
     ["tap"], ["tap", "add"], ["tap", "del"], ["tap", "list"],
@@ -162,10 +163,11 @@ def test_cleanup_removes_only_its_prefix(privileged: None, prefix: str) -> None:
     other = prefix + "keep"
     mine = prefix + "gone"
     try:
+        # What tapengine made (cleanup removes it) beside what someone else made with ip, under
+        # another prefix (cleanup must not even look at it twice).
         subprocess.run(["ip", "netns", "add", other], check=True)
-        subprocess.run(["ip", "netns", "add", mine], check=True)
-        subprocess.run(["ip", "link", "add", mine + "v", "type", "veth", "peer", "name",
-                        mine + "p", "netns", other], check=True)  # fmt: skip
+        assert tapengine("netns", "add", mine).returncode == 0
+        create_veth(mine + "v", mine + "p", peer_netns=other)
         subprocess.run(["ip", "-n", other, "link", "add", other + "b", "type", "bridge"],
                        check=True)  # fmt: skip
         dry = json.loads(tapengine("cleanup", "--prefix", mine, "--dry-run", "--json").stdout)
