@@ -41,13 +41,11 @@ import dataclasses
 import difflib
 import os
 import re
-import signal
-import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Self
 
 from tapengine import cleanup, devices, tun
@@ -62,20 +60,17 @@ from tapengine.netns import (
     netns_exists,
     run_in_netns,
 )
+from tapengine.signals import stop_signals
 from tapengine.validate import (
     MAX_TAP_QUEUES,
     check_cidr,
+    check_id,
     check_ifname,
     check_mac,
     check_mtu,
     check_netns_name,
     read_text_file,
 )
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived; raised like Ctrl-C so the same cleanup paths handle both."""
-
 
 # -- the description -------------------------------------------------------------------------
 
@@ -288,8 +283,11 @@ class _Reader:
             spec.vnet_hdr = self.typed(table, path, "vnet_hdr", bool, False)
             for ident in ("owner", "group"):
                 value = self.typed(table, path, ident, int)
-                if value is not None and value < 0:
-                    raise self.error((*path, ident), f"expected a non-negative id, got {value}")
+                if value is not None:
+                    try:
+                        check_id(value, ident)
+                    except ValueError as err:
+                        raise self.error((*path, ident), str(err)) from None
                 setattr(spec, ident, value)
         elif kind == "veth":
             peer_key = self.typed(table, path, "peer", str)
@@ -411,37 +409,6 @@ def _undo_link(spec: LinkSpec) -> None:
 # -- building --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _signals(mode: str) -> Iterator[list[int]]:
-    """``mode="raise"``: SIGTERM raises ``Terminated`` (SIGINT raises KeyboardInterrupt as usual).
-    ``mode="defer"``: both are remembered and re-raised once the body is done, so a teardown is
-    never cut short. Only the main thread can handle signals; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield []
-        return
-    pending: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if mode == "defer":
-            pending.append(signum)
-        elif signum == signal.SIGTERM:
-            raise Terminated("terminated by SIGTERM")
-        else:
-            raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield pending
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    if pending:
-        if signal.SIGTERM in pending:
-            raise Terminated("terminated by SIGTERM")
-        raise KeyboardInterrupt
-
-
 class Topology:
     """A checked description that ``up()`` builds and ``down()`` removes, each as one unit."""
 
@@ -516,7 +483,7 @@ class Topology:
 
     def up(self) -> None:
         """Build everything, or nothing: on any failure or signal, undo and re-raise."""
-        with _signals("raise"):
+        with stop_signals("raise"):
             clashes = self.existing()
             if clashes:
                 hint = f"'tapengine cleanup --prefix {self.prefix}'" if self.prefix else "down()"
@@ -537,7 +504,7 @@ class Topology:
         otherwise finish after our rollback); a signal that arrived meanwhile is raised right
         after, between steps, where the undo log is exact.
         """
-        with _signals("defer"):
+        with stop_signals("defer"):
             if undo is not None:
                 self._undo.append(undo)
             action()
@@ -588,7 +555,7 @@ class Topology:
             link.add_address(address, nodad=True)
 
     def _rollback(self) -> None:
-        with _signals("defer"):
+        with stop_signals("defer"):
             while self._undo:
                 undo = self._undo.pop()
                 with contextlib.suppress(Exception):
@@ -612,7 +579,7 @@ class Topology:
         anything else has one of these names the whole request is refused (``NotOwnedError``)
         and nothing is removed, unless ``force`` (see ``tapengine.cleanup``).
         """
-        with _signals("defer"):
+        with stop_signals("defer"):
             self._undo.clear()
             plan = self.removal_plan()
             cleanup.check_plan(plan, force=force, what=f"to take down {self.source}")
@@ -627,7 +594,7 @@ class Topology:
             return [target.label for target in plan]
 
     def __enter__(self) -> Self:
-        self._handlers = _signals("raise")
+        self._handlers = stop_signals("raise")
         self._handlers.__enter__()
         try:
             self.up()

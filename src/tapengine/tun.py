@@ -27,7 +27,7 @@ from tapengine.errors import (
     oserror,
 )
 from tapengine.netlink import describe_link, find_link, rtnl, tun_attrs
-from tapengine.validate import check_ifname
+from tapengine.validate import check_id, check_ifname
 
 TUN_PATH = "/dev/net/tun"
 
@@ -175,14 +175,21 @@ def create_exclusive(
                     "needs CAP_NET_ADMIN (run as root)",
                 ) from None
             raise _explain_setiff(err, name, flags) from None
+        # The kernel takes the id as the ioctl's argument itself, a uid_t: ids of 2^31 and more
+        # go through fcntl's C int as the same 32 bits.
         if owner is not None:
-            fcntl.ioctl(fd, TUNSETOWNER, owner)
+            fcntl.ioctl(fd, TUNSETOWNER, _as_c_int(check_id(owner, "owner")))
         if group is not None:
-            fcntl.ioctl(fd, TUNSETGROUP, group)
+            fcntl.ioctl(fd, TUNSETGROUP, _as_c_int(check_id(group, "group")))
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _as_c_int(value: int) -> int:
+    """The C ``int`` with the same 32 bits as unsigned ``value``."""
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def set_persist(fd: int, persist: bool = True) -> None:
