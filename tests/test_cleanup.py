@@ -255,6 +255,16 @@ def test_a_second_forward_is_refused_on_a_served_multi_queue_tap(
         assert_one_line_error(second, "already have an fd attached")
         assert link(a, ns)["linkinfo"]["info_data"]["numqueues"] == 2
         assert link(c, ns) is None  # refused before anything was created
+        shared = subprocess.Popen([*run, a, c, "--queues", "2", "--share-queues"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            while link(a, ns)["linkinfo"]["info_data"]["numqueues"] < 4:  # asked for on purpose
+                assert shared.poll() is None, shared.communicate()
+                assert time.monotonic() < deadline + 30, "--share-queues never attached"
+                time.sleep(0.05)
+        finally:
+            shared.send_signal(signal.SIGTERM)
+            shared.communicate(timeout=30)
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)

@@ -200,22 +200,24 @@ def check_openable(name: str, mode: Mode) -> None:
     )  # fmt: skip
 
 
-def _open_queues(name: str, mode: Mode, queues: int, vnet_hdr: bool) -> list[TunQueue]:
+def _open_queues(name: str, mode: Mode, queues: int, vnet_hdr: bool,
+                 share: bool) -> list[TunQueue]:  # fmt: skip
     if queues > 1:
-        return open_queues(name, queues, mode, vnet_hdr=vnet_hdr)
+        return open_queues(name, queues, mode, vnet_hdr=vnet_hdr, share=share)
     try:
         return [open_queue(name, mode, vnet_hdr=vnet_hdr)]
     except FlagMismatchError as first:
         # A single queue opens a device created multi-queue too; if that is not it either, the
         # first error is the one that answers what was asked (no "multi-queue" in it).
         try:
-            return open_queues(name, 1, mode, vnet_hdr=vnet_hdr)
+            return open_queues(name, 1, mode, vnet_hdr=vnet_hdr, share=share)
         except FlagMismatchError:
             raise first from None
 
 
 def open_port(name: str, *, mode: Mode = "tap", queues: int = 1,
-              offload: bool | Offload = True, txqueuelen: int = DEFAULT_TXQUEUELEN) -> Port:
+              offload: bool | Offload = True, txqueuelen: int = DEFAULT_TXQUEUELEN,
+              share: bool = False) -> Port:
     """Open ``queues`` queues of tun/tap ``name``, creating a non-persistent device if missing.
 
     With ``offload`` (``True`` means ``DEFAULT_OFFLOAD``) every queue gets a virtio-net header
@@ -223,12 +225,14 @@ def open_port(name: str, *, mode: Mode = "tap", queues: int = 1,
     superframes and the engine passes them through. ``offload=False`` gives plain frames.
     A single queue opens a device created multi-queue, too. The device's txqueuelen is raised to
     ``txqueuelen`` if it is lower (0: left as it is); ``Port.restore_txqueuelen`` undoes that.
+    A multi-queue device whose queues another process holds is refused (``DeviceBusyError``)
+    unless ``share``: the kernel would spread the traffic over both users.
     """
     check_int(queues, "number of queues", 1, MAX_TAP_QUEUES)
     check_int(txqueuelen, "txqueuelen", 0, MAX_TXQUEUELEN)
     check_openable(name, mode)
     wanted = DEFAULT_OFFLOAD if offload is True else Offload(offload or 0)
-    opened = _open_queues(name, mode, queues, bool(wanted))
+    opened = _open_queues(name, mode, queues, bool(wanted), share)
     port = Port(name, opened)
     try:
         for queue in opened:

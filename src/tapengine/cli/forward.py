@@ -104,6 +104,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=IntArg("budget", 1, MAX_BUDGET), default=64,
                         metavar="N", help="most packets read from one port per pass "
                         f"(default: 64, at most {MAX_BUDGET})")
+    parser.add_argument("--share-queues", action="store_true",
+                        help="attach to multi-queue devices whose queues another process already "
+                             "holds (refused by default: the kernel would split the traffic)")
     add_io_option(parser)
     add_json_option(parser, "final stats as JSON")
 
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"a device is listed twice: {' '.join(args.ports)}")
     ports: list[Port] = open_ports(args.ports, mode="tun" if args.tun else "tap",
                                    queues=args.queues, offload=not args.no_offload,
-                                   txqueuelen=args.txqueuelen)
+                                   txqueuelen=args.txqueuelen, share=args.share_queues)
     done = False
     try:
         kwargs = {"table_size": args.table_size, "ageing": args.ageing} \
