@@ -29,7 +29,7 @@ from tapengine.topology import EnginePort, Topology
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "topology.toml"
 
-#: Two hosts (red, blue) with veths into a bridge in a third namespace (sw), and an engine tap.
+#: Two hosts (red, blue) with veths into a bridge in a third namespace (sw), and two engine taps.
 BRIDGED: dict[str, Any] = {
     "netns": {"red": {}, "blue": {}, "sw": {}},
     "bridge": {"br0": {"netns": "sw", "ports": ["red-sw", "blue-sw"]}},
@@ -39,8 +39,9 @@ BRIDGED: dict[str, Any] = {
         "blue0": {"netns": "blue", "peer": "blue-sw", "peer_netns": "sw",
                   "addresses": ["10.77.9.2/24"]},
     },
-    "tap": {"tap0": {"netns": "sw", "queues": 2, "vnet_hdr": True, "mtu": 9000}},
-    "engine": {"ports": ["tap0"]},
+    "tap": {"tap0": {"netns": "sw", "queues": 2, "vnet_hdr": True, "mtu": 9000},
+            "tap1": {"netns": "sw", "queues": 2, "vnet_hdr": True}},
+    "engine": {"ports": ["tap0", "tap1"]},
 }  # fmt: skip
 
 
@@ -162,6 +163,49 @@ def test_wire_example_builds_and_its_ports_open_in_their_namespaces(
                 assert queue.vnet_hdr and not queue.multi_queue
                 assert link(port.name, port.netns)["operstate"] != "DOWN"  # carrier: fd open
             assert link(port.name) is None  # opened in its namespace, nothing created in root
+    assert leftovers(prefix) == []
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        ({"ports": ["tap0", "tap1"], "mode": "hub"}, "expected 'wire' or 'switch'"),
+        ({"ports": ["tap0"]}, "a wire serves 2 to 2 ports, not 1"),
+        ({"ports": ["tap0"], "mode": "switch"}, "a switch serves 2 to 64 ports, not 1"),
+    ],
+)
+def test_engine_section_is_checked(engine: dict[str, Any], message: str) -> None:
+    data = {"tap": {"tap0": {}, "tap1": {}}, "engine": engine}
+    with pytest.raises(TopologyError, match=message):
+        Topology.from_dict(data)
+
+
+def test_topology_up_forward_serves_the_engine_section_until_a_signal(
+    privileged: None, prefix: str
+) -> None:
+    """The wire example's two hosts reach each other only through the engine: the kernel's ping
+    is the witness; SIGTERM prints the final stats and removes everything."""
+    process = start_up(EXAMPLE.parent / "wire.toml", "--forward", "--prefix", prefix)
+    watchdog = threading.Timer(120, process.kill)  # a hung command fails the test, not the suite
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        ready = next((line for line in process.stdout if line.startswith("forwarding")), "")
+        assert f"{prefix}red0 <-> {prefix}blue0" in ready, process.communicate()
+        ping = subprocess.run(["ip", "netns", "exec", prefix + "red", "ping", "-c", "3", "-i",
+                               "0.2", "-W", "5", "10.77.1.2"], capture_output=True, text=True,
+                              check=False)  # fmt: skip
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "stopped by SIGTERM" in stderr
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines()
+            if line.startswith(prefix)}  # fmt: skip
+    assert int(rows[prefix + "red0"][2]) >= 3 and int(rows[prefix + "blue0"][2]) >= 3  # rx packets
     assert leftovers(prefix) == []
 
 

@@ -23,7 +23,8 @@ A topology is TOML (or the same structure as Python data)::
     vnet_hdr = true
 
     [engine]
-    ports = ["tap0"]                    # the taps the engine will serve
+    ports = ["tap0", "tap1"]            # the taps the engine serves
+    mode = "wire"                       # or "switch" (2 to 64 ports); default "wire"
 
 Everything is checked before anything is made, so a bad description changes nothing and the error
 names the file, the line (when it can be found) and the key path. ``up()`` records an undo step
@@ -49,6 +50,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from tapengine import cleanup, devices, tun
+from tapengine.engine import MAX_SWITCH_PORTS, Port, open_port
 from tapengine.errors import (
     DeviceNotFoundError,
     InvalidNameError,
@@ -110,6 +112,15 @@ class EnginePort:
     queues: int
     vnet_hdr: bool
 
+    def open(self) -> Port:
+        """An engine ``Port`` on all queues of the device, opened from inside its namespace
+        (with offloads if the device has a virtio-net header); its txqueuelen is raised for the
+        engine and not given back: the device goes with the topology."""
+        return run_in_netns(
+            self.netns, open_port, self.name, mode=self.mode, queues=self.queues,
+            offload=self.vnet_hdr,
+        )  # fmt: skip
+
     def open_queues(self) -> list[tun.TunQueue]:
         """Open all queues of the device, from inside its namespace (a tun fd resolves names in
         the namespace it was opened in); the fds work from any thread afterwards."""
@@ -133,7 +144,11 @@ _KEYS = {
 }
 _TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list of strings"}
 _TOP_KEYS = {"prefix", "netns", "tap", "veth", "bridge", "engine"}
-_ENGINE_KEYS = {"ports"}
+_ENGINE_KEYS = {"ports", "mode"}
+
+
+#: Engine modes a topology can ask for, with the number of ports each serves.
+ENGINE_MODES = {"wire": (2, 2), "switch": (2, MAX_SWITCH_PORTS)}
 
 
 class _Reader:
@@ -182,7 +197,7 @@ class _Reader:
             raise self.error((*path, key), f"expected {expected}, got {value!r}")
         return value
 
-    def read(self) -> tuple[str, list[str], list[LinkSpec], list[EnginePort]]:
+    def read(self) -> tuple[str, list[str], list[LinkSpec], list[EnginePort], str]:
         top = self.table(self.data, (), _TOP_KEYS)
         prefix = self.typed(top, (), "prefix", str, "")
         if self.prefix_override is not None:
@@ -196,9 +211,9 @@ class _Reader:
                 specs.append(self.read_link(kind, str(key), value, namespaces))
         self.check_unique(specs)
         self.check_ports(specs)
-        engine = self.read_engine(top.get("engine", {}), specs)
+        engine, mode = self.read_engine(top.get("engine", {}), specs)
         final_namespaces = [self.final(ns, ("netns", ns), netns=True) for ns in namespaces]
-        return prefix, final_namespaces, specs, engine
+        return prefix, final_namespaces, specs, engine, mode
 
     def final(self, name: str, path: tuple[str, ...], *, netns: bool = False) -> str:
         """``prefix + name``, checked as a namespace or interface name."""
@@ -339,8 +354,11 @@ class _Reader:
                     raise self.error(path, f"port {port!r} is already a port of {attached[port]!r}")
                 attached[port] = bridge.key
 
-    def read_engine(self, value: Any, specs: list[LinkSpec]) -> list[EnginePort]:
+    def read_engine(self, value: Any, specs: list[LinkSpec]) -> tuple[list[EnginePort], str]:
         table = self.table(value, ("engine",), _ENGINE_KEYS)
+        mode = self.typed(table, ("engine",), "mode", str, "wire")
+        if mode not in ENGINE_MODES:
+            raise self.error(("engine", "mode"), f"expected 'wire' or 'switch', got {mode!r}")
         taps = {spec.key: spec for spec in specs if spec.kind == "tap"}
         ports = []
         for name in self.typed(table, ("engine",), "ports", list, []):
@@ -351,7 +369,17 @@ class _Reader:
                     f"serves taps (defined: {', '.join(taps) or 'none'})",
                 )  # fmt: skip
             ports.append(EnginePort(spec.name, spec.netns, spec.mode, spec.queues, spec.vnet_hdr))
-        return ports
+        low, high = ENGINE_MODES[mode]
+        if ports and not low <= len(ports) <= high:
+            raise self.error(
+                ("engine", "ports"),
+                f"a {mode} serves {low} to {high} ports, not {len(ports)}",
+            )
+        if mode == "switch" and any(port.mode == "tun" for port in ports):
+            raise self.error(("engine", "mode"), "a switch forwards Ethernet frames: taps only")
+        if len({port.mode for port in ports}) > 1:
+            raise self.error(("engine", "ports"), "the engine joins taps or tuns, not both")
+        return ports, mode
 
 
 def _all_links(specs: list[LinkSpec]) -> Iterator[LinkSpec]:
@@ -420,11 +448,13 @@ class Topology:
         engine_ports: list[EnginePort],
         *,
         source: str = "<dict>",
+        engine_mode: str = "wire",
     ) -> None:
         self.prefix = prefix
         self.namespaces = namespaces
         self.links = links
         self.engine_ports = engine_ports
+        self.engine_mode = engine_mode
         self.source = source
         self._undo: list[Callable[[], None]] = []
 
@@ -435,8 +465,8 @@ class Topology:
     ) -> Topology:  # fmt: skip
         """Check ``data`` and build a ``Topology``; ``prefix`` overrides the one in ``data``."""
         reader = _Reader(data, source, text, prefix)
-        final_prefix, namespaces, links, engine = reader.read()
-        return cls(final_prefix, namespaces, links, engine, source=source)
+        final_prefix, namespaces, links, engine, mode = reader.read()
+        return cls(final_prefix, namespaces, links, engine, source=source, engine_mode=mode)
 
     @classmethod
     def from_file(cls, path: str | Path, *, prefix: str | None = None) -> Topology:
@@ -478,6 +508,18 @@ class Topology:
                 devices.get_link(spec.name, spec.netns)
                 found.append(f"{spec.netns}/{spec.name}" if spec.netns else spec.name)
         return found
+
+    def open_engine_ports(self) -> list[Port]:
+        """Open every port of the ``[engine]`` section (see ``EnginePort.open``); all or none."""
+        ports: list[Port] = []
+        try:
+            for engine_port in self.engine_ports:
+                ports.append(engine_port.open())
+        except BaseException:
+            for port in ports:
+                port.close()
+            raise
+        return ports
 
     # -- up and down -------------------------------------------------------------------------
 
@@ -625,4 +667,5 @@ class Topology:
                 for s in self.all_links()
             ],
             "engine_ports": [dataclasses.asdict(port) for port in self.engine_ports],
+            "engine_mode": self.engine_mode,
         }

@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 import threading
+from typing import Any
 
 from tapengine.cli.common import (
     CommandError,
@@ -32,6 +33,7 @@ from tapengine.engine import (
     MAX_TABLE_SIZE,
     MIN_TABLE_SIZE,
     Engine,
+    EngineMode,
     EngineStats,
     Port,
     close_ports,
@@ -137,20 +139,31 @@ def run(args: argparse.Namespace) -> int:
     ports: list[Port] = open_ports(args.ports, mode="tun" if args.tun else "tap",
                                    queues=args.queues, offload=not args.no_offload,
                                    txqueuelen=args.txqueuelen, share=args.share_queues)
+    switch_options = {"table_size": args.table_size, "ageing": args.ageing} \
+        if args.mode == "switch" else {}
+    label = (" <-> " if args.mode == "wire" else ", ").join(args.ports)
+    return serve(ports, args.mode, command=args.command_name, label=label,
+                 budget=args.budget, io=args.io, stats_interval=args.stats_interval,
+                 as_json=args.json, **switch_options)  # fmt: skip
+
+
+def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budget: int = 64,
+          io: str = "readv", stats_interval: float = 0.0, as_json: bool = False,
+          **switch_options: Any) -> int:  # fmt: skip
+    """Forward between open ``ports`` until a stop signal, then print the final stats; the
+    ports are closed on the way out (a failure gives back the txqueuelen they raised).
+    ``command`` and ``label`` make the ready line: ``forwarding tap0 <-> tap1: ...``."""
     done = False
     try:
-        kwargs = {"table_size": args.table_size, "ageing": args.ageing} \
-            if args.mode == "switch" else {}
-        engine = Engine(ports, args.mode, budget=args.budget, io=args.io, **kwargs)
+        engine = Engine(ports, mode, budget=budget, io=io, **switch_options)
         with stop_signals("flag") as caught, on_signal(signal.SIGUSR1) as snapshot:
             engine.start()
             try:
                 offload = "+".join(offload_names(ports[0].offload)) or "off"
-                joiner = " <-> " if args.mode == "wire" else ", "
-                print(f"{args.command_name}ing {joiner.join(args.ports)}: "
-                      f"{'tun' if args.tun else 'tap'}, {args.queues} queue(s), "
+                verb = "switching" if mode == "switch" else "forwarding"
+                print(f"{verb} {label}: {ports[0].mode}, {ports[0].nqueues} queue(s), "
                       f"offload {offload}; Ctrl-C or SIGTERM stops", flush=True)
-                _watch(engine, caught.event, snapshot, args.stats_interval)
+                _watch(engine, caught.event, snapshot, stats_interval)
             finally:
                 engine.close()
         final = engine.stats()
@@ -158,9 +171,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         close_ports(ports, restore=not done)  # a failure gives back the txqueuelen it raised
     if caught.first is not None:
-        print(f"tapengine {args.command_name}: stopped by {signal_name(caught.first)}",
+        print(f"tapengine {command}: stopped by {signal_name(caught.first)}",
               file=sys.stderr, flush=True)  # fmt: skip
-    if args.json:
+    if as_json:
         print(json.dumps(final.as_json(), indent=2))
     else:
         print(final.format())

@@ -7,6 +7,8 @@ import signal
 import sys
 
 from tapengine.cli.common import (
+    CommandError,
+    FloatArg,
     PathArg,
     PrefixArg,
     add_actions,
@@ -14,6 +16,7 @@ from tapengine.cli.common import (
     example_epilog,
     print_json,
 )
+from tapengine.cli.forward import MAX_STATS_INTERVAL, serve
 from tapengine.topology import Topology
 
 
@@ -24,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "file describes, all or nothing. See examples/topology.toml.",
         epilog=example_epilog("tapengine topology up examples/topology.toml",
                               "tapengine topology up examples/topology.toml --hold",
+                              "tapengine topology up examples/wire.toml --forward",
                               "tapengine topology down examples/topology.toml"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
@@ -44,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "tapengine topology up examples/topology.toml --prefix lab1-")
     up.add_argument("--hold", action="store_true",
                     help="keep it until SIGINT/SIGTERM, then remove it")
+    up.add_argument("--forward", action="store_true",
+                    help="serve the file's [engine] ports (a wire or a switch, as its 'mode' "
+                         "says) until a stop signal, then print the final stats and remove "
+                         "it all; with --json only the final stats")
+    up.add_argument("--stats-interval", default=0.0, metavar="S",
+                    type=FloatArg("stats interval", high=MAX_STATS_INTERVAL, low_inclusive=True),
+                    help="with --forward: live rates on stderr every S seconds (0: none)")
     up.set_defaults(func=run_up, command_name="topology up")
 
     down = action("down", "remove everything it names",
@@ -80,6 +91,8 @@ def _show(topology: Topology, args: argparse.Namespace, verb: str) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     topology = _load(args)
+    if args.forward:
+        return _forward(topology, args)
     if not args.hold:
         topology.up()
         _show(topology, args, "built")
@@ -90,6 +103,20 @@ def run_up(args: argparse.Namespace) -> int:
         while True:
             signal.pause()  # the topology's handlers raise on SIGINT/SIGTERM
     return 0  # pragma: no cover - the loop only ends by a signal
+
+
+def _forward(topology: Topology, args: argparse.Namespace) -> int:
+    if not topology.engine_ports:
+        raise CommandError(f"{args.file} has no [engine] ports to forward between "
+                           '(add: [engine] ports = ["tap0", "tap1"])')  # fmt: skip
+    with topology:
+        if not args.json:
+            _show(topology, args, "built")
+        ports = topology.open_engine_ports()
+        joiner = " <-> " if topology.engine_mode == "wire" else ", "
+        label = joiner.join(port.name for port in topology.engine_ports)
+        return serve(ports, topology.engine_mode, command="topology up",  # type: ignore[arg-type]
+                     label=label, stats_interval=args.stats_interval, as_json=args.json)
 
 
 def run_down(args: argparse.Namespace) -> int:
