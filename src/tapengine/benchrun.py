@@ -188,7 +188,7 @@ class FrameLab:
 
 @dataclass
 class TcpLab:
-    """Namespaces A and B joined by one path; ``forwarder`` is its forwarding process, if any."""
+    """Namespaces ``a`` and ``b`` joined by one ``path``: a veth, a bridge, the engine, naive."""
 
     path: str
     a: str
