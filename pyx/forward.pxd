@@ -28,6 +28,8 @@ cdef enum:
     VERDICT_MALFORMED = -2
     VERDICT_BAD_HEADER = -3
     VERDICT_NO_EGRESS = -4
+    VERDICT_BAD_SRC_MAC = -5
+    VERDICT_RESERVED_GROUP = -6
 
 # Columns of a port's counter row. Drops are counted on the port where the packet was lost:
 # the egress port for DROP_FULL .. DROP_NEEDS_SEGMENTATION, the ingress port for the others.
@@ -49,6 +51,8 @@ cdef enum:                   # Counter
     DROP_FILTERED            # switch: the destination sits behind the ingress port
     DROP_NO_EGRESS           # no other port is up
     DROP_MALFORMED           # shorter than an Ethernet header (switch)
+    DROP_BAD_SRC_MAC         # switch: source MAC multicast, broadcast or all-zero (never learned)
+    DROP_RESERVED_GROUP      # switch: to 01:80:c2:00:00:01-0f, which a bridge never relays
     RX_ERRORS                # read errors other than EAGAIN and a vanished device
     LAST_ERRNO               # the errno of the last read or write error on this port
     N_COUNTERS
@@ -81,8 +85,10 @@ cdef class MacTable:
 
     # _bucket_of: the first of the MAC_WAYS entries ``mac`` may live in.
     cdef MacEntry *_bucket_of(self, uint64_t mac) noexcept nogil
-    # The four below expect the caller to hold ``lock``.
-    # learn: returns nothing of interest; never fails.
+    # The four below expect the caller to hold ``lock`` and to have read ``now`` (_now_ns())
+    # while holding it, so the stamps of one table never go backwards; ages are signed
+    # differences all the same.
+    # learn: returns nothing of interest; never fails. ``port`` is 0 .. MAX_PORTS - 1.
     cdef void learn(self, uint64_t mac, int32_t port, uint64_t now) noexcept nogil
     # lookup: the port behind ``mac``, or -1 when it is unknown or aged out.
     cdef int32_t lookup(self, uint64_t mac, uint64_t now) noexcept nogil

@@ -9,7 +9,9 @@ flows it never sleeps.
 
 Modes: ``wire`` (two ports, each forwards to the other) and ``switch`` (a MAC learning table:
 known unicast goes to its port, anything else is flooded to every other port that is up, never
-back to the ingress port).
+back to the ingress port). Like the kernel's bridge (STP off), the switch drops a frame whose
+source MAC is multicast, broadcast or all-zero (``bad_src_mac``) and never relays the IEEE 802.1D
+reserved group addresses 01:80:c2:00:00:01-0f (``reserved_group``).
 
 Every packet read is forwarded or counted as dropped with its reason. A device that vanishes
 (``EBADFD``, ``ENODEV``, ``ENXIO``, ``EIO`` on read, or ``EPOLLERR``/``EPOLLHUP``) marks its port
@@ -21,8 +23,8 @@ Python at any time without stopping anything (each 64-bit load is atomic on the 
 
 cimport cython
 from libc.errno cimport EBADFD, EINTR, EIO, ENODEV, ENXIO, EPIPE, errno
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
 from posix.time cimport clock_gettime, timespec
 from posix.unistd cimport close, write
 
@@ -48,7 +50,7 @@ COUNTER_NAMES = (
     "rx_packets", "rx_bytes", "rx_batches", "tx_packets", "tx_bytes", "flooded", "segmented",
     "drop_full", "drop_link_down", "drop_port_down", "drop_tx_error",
     "drop_needs_segmentation", "drop_bad_header", "drop_filtered", "drop_no_egress",
-    "drop_malformed", "rx_errors", "last_errno",
+    "drop_malformed", "drop_bad_src_mac", "drop_reserved_group", "rx_errors", "last_errno",
 )
 assert len(COUNTER_NAMES) == N_COUNTERS
 
@@ -66,12 +68,16 @@ cdef enum:
     SCRATCH_SLOTS = 128         # segments of one superframe: 64 KiB / 536-byte MSS fits
     SCRATCH_SLOT_SIZE = 16384
     STOP_TAG = MAX_PORTS        # epoll tag of the stop eventfd; ports are tagged 0..nports-1
+    ENTRIES_CHUNK = 1024        # MacTable.entries() copies this many slots per hold of the lock
 
 cdef extern from *:
     """
     #define TE_VALID_BIT (1ULL << 63)
     """
     const uint64_t VALID_BIT "TE_VALID_BIT"      # set in every used MacEntry.key
+
+#: 01:80:c2:00:00:00, the first of the IEEE 802.1D reserved group addresses (to ...:0f).
+cdef uint64_t RESERVED_GROUP = 0x0180C2000000
 
 
 # -- helpers for the loop ----------------------------------------------------------------------
@@ -80,6 +86,12 @@ cdef inline uint64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
     return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef inline bint _aged(uint64_t now, uint64_t seen_ns, uint64_t ageing_ns) noexcept nogil:
+    # Whether an entry stamped ``seen_ns`` is older than ``ageing_ns`` at ``now``: a signed
+    # difference, so a stamp a little after ``now`` is young, not 584 years old.
+    return <int64_t>(now - seen_ns) > <int64_t>ageing_ns
 
 
 cdef inline uint64_t _mac_at(const uint8_t *p) noexcept nogil:
@@ -116,6 +128,13 @@ def parse_mac(str text):
 
 
 # -- the MAC learning table --------------------------------------------------------------------
+
+cdef int _check_port(int port) except -1:
+    # Returns 0 for a port number a table entry may hold, else raises ValueError.
+    if not 0 <= port < MAX_PORTS:
+        raise ValueError(f"port must be between 0 and {MAX_PORTS - 1}, not {port}")
+    return 0
+
 
 @cython.final
 cdef class MacTable:
@@ -165,10 +184,10 @@ cdef class MacTable:
                     self.moved += 1
                 bucket[w].seen_ns = now
                 return
-            if bucket[w].key == 0 or now - bucket[w].seen_ns > self.ageing_ns:
+            if bucket[w].key == 0 or _aged(now, bucket[w].seen_ns, self.ageing_ns):
                 if free_entry == NULL:
                     free_entry = &bucket[w]
-            elif oldest == NULL or bucket[w].seen_ns < oldest.seen_ns:
+            elif oldest == NULL or <int64_t>(bucket[w].seen_ns - oldest.seen_ns) < 0:
                 oldest = &bucket[w]
         if free_entry == NULL:
             free_entry = oldest
@@ -184,7 +203,7 @@ cdef class MacTable:
         cdef int w
         for w in range(MAC_WAYS):
             if bucket[w].key == key:
-                if now - bucket[w].seen_ns > self.ageing_ns:
+                if _aged(now, bucket[w].seen_ns, self.ageing_ns):
                     return -1
                 return bucket[w].port
         return -1
@@ -198,7 +217,7 @@ cdef class MacTable:
     cdef uint32_t count(self, uint64_t now) noexcept nogil:
         cdef uint32_t k, n = 0
         for k in range(self.nbuckets * MAC_WAYS):
-            if self.slots[k].key and now - self.slots[k].seen_ns <= self.ageing_ns:
+            if self.slots[k].key and not _aged(now, self.slots[k].seen_ns, self.ageing_ns):
                 n += 1
         return n
 
@@ -223,22 +242,42 @@ cdef class MacTable:
         return n
 
     def entries(self):
-        """``[(mac, port, age_seconds), ...]`` of live entries, sorted by port then MAC."""
+        """``[(mac, port, age_seconds), ...]`` of live entries, sorted by port then MAC.
+
+        The live entries are copied out in C, ``ENTRIES_CHUNK`` slots per hold of the mutex;
+        the Python objects are made after it is released, so the workers wait for a memcpy-sized
+        pause at most, never for Python. A MAC always lives in the same bucket, so it is listed
+        at most once even when the table changes in between.
+        """
+        cdef uint32_t total = self.nbuckets * MAC_WAYS
+        cdef uint32_t start = 0, stop, k, n
         cdef uint64_t now
-        cdef uint32_t k
-        cdef MacEntry *entry
+        cdef MacEntry *chunk = <MacEntry *>malloc(ENTRIES_CHUNK * sizeof(MacEntry))
         cdef list rows = []
-        with nogil:
-            pthread_mutex_lock(&self.lock)
+        if chunk == NULL:
+            raise MemoryError("cannot allocate room to copy the MAC table")
         try:
-            now = _now_ns()
-            for k in range(self.nbuckets * MAC_WAYS):
-                entry = &self.slots[k]
-                if entry.key and now - entry.seen_ns <= self.ageing_ns:
-                    rows.append((format_mac(entry.key & ~VALID_BIT), entry.port,
-                                 (now - entry.seen_ns) / 1e9))
+            while start < total:
+                stop = start + ENTRIES_CHUNK if total - start > ENTRIES_CHUNK else total
+                n = 0
+                with nogil:
+                    pthread_mutex_lock(&self.lock)
+                    now = _now_ns()
+                    for k in range(start, stop):
+                        if self.slots[k].key and not _aged(now, self.slots[k].seen_ns,
+                                                           self.ageing_ns):
+                            chunk[n] = self.slots[k]
+                            # the age, never negative (stamps are taken under this lock)
+                            chunk[n].seen_ns = (now - chunk[n].seen_ns
+                                                if <int64_t>(now - chunk[n].seen_ns) > 0 else 0)
+                            n += 1
+                    pthread_mutex_unlock(&self.lock)
+                for k in range(n):
+                    rows.append((format_mac(chunk[k].key & ~VALID_BIT), chunk[k].port,
+                                 chunk[k].seen_ns / 1e9))
+                start = stop
         finally:
-            pthread_mutex_unlock(&self.lock)
+            free(chunk)
         rows.sort(key=lambda row: (row[1], row[0]))
         return rows
 
@@ -253,15 +292,42 @@ cdef class MacTable:
         return None if port < 0 else port
 
     def learn_mac(self, str mac, int port):
-        """Teach the table that ``mac`` sits behind ``port`` (tests and static entries)."""
+        """Teach the table that ``mac`` sits behind ``port`` (0 .. 63; tests and static entries).
+        A switch floods frames to a MAC learned on a port it does not have."""
         cdef uint64_t key = parse_mac(mac)
+        _check_port(port)
         with nogil:
             pthread_mutex_lock(&self.lock)
             self.learn(key, port, _now_ns())
             pthread_mutex_unlock(&self.lock)
 
+    def _learn_at(self, str mac, int port, uint64_t now_ns):
+        """``learn_mac`` with the stamp ``now_ns`` (CLOCK_MONOTONIC_COARSE ns), for tests."""
+        cdef uint64_t key = parse_mac(mac)
+        _check_port(port)
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            self.learn(key, port, now_ns)
+            pthread_mutex_unlock(&self.lock)
+
+    def _lookup_at(self, str mac, uint64_t now_ns):
+        """``lookup_mac`` as seen at ``now_ns`` (CLOCK_MONOTONIC_COARSE ns), for tests."""
+        cdef uint64_t key = parse_mac(mac)
+        cdef int32_t port
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            port = self.lookup(key, now_ns)
+            pthread_mutex_unlock(&self.lock)
+        return None if port < 0 else port
+
+    @staticmethod
+    def _now_ns():
+        """The table's clock (CLOCK_MONOTONIC_COARSE, ns), for tests."""
+        return _now_ns()
+
     def forget(self, int port):
         """Drop every entry that points at ``port``."""
+        _check_port(port)
         with nogil:
             pthread_mutex_lock(&self.lock)
             self.forget_port(port)
@@ -560,9 +626,10 @@ cdef class Forwarder:
     @cython.boundscheck(False)
     cdef void _choose_egress(self, int i, PacketRing ring, uint32_t first,
                              uint32_t n) noexcept nogil:
-        cdef uint64_t now
+        cdef uint64_t now, src, dst
         cdef const uint8_t *frame
         cdef uint32_t k, index
+        cdef int32_t known
         cdef bint check = self.ports[i].vnet_hdr
         cdef gso_info info
         cdef int reason
@@ -586,8 +653,9 @@ cdef class Forwarder:
         if self.mode == MODE_WIRE:
             return
         # Switch: one lock for the learning and lookups of the whole batch; no syscall held.
-        now = _now_ns()
+        # ``now`` is read under the lock, so no worker stamps an entry earlier than the last one.
         pthread_mutex_lock(&self.table.lock)
+        now = _now_ns()
         for k in range(n):
             if self.egress[k] != VERDICT_FLOOD:
                 continue
@@ -596,10 +664,27 @@ cdef class Forwarder:
                 self.egress[k] = VERDICT_MALFORMED
                 continue
             frame = ring_frame(ring, index)
-            if not (frame[6] & 1):                  # a multicast source is never learned
-                self.table.learn(_mac_at(frame + 6), i, now)
+            src = _mac_at(frame + 6)
+            if (frame[6] & 1) or src == 0:
+                # Multicast, broadcast or all-zero: no station sends from it. The kernel bridge
+                # drops these (is_valid_ether_addr) before learning anything; so do we.
+                self.egress[k] = VERDICT_BAD_SRC_MAC
+                continue
+            dst = _mac_at(frame)
+            if (dst & ~<uint64_t>0xF) == RESERVED_GROUP and dst != RESERVED_GROUP:
+                # 01:80:c2:00:00:01-0f (pause, LACP, 802.1X, LLDP, ...) are for the link, never
+                # relayed. The kernel bridge learns their source, except from a pause frame
+                # (dropped at once). 01:80:c2:00:00:00 (BPDUs) is flooded: with STP off the
+                # kernel relays it so that loops stay visible to the bridges around us.
+                if dst != RESERVED_GROUP + 1:
+                    self.table.learn(src, i, now)
+                self.egress[k] = VERDICT_RESERVED_GROUP
+                continue
+            self.table.learn(src, i, now)
             if not (frame[0] & 1):                  # broadcast and multicast stay flooded
-                self.egress[k] = self.table.lookup(_mac_at(frame), now)
+                known = self.table.lookup(dst, now)
+                # an entry for a port this forwarder lacks (learn_mac) is as good as unknown
+                self.egress[k] = known if known < self.nports else VERDICT_FLOOD
         pthread_mutex_unlock(&self.table.lock)
 
     cdef void _dispatch(self, int i, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil:
@@ -626,6 +711,10 @@ cdef class Forwarder:
                 counters[DROP_BAD_HEADER] += 1
             elif e == VERDICT_NO_EGRESS:
                 counters[DROP_NO_EGRESS] += 1
+            elif e == VERDICT_BAD_SRC_MAC:
+                counters[DROP_BAD_SRC_MAC] += 1
+            elif e == VERDICT_RESERVED_GROUP:
+                counters[DROP_RESERVED_GROUP] += 1
             elif e >= 0 and self.mode == MODE_WIRE:
                 self.ports[e].counters[DROP_PORT_DOWN] += 1
             else:           # unknown unicast (or learned on a port now down), broadcast, multicast

@@ -268,7 +268,7 @@ def test_switch_floods_unknown_unicast_then_forwards_only_to_the_learned_port() 
         assert table.lookup_mac(MAC[2]) is None
 
 
-def test_switch_floods_broadcast_always_and_never_learns_a_multicast_source() -> None:
+def test_switch_floods_broadcast_to_every_other_port() -> None:
     with running("switch", 3) as h:
         h.send(1, frame(MAC[0], MAC[1]))                # teach: MAC[1] behind port 1
         h.recv_all(0)
@@ -277,9 +277,41 @@ def test_switch_floods_broadcast_always_and_never_learns_a_multicast_source() ->
         h.send(0, bcast)
         assert h.recv_all(1) == [bcast]
         assert h.recv_all(2) == [bcast]
-        h.send(2, frame(MAC[1], "01:00:5e:00:00:01"))   # a multicast source
-        assert len(h.recv_all(1)) == 1
-        assert h.forwarder.table.lookup_mac("01:00:5e:00:00:01") is None
+
+
+@pytest.mark.parametrize("source", ["01:00:5e:00:00:01", BROADCAST, "00:00:00:00:00:00"],
+                         ids=["multicast", "broadcast", "zero"])
+def test_switch_drops_a_frame_from_an_invalid_source_and_learns_nothing(source: str) -> None:
+    with running("switch", 3) as h:
+        h.send(1, frame(MAC[0], MAC[1]))                # MAC[1] behind port 1
+        h.recv_all(0)
+        h.recv_all(2)
+        h.send(2, frame(MAC[1], source))                # known destination: still dropped
+        h.send(2, frame(BROADCAST, source))
+        h.wait_rx(2, 2)
+        assert h.recv_all(0) == h.recv_all(1) == []
+        assert h.counter(2, "drop_bad_src_mac") == 2
+        assert h.forwarder.table.lookup_mac(source) is None
+        to_source = frame(source, MAC[1])               # so a frame to it is never unicast
+        h.send(1, to_source)
+        assert h.recv_all(0) == h.recv_all(2) == [to_source]
+
+
+def test_switch_never_relays_reserved_group_addresses_but_floods_bpdus_with_stp_off() -> None:
+    reserved = [f"01:80:c2:00:00:{k:02x}" for k in range(16)]
+    with running("switch", 3) as h:
+        for k, dst in enumerate(reserved[1:], start=1):
+            h.send(0, frame(dst, f"02:00:00:00:01:{k:02x}"))
+        h.wait_rx(0, 15)
+        assert h.recv_all(1) == h.recv_all(2) == []
+        assert h.counter(0, "drop_reserved_group") == 15
+        assert h.counter(0, "flooded") == 0
+        bpdu = frame(reserved[0], MAC[0])               # the kernel bridge relays it (STP off)
+        h.send(0, bpdu)
+        assert h.recv_all(1) == h.recv_all(2) == [bpdu]
+        table = h.forwarder.table
+        assert table.lookup_mac("02:00:00:00:01:0e") == 0    # LLDP's source is learned,
+        assert table.lookup_mac("02:00:00:00:01:01") is None  # a pause frame's is not
 
 
 def test_switch_filters_a_frame_whose_destination_is_behind_its_ingress() -> None:
@@ -337,6 +369,67 @@ def test_mac_table_forget_drops_the_entries_of_one_port() -> None:
     table.learn_mac(MAC[1], 1)
     table.forget(0)
     assert [row[:2] for row in table.entries()] == [(MAC[1], 1)]
+
+
+def test_mac_table_refuses_a_port_number_outside_the_port_array() -> None:
+    table = MacTable()
+    for port in (64, 1000, -1):
+        with pytest.raises(ValueError, match="between 0 and 63"):
+            table.learn_mac(MAC[0], port)
+        with pytest.raises(ValueError, match="between 0 and 63"):
+            table.forget(port)
+    table.learn_mac(MAC[0], 63)
+    assert table.lookup_mac(MAC[0]) == 63
+
+
+def test_switch_floods_a_frame_to_a_mac_learned_on_a_port_it_does_not_have() -> None:
+    with running("switch", 3) as h:
+        h.forwarder.table.learn_mac(MAC[7], 40)
+        data = frame(MAC[7], MAC[0])
+        h.send(0, data)
+        assert h.recv_all(1) == h.recv_all(2) == [data]
+        assert h.counter(0, "flooded") == 1
+
+
+def test_mac_table_ages_by_signed_difference_a_stamp_just_after_now_is_young() -> None:
+    # Another worker may stamp an entry a tick after the ``now`` this one read: unsigned, that
+    # entry was 584 years old (aged out, flooded, evicted first).
+    table = MacTable(capacity=4, ageing=300.0)
+    now = MacTable._now_ns()
+    table._learn_at(MAC[0], 1, now + 1_000_000)
+    assert table._lookup_at(MAC[0], now) == 1
+    for k in range(1, 4):                           # fill the bucket's other ways, then one more:
+        table._learn_at(MAC[k], 2, now)             # the eviction takes the oldest, not MAC[0]
+    table._learn_at(MAC[4], 2, now)
+    assert table._lookup_at(MAC[0], now) == 1
+    assert table._lookup_at(MAC[0], now + 301 * 10**9) is None      # and it does age out
+
+
+def test_mac_table_entries_holds_no_lock_while_it_makes_python_objects(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tapengine._forward as forward_module
+
+    table = MacTable()
+    for k in range(8):
+        table.learn_mac(MAC[k], k)
+    learned_meanwhile: list[bool] = []
+    original = forward_module.format_mac
+    learner = threading.Thread(target=table.learn_mac, args=("02:00:00:00:00:ff", 1))
+
+    def format_while_a_worker_learns(mac: int) -> str:
+        if not learned_meanwhile:       # the first row: a worker takes the table's lock now
+            learner.start()
+            learner.join(10)            # blocks for ever (until entries() returns) if it is held
+            learned_meanwhile.append(not learner.is_alive())
+        return original(mac)
+
+    monkeypatch.setattr(forward_module, "format_mac", format_while_a_worker_learns)
+    rows = table.entries()
+    learner.join()
+    assert learned_meanwhile == [True]
+    listed = [row[:2] for row in rows]
+    assert {(MAC[k], k) for k in range(8)} <= set(listed)
+    assert len(listed) == len(set(listed))          # each MAC at most once
 
 
 # -- virtio-net headers ----------------------------------------------------------------------
