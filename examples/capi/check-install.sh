@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Does tapengine's C-level API install? Builds the sdist and, from it, the wheel; installs each in
 # a fresh virtualenv (no checkout on the path: the sdist builds its extensions from .pyx there);
-# builds this directory's extension against the installed package and moves packets with it.
+# builds this directory's extension against the installed package and moves packets with it, and
+# runs 'tapengine bench' from the installed package.
 #
 # usage: check-install.sh BUILD_PYTHON
 #   BUILD_PYTHON runs `python -m build --no-isolation`: it needs build, setuptools, Cython, numpy.
@@ -50,5 +51,14 @@ for kind in wheel sdist; do
     cp -r "$here" "$work/example-$kind"
     "$venv/bin/python" "${pip[@]}" install --no-build-isolation --no-deps "$work/example-$kind"
     (cd "$work" && "$venv/bin/python" -I "$work/example-$kind/relay_check.py")
+    # The benchmark harness and its naive baseline come from the installed package, too.
+    if [ "$kind" = wheel ]; then
+        bench=(--quick)
+    else
+        bench=(--quick --rounds 1 --sizes 64 --scenarios engine,naive,tcp-naive)
+    fi
+    step "tapengine bench ${bench[*]} from the $kind"
+    (cd "$work" && "$venv/bin/tapengine" bench "${bench[@]}" --quiet --json >"$work/bench-$kind.json")
+    "$venv/bin/python" -c 'import json, sys; runs = json.load(open(sys.argv[1]))["runs"]; assert runs, "no runs"; print(len(runs), "runs")' "$work/bench-$kind.json"
 done
 step "done"

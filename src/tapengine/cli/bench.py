@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench", help="measure tapengine against the kernel's own paths (frames and TCP)",
         description="Build private namespaces and measure, side by side: (frames) the generator "
         "sending flat out through a tapengine wire, a kernel veth pair and the naive Python "
-        "forwarder (bench/baselines), each between two kernel bridges, into the sink: delivered "
-        "packets/s, Gbit/s, loss and one-way latency; (TCP) one iperf3 stream through a "
+        "forwarder (tapengine.naive_forward), each between two kernel bridges, into the sink: "
+        "delivered packets/s, Gbit/s, loss and one-way latency; (TCP) one iperf3 stream through a "
         "tapengine wire with offloads, a veth pair, a kernel bridge and the naive forwarder. "
         "Runs are interleaved and repeated; the table shows medians, spreads and the ratio to "
         "the kernel's path in the same run. Everything is removed afterwards, also on Ctrl-C. "
