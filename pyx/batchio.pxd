@@ -5,6 +5,9 @@
 # errno that stopped the batch in *err. EINTR is retried; EAGAIN ends the batch with *err == 0.
 # They run without the GIL and never allocate.
 #
+# Lengths (see tapengine._ring's safety boundary): a send stops at a slot
+# whose length exceeds slot_size with *err == EMSGSIZE, never reading past the slot.
+#
 # ring_recv/ring_send are the readv()/writev() loop. BatchIO is a backend: its recv/send keep that
 # contract; ReadvIO (here) is the readv/writev loop, tapengine._uring.UringIO submits a batch
 # through io_uring. ring_recv_via/ring_send_via are the dispatch the forwarder, the generator, the

@@ -6,6 +6,9 @@ is no recvmmsg). A batch is therefore a loop of readv()/writev() calls run in C 
 iovec[0] is the slot's virtio-net header when the fd has IFF_VNET_HDR, iovec[1] the frame slot,
 so each packet is copied once, by the kernel, straight into or out of the ring.
 
+A write refuses a length over ``slot_size`` (written through the ``lengths`` view): ``send_batch``
+raises ``ValueError`` before writing anything, ``ring_send`` stops there with ``EMSGSIZE``.
+
 A backend (``BatchIO``) chooses how a batch moves: ``ReadvIO`` is this readv/writev loop,
 ``tapengine.UringIO`` submits the same reads and writes through io_uring, one ``io_uring_enter``
 per batch, with exactly the same results (see ``pyx/uring.pyx``). ``tapengine.open_batch_io()``
@@ -13,10 +16,12 @@ hands out the best one available.
 """
 
 cimport cython
-from libc.errno cimport EINTR, ENOSYS, EPROTO, errno
+from libc.errno cimport EINTR, EMSGSIZE, ENOSYS, EPROTO, errno
 from libc.stdint cimport uint32_t
 
-from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_hdr, ring_len
+from tapengine._ring cimport (
+    PacketRing, ring_check_lengths, ring_frame, ring_free, ring_hdr, ring_index, ring_len,
+)
 from tapengine.includes.consts cimport VNET_HDR_LEN
 from tapengine.includes.system cimport iovec, read, readv, write, writev
 from tapengine.syscall cimport fd_of, raise_errno, would_block
@@ -61,16 +66,20 @@ cdef uint32_t ring_recv(int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
 cdef uint32_t ring_send(int fd, PacketRing ring, uint32_t first, uint32_t count, bint vnet_hdr,
                         int *err) noexcept nogil:
     cdef iovec iov[2]
-    cdef uint32_t n = 0, index
+    cdef uint32_t n = 0, index, length
     cdef ssize_t put
     cdef int iovcnt = 2 if vnet_hdr else 1
     err[0] = 0
     while n < count:
         index = first + n
+        length = ring_len(ring, index)[0]
+        if length > ring.slot_size:
+            err[0] = EMSGSIZE   # a length past the slot (see ring.pxd): refused, never read
+            break
         iov[0].iov_base = ring_hdr(ring, index)
         iov[0].iov_len = VNET_HDR_LEN
         iov[iovcnt - 1].iov_base = ring_frame(ring, index)
-        iov[iovcnt - 1].iov_len = ring_len(ring, index)[0]
+        iov[iovcnt - 1].iov_len = length
         put = writev(fd, iov, 2) if vnet_hdr else write(fd, iov[0].iov_base, iov[0].iov_len)
         if put < 0:
             if errno == EINTR:
@@ -179,6 +188,8 @@ def send_batch(fd, PacketRing ring not None, first, count, *, bint vnet_hdr=Fals
     Returns the number written; fewer than ``count`` means the fd would block (``EAGAIN``). Any
     other error raises the matching ``OSError`` subclass whose ``completed`` attribute says how many
     packets were written before it. ``head`` is not moved: call ``ring.consume()`` when done.
+    ``first`` is any int, kept modulo 2**32. Raises ``ValueError`` before writing anything when a
+    length of the batch exceeds ``ring.slot_size``.
     ``io``: a backend (``open_batch_io()``; a ``UringIO`` belongs to one thread), or None for
     writev().
     """
@@ -186,9 +197,10 @@ def send_batch(fd, PacketRing ring not None, first, count, *, bint vnet_hdr=Fals
     ring._check_open()
     if count < 0 or count > ring.nslots:
         raise ValueError(f"count must be between 0 and {ring.nslots}, not {count}")
-    cdef uint32_t cfirst = first, ccount = count
+    cdef uint32_t cfirst = ring_index(first), ccount = count
     cdef int err
     cdef uint32_t n
+    ring_check_lengths(ring, cfirst, ccount)
     if io is not None:
         io.check()
     with nogil:

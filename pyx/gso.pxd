@@ -53,7 +53,8 @@ cpdef enum GsoReason:
     GSO_PROTOCOL_MISMATCH = 13      # gso_type disagrees with the packet (TCPV4 on IPv6, on UDP)
     GSO_NO_ROOM = 14                # destination ring has fewer free slots than segments
     GSO_SLOT_TOO_SMALL = 15         # one segment does not fit a destination slot
-    GSO_REASON_COUNT = 16
+    GSO_LENGTH_OVER_SLOT = 16       # a source length exceeds its slot (set through ``lengths``)
+    GSO_REASON_COUNT = 17
 
 
 # What gso_validate learned about a packet; gso_segment_parsed works from it.
@@ -102,7 +103,8 @@ cdef int gso_segment_parsed(const uint8_t *frame, uint32_t length, const gso_inf
                             PacketRing out, int mode) noexcept nogil
 
 # Segment source slots [first, first + count) into ``out``; invalid packets are counted in
-# stats.drops and skipped. Stops early only when ``out`` lacks room for the next packet.
+# stats.drops and skipped, a length over src.slot_size as GSO_LENGTH_OVER_SLOT (never read).
+# Stops early only when ``out`` lacks room for the next packet.
 # Returns source packets consumed (processed or dropped); src.head is not moved.
 cdef uint32_t gso_segment_batch(PacketRing src, uint32_t first, uint32_t count, PacketRing out,
                                 bint l2, int mode, gso_stats *stats) noexcept nogil

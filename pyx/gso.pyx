@@ -28,7 +28,9 @@ from libc.string cimport memcpy, memset
 from tapengine.netorder cimport (
     load_be16, load_be32, load_host16, store_be16, store_be32, store_host16,
 )
-from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_hdr, ring_len
+from tapengine._ring cimport (
+    PacketRing, ring_check_lengths, ring_frame, ring_free, ring_hdr, ring_index, ring_len,
+)
 from tapengine.includes.consts cimport (
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
     IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, VLAN_HLEN, VNET_HDR_LEN,
@@ -49,6 +51,7 @@ REASONS = (
     "ok", "too_short", "bad_flags", "bad_gso_type", "gso_size_zero", "gso_size_too_large",
     "csum_outside_frame", "csum_not_at_l4", "bad_csum_offset", "bad_ip_header", "bad_ip_length",
     "bad_l4_header", "unsupported_protocol", "protocol_mismatch", "no_room", "slot_too_small",
+    "length_over_slot",
 )
 assert len(REASONS) == GSO_REASON_COUNT
 
@@ -419,6 +422,9 @@ cdef uint32_t gso_segment_batch(PacketRing src, uint32_t first, uint32_t count, 
     for i in range(count):
         index = first + i
         length = ring_len(src, index)[0]
+        if length > src.slot_size:
+            stats.drops[<int>GSO_LENGTH_OVER_SLOT] += 1    # see ring.pxd: never read it
+            continue
         reason = gso_validate(ring_hdr(src, index), ring_frame(src, index), length, l2, &info)
         if reason:
             stats.drops[reason] += 1
@@ -547,7 +553,7 @@ def segment(header, frame, *, bint l2=True, bint partial_csum=False, bint with_h
         ring.close()
 
 
-def segment_batch(PacketRing src not None, uint32_t first, uint32_t count,
+def segment_batch(PacketRing src not None, first, uint32_t count,
                   PacketRing dst not None, *, bint l2=True, bint partial_csum=False):
     """Segment ring slots ``[first, first + count)`` of ``src`` into the free slots of ``dst``.
 
@@ -555,19 +561,23 @@ def segment_batch(PacketRing src not None, uint32_t first, uint32_t count,
     (call ``src.consume(result["consumed"])`` when ``first == src.head``). Invalid packets are
     skipped and counted by reason. Stops early only when ``dst`` is too full for the next packet.
     Returns ``{"consumed", "packets", "superframes", "segments", "bytes", "drops": {name: n}}``.
+    ``first`` is any int, kept modulo 2**32. Raises ``ValueError`` before segmenting anything
+    when a length of the batch exceeds ``src.slot_size``.
     """
     if src.closed or dst.closed:
         raise ValueError("the packet ring is closed")
-    cdef uint32_t held = src.tail - first          # free-running indices wrap together
+    cdef uint32_t cfirst = ring_index(first)
+    cdef uint32_t held = src.tail - cfirst         # free-running indices wrap together
     if count > held or held > src.nslots:
-        raise ValueError(f"cannot segment {count} packets from slot {first}: "
+        raise ValueError(f"cannot segment {count} packets from slot {cfirst}: "
                          f"{src.tail - src.head} are held from slot {src.head}")
+    ring_check_lengths(src, cfirst, count)
     cdef gso_stats stats
     memset(&stats, 0, sizeof(stats))
     cdef uint32_t consumed
     cdef int mode = GSO_OUT_PARTIAL_CSUM if partial_csum else GSO_OUT_FULL_CSUM
     with nogil:
-        consumed = gso_segment_batch(src, first, count, dst, l2, mode, &stats)
+        consumed = gso_segment_batch(src, cfirst, count, dst, l2, mode, &stats)
     return {
         "consumed": consumed,
         "packets": stats.packets,

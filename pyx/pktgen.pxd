@@ -136,7 +136,8 @@ cdef class Sink:
 
 
 # Sink hot path. Accounts frames [first, first + count) of ``ring`` received at ``now``;
-# returns count.
+# returns count, or the offset of the first frame whose length exceeds ring.slot_size (it and
+# the rest are not accounted: see tapengine._ring's safety boundary).
 cdef uint32_t sink_consume(Sink sink, PacketRing ring, uint32_t first, uint32_t count,
                            uint64_t now) noexcept nogil
 # Reads and accounts until ``limit`` probe frames, ``deadline``, ``idle_ns`` without a frame after

@@ -29,7 +29,9 @@ from posix.unistd cimport close, read, write
 
 from tapengine._batchio cimport BatchIO, ring_recv_via, ring_send_via
 from tapengine._gso cimport csum_add, csum_fold
-from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_len
+from tapengine._ring cimport (
+    PacketRing, ring_check_lengths, ring_frame, ring_free, ring_index, ring_len,
+)
 from tapengine.includes.consts cimport (
     ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, VLAN_HLEN,
 )
@@ -481,6 +483,7 @@ cdef class Generator:
         if count is not None and count < 0:
             raise ValueError(f"count must be >= 0, not {count}")
         self.ring._check_open()
+        ring_check_lengths(self.ring, 0, self.nused)    # the templates, writable as gen.ring
         with nogil:
             sent = gen_run(self, io, cfd, cvnet, limit, deadline, &err)
         if err:
@@ -498,6 +501,7 @@ cdef class Generator:
             raise ValueError(f"cannot fill {count} frames: the ring has {ring_free(ring)} free")
         if ring.slot_size < self.ring.slot_size:
             raise ValueError(f"ring slots of {ring.slot_size} bytes cannot hold these frames")
+        ring_check_lengths(self.ring, 0, self.nused)    # the templates, writable as gen.ring
         cdef uint32_t first = ring.tail, left = count, n, i
         cdef uint64_t now
         while left:
@@ -622,6 +626,8 @@ cdef uint32_t sink_consume(Sink sink, PacketRing ring, uint32_t first, uint32_t 
     for i in range(count):
         frame = ring_frame(ring, first + i)
         length = ring_len(ring, first + i)[0]
+        if length > ring.slot_size:
+            return i        # a length past the slot (see ring.pxd): stop, never read it
         c.packets += 1
         c.bytes += length
         payload = probe_offset(frame, length, sink.tun)
@@ -767,13 +773,16 @@ cdef class Sink:
         """Account frames ``[first, first + count)`` of ``ring`` as received at ``now_ns``.
 
         ``now_ns`` is CLOCK_MONOTONIC (``monotonic()``), now by default. Indices are free-running
-        and masked; no index of the ring moves. Returns ``count``.
+        and masked (``first`` is any int, kept modulo 2**32); no index of the ring moves.
+        Returns ``count``. Raises ``ValueError`` before accounting anything when a length of the
+        batch exceeds ``ring.slot_size``.
         """
         ring._check_open()
         if count < 0 or count > ring.nslots:
             raise ValueError(f"count must be between 0 and {ring.nslots}, not {count}")
         cdef uint64_t now = monotonic_ns() if now_ns is None else now_ns
-        cdef uint32_t cfirst = first, ccount = count
+        cdef uint32_t cfirst = ring_index(first), ccount = count
+        ring_check_lengths(ring, cfirst, ccount)
         with nogil:
             sink_consume(self, ring, cfirst, ccount, now)
         return count

@@ -2,7 +2,18 @@
 #
 # One page-aligned slab of ``nslots`` slots (a power of two) of ``stride`` bytes each, a uint32
 # length per slot and a 10-byte virtio-net header per slot. ``head`` and ``tail`` run freely and
-# are masked on use: slots [head, tail) hold packets, [tail, head + nslots) are free.
+# wrap at 2**32 (uint32 arithmetic, in Python as in C); they are masked on use: slots
+# [head, tail) hold packets, [tail, head + nslots) are free.
+#
+# The safety boundary. A slot's length is trusted only up to ``slot_size``:
+# - ``lengths`` is writable from Python (a numpy view), so a length is checked where it enters C:
+#   the Python entry points (send_batch, segment_batch, Sink.consume, ...) check the batch once
+#   per call with ring_check_lengths() and raise ValueError before anything moves; the C loops
+#   (ring_send, uring_send, gso_segment_batch, sink_consume) compare each length they load with
+#   ``slot_size`` anyway and refuse the packet (EMSGSIZE, a drop, a stop: each says which), so
+#   C callers cannot make them read or write outside the slab either. A C caller that takes
+#   lengths from Python code (a stage, a hook) checks them with ring_check_lengths() or
+#   ring_lengths_ok() to report them; the loops' guard only keeps memory safe.
 
 from libc.stdint cimport uint8_t, uint32_t
 
@@ -17,8 +28,8 @@ cdef class PacketRing:
     cdef readonly uint32_t slot_size
     cdef readonly uint32_t stride
     cdef readonly uint32_t mask
-    cdef public uint32_t head
-    cdef public uint32_t tail
+    cdef uint32_t head          # Python: a property that wraps any int modulo 2**32
+    cdef uint32_t tail          # likewise
     cdef Py_ssize_t _exports
     cdef object __weakref__
 
@@ -26,6 +37,7 @@ cdef class PacketRing:
     cdef void _free(self) noexcept
     cdef int _check_open(self) except -1
     cdef int _check_unexported(self, str action) except -1
+    cdef int _store(self, uint32_t index, object data, object header) except -1
 
 
 # Slot accessors for nogil loops; ``i`` is a free-running index, masked here.
@@ -43,3 +55,22 @@ cdef inline uint32_t ring_pending(PacketRing ring) noexcept nogil:
 
 cdef inline uint32_t ring_free(PacketRing ring) noexcept nogil:
     return ring.nslots - (ring.tail - ring.head)
+
+# Returns the offset k (0 .. count - 1) of the first slot of [first, first + count) whose length
+# exceeds slot_size, or ``count`` when every length fits its slot.
+cdef inline uint32_t ring_lengths_ok(PacketRing ring, uint32_t first,
+                                     uint32_t count) noexcept nogil:
+    cdef uint32_t k
+    for k in range(count):
+        if ring.lens[(first + k) & ring.mask] > ring.slot_size:
+            return k
+    return count
+
+# Returns 0 when every length of slots [first, first + count) fits its slot; raises ValueError
+# naming the first slot (free-running index) and length that do not. Needs the GIL.
+cdef int ring_check_lengths(PacketRing ring, uint32_t first, uint32_t count) except -1
+
+# Returns ``index`` modulo 2**32, as the C loops' uint32 arithmetic wraps it: any Python int
+# (negative, past 2**32, a numpy integer); raises TypeError for anything else. The one conversion
+# of a ring index coming from Python.
+cdef uint32_t ring_index(object index) except? 0

@@ -4,10 +4,16 @@
 Numpy views of the ring (``frames``, ``lengths``, ``headers``) share its memory. Each view counts
 as an export while it is alive; ``close()`` and ``resize()`` raise ``BufferError`` until every
 view is gone, so no view can ever point at freed memory.
+
+Indices are free-running ``uint32`` values that wrap at 2**32 in Python as in C: every index
+argument and ``head``/``tail`` take any int and keep it modulo 2**32 (``ring_index``). A length
+written through ``lengths`` is checked against ``slot_size`` before C uses it (``pyx/ring.pxd``).
 """
 
 cimport cython
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.long cimport PyLong_AsUnsignedLongMask
+from cpython.number cimport PyNumber_Index
 from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
@@ -213,6 +219,24 @@ cdef class PacketRing:
     # -- indices --------------------------------------------------------------------------
 
     @property
+    def head(self):
+        """Free-running index of the first packet held; set it to any int (kept modulo 2**32)."""
+        return self.head
+
+    @head.setter
+    def head(self, value):
+        self.head = ring_index(value)
+
+    @property
+    def tail(self):
+        """Free-running index of the first free slot; set it to any int (kept modulo 2**32)."""
+        return self.tail
+
+    @tail.setter
+    def tail(self, value):
+        self.tail = ring_index(value)
+
+    @property
     def pending(self):
         """Packets held: ``tail - head``."""
         return self.tail - self.head
@@ -224,9 +248,10 @@ cdef class PacketRing:
 
     def consume(self, count):
         """Advance ``head`` by ``count`` packets (they were sent or processed)."""
-        if count < 0 or count > self.tail - self.head:
-            raise ValueError(f"cannot consume {count} packets: {self.tail - self.head} pending")
-        self.head += count
+        cdef uint32_t pending = self.tail - self.head
+        if count < 0 or count > pending:
+            raise ValueError(f"cannot consume {count} packets: {pending} pending")
+        self.head += <uint32_t>count
 
     def clear(self):
         """Forget every packet held; the next packet goes to slot 0."""
@@ -244,13 +269,19 @@ cdef class PacketRing:
         if self.tail - self.head >= self.nslots:
             raise BufferError(f"the packet ring is full ({self.nslots} packets pending)")
         cdef uint32_t index = self.tail
-        self.store(index, data, header)
+        self._store(index, data, header)
         self.tail += 1
         return index
 
-    def store(self, uint32_t index, data, header=None):
-        """Copy a frame into slot ``index`` (masked) and set its length; no index moves."""
+    def store(self, index, data, header=None):
+        """Copy a frame into slot ``index`` (free-running, any int) and set its length; no index
+        moves."""
         self._check_open()
+        self._store(ring_index(index), data, header)
+
+    cdef int _store(self, uint32_t index, data, header) except -1:
+        # Returns 0 with the frame (and header) copied into slot ``index``; raises when it does
+        # not fit or is not bytes-like.
         cdef Py_buffer frame, hdr
         _get_bytes(data, &frame)
         try:
@@ -274,16 +305,40 @@ cdef class PacketRing:
             ring_len(self, index)[0] = <uint32_t>frame.len
         finally:
             PyBuffer_Release(&frame)
+        return 0
 
-    def packet(self, uint32_t index):
-        """A copy (``bytes``) of the frame in slot ``index`` (masked)."""
-        self._check_open()
-        return (<char *>ring_frame(self, index))[:ring_len(self, index)[0]]
+    def packet(self, index):
+        """A copy (``bytes``) of the frame in slot ``index`` (free-running, any int).
 
-    def header(self, uint32_t index):
-        """A copy (``bytes``) of the virtio-net header of slot ``index`` (masked)."""
+        Raises ``ValueError`` when the slot's length (written through ``lengths``) exceeds
+        ``slot_size``.
+        """
         self._check_open()
-        return (<char *>ring_hdr(self, index))[:VNET_HDR_LEN]
+        cdef uint32_t i = ring_index(index)
+        ring_check_lengths(self, i, 1)
+        return (<char *>ring_frame(self, i))[:ring_len(self, i)[0]]
+
+    def header(self, index):
+        """A copy (``bytes``) of the virtio-net header of slot ``index`` (free-running, any int)."""
+        self._check_open()
+        return (<char *>ring_hdr(self, ring_index(index)))[:VNET_HDR_LEN]
+
+
+cdef uint32_t ring_index(object index) except? 0:
+    # Returns index modulo 2**32 (the mask of an unsigned long keeps the low bits of any int,
+    # negative ones in two's complement); raises TypeError for a non-integer.
+    return <uint32_t>PyLong_AsUnsignedLongMask(PyNumber_Index(index))
+
+
+cdef int ring_check_lengths(PacketRing ring, uint32_t first, uint32_t count) except -1:
+    # Returns 0 when slots [first, first + count) all hold at most slot_size bytes, else raises.
+    cdef uint32_t k = ring_lengths_ok(ring, first, count)
+    if k < count:
+        raise ValueError(
+            f"slot {<uint32_t>(first + k)} holds a length of {ring_len(ring, first + k)[0]} "
+            f"bytes, more than the ring's slot_size of {ring.slot_size}"
+        )
+    return 0
 
 
 cdef int _get_bytes(data, Py_buffer *view) except -1:

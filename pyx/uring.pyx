@@ -19,13 +19,16 @@ What the kernel does with them, and what this module relies on (checked by ``ava
 - writes are linked (``IOSQE_IO_LINK``): when one fails, the kernel cancels every write after it,
   so exactly the packets before the failure went out, as with a writev() loop.
 
+Lengths as in ``tapengine._batchio``: a write stops before a slot whose length exceeds
+``slot_size`` with ``EMSGSIZE``.
+
 When io_uring is missing, disabled (``kernel.io_uring_disabled``), refused by a seccomp filter, or
 ``TAPENGINE_NO_URING=1`` is set, ``available()`` is false and ``open_batch_io()`` hands out the
 readv/writev backend instead.
 """
 
 cimport cython
-from libc.errno cimport EAGAIN, EBADF, EBUSY, EINTR, ENOSYS, EPROTO, errno
+from libc.errno cimport EAGAIN, EBADF, EBUSY, EINTR, EMSGSIZE, ENOSYS, EPROTO, errno
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memmove, memset
@@ -381,6 +384,7 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
     # Returns the packets written from slot ``first`` on; *err = 0 or the errno that stopped it.
     cdef uint32_t n = 0, chunk, k
     cdef int32_t r
+    cdef bint refused = False
     err[0] = io._own()
     if err[0]:
         return 0
@@ -389,13 +393,19 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
         if chunk > io.entries:
             chunk = io.entries
         for k in range(chunk):
+            if ring_len(ring, first + n + k)[0] > ring.slot_size:
+                chunk = k       # a length past the slot (see ring.pxd): refused, never read
+                refused = True
+                break
+        for k in range(chunk):
             # linked: a failed write cancels the rest of the chain, so nothing after it goes out
             _queue_rw(io, k, True, fd, ring, first + n + k, ring_len(ring, first + n + k)[0],
                       vnet_hdr, TE_IOSQE_IO_LINK if k + 1 < chunk and io._link_writes else 0)
-        io.submitted += chunk
-        err[0] = io._run(chunk)
-        if err[0]:
-            return n    # the ring is unusable: report only what is known to be written
+        if chunk:
+            io.submitted += chunk
+            err[0] = io._run(chunk)
+            if err[0]:
+                return n    # the ring is unusable: report only what is known to be written
         for k in range(chunk):
             r = io.res[k]
             if r < 0:
@@ -403,6 +413,9 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
                     err[0] = -r
                 return n + k
         n += chunk
+        if refused:
+            err[0] = EMSGSIZE
+            return n
     return n
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import socket
 import struct
@@ -355,6 +356,56 @@ def test_recv_and_send_batch_take_either_backend(tap_pair: tuple[TunQueue, TunQu
     assert got == frames
     if isinstance(batch_io, UringIO):
         assert batch_io.stats()["submitted"] >= 128  # both went through io_uring
+
+
+def datagram_pair() -> tuple[socket.socket, socket.socket]:
+    """A non-blocking Unix datagram socket pair: one packet per read and write, like a tun fd."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for sock in (a, b):
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    return a, b
+
+
+def test_a_length_past_the_slot_is_refused_before_anything_is_written(batch_io: BatchIO) -> None:
+    ring = PacketRing(4, 2048)
+    a, b = datagram_pair()
+    with a, b:
+        for i in range(3):
+            ring.push(bytes([i]) * 100)
+        ring.lengths[ring.head + 1] = 60014  # past the 8 KiB slab, were it read
+        for io in (None, batch_io):
+            with pytest.raises(ValueError, match="slot 1 holds a length of 60014 bytes"):
+                send_batch(a, ring, ring.head, 3, io=io)
+        with pytest.raises(BlockingIOError):
+            b.recv(65536)  # not even the packet before the bad one went out
+        ring.lengths[ring.head + 1] = 2048  # a full slot is a valid length
+        assert send_batch(a, ring, ring.head, 3, io=batch_io) == 3
+        assert [len(b.recv(65536)) for _ in range(3)] == [100, 2048, 100]
+
+
+def test_the_readme_loop_runs_across_the_index_wrap(batch_io: BatchIO) -> None:
+    """recv -> send -> consume with head and tail starting 3 packets before 2**32."""
+    rounds = 12
+    ring = PacketRing(8, 2048)
+    ring.head = ring.tail = (1 << 32) - 3
+    source, into = datagram_pair()
+    out, sink = datagram_pair()
+    sent: list[bytes] = []
+    got: list[bytes] = []
+    with source, into, out, sink:
+        for r in range(rounds):
+            for i in range(5):
+                sent.append(os.urandom(1 + (r * 5 + i) * 37 % 1500))
+                source.send(sent[-1])
+            n = recv_batch(into, ring, 64, io=batch_io)
+            assert n == 5
+            assert send_batch(out, ring, ring.head, n, io=batch_io) == n
+            ring.consume(n)
+            got += [sink.recv(65536) for _ in range(n)]
+    assert ring.head == ring.tail == rounds * 5 - 3  # 2**32 - 3 + 60, wrapped
+    assert hashlib.sha256(b"".join(got)).digest() == hashlib.sha256(b"".join(sent)).digest()
+    assert [len(p) for p in got] == [len(p) for p in sent]
 
 
 def test_bad_arguments_are_refused_before_any_io(batch_io: BatchIO) -> None:

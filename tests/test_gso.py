@@ -435,7 +435,10 @@ def test_malformed_packet_is_refused_with_its_reason(reason, header, frame):
 
 
 def test_every_reason_has_a_test_and_a_name():
-    tested = {case[0] for case in _malformed()} | {"ok", "no_room", "slot_too_small"}
+    # length_over_slot: refused at the Python boundary (test_segment_batch_refuses_a_length_
+    # past_the_slot); the C loop's own guard is reached by C callers only
+    tested = {case[0] for case in _malformed()} | {"ok", "no_room", "slot_too_small",
+                                                    "length_over_slot"}
     assert tested == set(gso.REASONS)
     for member in gso.GsoReason:
         if member.name != "GSO_REASON_COUNT":
@@ -623,3 +626,28 @@ def test_kernel_tcp_superframes_segment_into_the_stream_that_was_sent(make_netns
         if sock is not None:
             sock.close()
         queue.close()
+
+
+def test_segment_batch_refuses_a_length_past_the_slot():
+    src = PacketRing(4, 2048)
+    dst = PacketRing(64, 2048)
+    plain = bytes(Shape().build(b"x" * 100))
+    src.push(plain, vnet())
+    src.lengths[0] = 60014   # would read 42 segments from past the 8 KiB slab
+    with pytest.raises(ValueError, match="slot 0 holds a length of 60014 bytes"):
+        gso.segment_batch(src, 0, 1, dst)
+    assert dst.pending == 0 and dst.tail == 0
+
+
+def test_segment_batch_takes_indices_past_2_to_the_32():
+    src = PacketRing(4, 65536 + 128)
+    dst = PacketRing(16, 2048)
+    header, frame = superframe(Shape(), os.urandom(3000), 1000)
+    src.head = src.tail = dst.head = dst.tail = (1 << 32) - 1
+    src.push(frame, header)
+    src.push(frame, header)   # in slot 2**32, i.e. 0
+    stats = gso.segment_batch(src, src.head + 1, 1, dst)   # first = 2**32 from Python
+    assert (stats["consumed"], stats["segments"]) == (1, 3)
+    assert [dst.packet(dst.head + k) for k in range(3)] == gso.segment(header, frame)
+    src.consume(2)
+    assert src.head == src.tail == 1

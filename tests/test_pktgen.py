@@ -230,6 +230,38 @@ def test_sink_bounds_its_flow_table() -> None:
     assert result.flows_seen == 4 and result.untracked == 8 and result.probe_packets == 16
 
 
+def test_sink_refuses_a_length_past_the_slot_before_counting() -> None:
+    ring = generate(GenConfig(), 4)
+    ring.lengths[2] = 60014
+    sink = Sink()
+    with pytest.raises(ValueError, match="slot 2 holds a length of 60014 bytes"):
+        sink.consume(ring, 0, 4)
+    assert SinkResult.of(sink).packets == 0
+
+
+def test_generator_refuses_templates_whose_length_was_set_past_the_slot() -> None:
+    gen = GenConfig().generator()
+    gen.ring.lengths[0] = 60014
+    with pytest.raises(ValueError, match="slot 0 holds a length of 60014"):
+        gen.fill(PacketRing(16, 65536), 1)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b, pytest.raises(ValueError, match="slot 0 holds"):
+        gen.send(a.fileno(), count=1, vnet_hdr=False)
+
+
+def test_sink_takes_first_indices_past_2_to_the_32() -> None:
+    source = generate(GenConfig(), 6)
+    ring = PacketRing(8, 2048)
+    ring.head = ring.tail = (1 << 32) - 2
+    for k in range(6):
+        ring.push(source.packet(k))
+    sink = Sink()
+    sink.consume(ring, ring.head, 2)
+    sink.consume(ring, ring.head + 2, 4)   # 2**32 from Python: OverflowError before
+    result = SinkResult.of(sink)
+    assert (result.probe_packets, result.lost, result.reordered) == (6, 0, 0)
+
+
 def test_sink_follows_sequence_numbers_across_the_32_bit_wrap() -> None:
     source = generate(GenConfig(), 6)
     frames = source.frames

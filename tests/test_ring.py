@@ -6,8 +6,12 @@ import gc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tapengine import VNET_HDR_DTYPE, PacketRing
+
+WRAP = 1 << 32
 
 
 def test_geometry_and_alignment() -> None:
@@ -140,3 +144,62 @@ def test_context_manager_closes() -> None:
     with PacketRing(2, 64) as ring:
         ring.push(b"x")
     assert ring.closed
+
+
+# -- the safety boundary: lengths, wrapping indices ---------------------------------------------
+
+def test_a_length_past_the_slot_is_refused_not_read() -> None:
+    ring = PacketRing(4, 2048)
+    index = ring.push(b"\x01" * 60)
+    ring.lengths[index] = 60014  # what a Python hook may write; the slab ends 6 KiB later
+    with pytest.raises(ValueError, match=f"slot {index} holds a length of 60014 bytes"):
+        ring.packet(index)
+    ring.lengths[index] = 2048  # a whole slot is fine
+    assert len(ring.packet(index)) == 2048
+
+
+def test_head_and_tail_wrap_at_2_to_the_32_like_the_c_code() -> None:
+    ring = PacketRing(8, 64)
+    ring.head = ring.tail = WRAP - 3
+    for i in range(6):
+        assert ring.push(bytes([i])) == (WRAP - 3 + i) % WRAP
+    assert (ring.pending, len(ring), ring.tail) == (6, 6, 3)
+    assert [ring.packet(ring.head + k) for k in range(6)] == [bytes([i]) for i in range(6)]
+    ring.consume(4)  # head passes 2**32 here
+    assert (ring.head, ring.pending) == (1, 2)
+    ring.head = ring.head + WRAP  # what `head + n` computed in Python gives
+    assert ring.head == 1
+    ring.tail = -1  # modulo 2**32, as in C
+    assert ring.tail == WRAP - 1
+
+
+def test_index_arguments_take_any_int_modulo_2_to_the_32() -> None:
+    ring = PacketRing(4, 64)
+    ring.store(WRAP + 5, b"frame", b"H" * 10)  # slot 5 & 3 == 1
+    for alias in (1, 5, WRAP + 1, 3 * WRAP + 5, -3, np.uint64(WRAP + 1)):
+        assert ring.packet(alias) == b"frame"
+        assert ring.header(alias) == b"H" * 10
+    with pytest.raises(TypeError):
+        ring.packet(1.0)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200)
+@given(start=st.integers(0, WRAP - 1), steps=st.lists(st.integers(0, 8), max_size=40))
+def test_push_and_consume_agree_with_indices_modulo_2_to_the_32(start: int,
+                                                                steps: list[int]) -> None:
+    ring = PacketRing(8, 64)
+    ring.head = ring.tail = start
+    model: list[bytes] = []
+    seq = 0
+    for step in steps:
+        for _ in range(min(step, ring.free)):
+            assert ring.push(seq.to_bytes(4, "big")) == (start + seq) % WRAP
+            model.append(seq.to_bytes(4, "big"))
+            seq += 1
+        assert [ring.packet(ring.head + k) for k in range(ring.pending)] == model
+        eaten = min(step // 2 + 1, ring.pending)
+        ring.consume(eaten)
+        del model[:eaten]
+        assert ring.head == (start + seq - len(model)) % WRAP
+    ring.close()
+

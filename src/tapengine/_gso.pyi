@@ -31,7 +31,8 @@ class GsoReason(enum.IntEnum):
     GSO_PROTOCOL_MISMATCH = 13
     GSO_NO_ROOM = 14
     GSO_SLOT_TOO_SMALL = 15
-    GSO_REASON_COUNT = 16
+    GSO_LENGTH_OVER_SLOT = 16
+    GSO_REASON_COUNT = 17
 
 class _BatchStats(TypedDict):
     consumed: int
