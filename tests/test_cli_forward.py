@@ -218,3 +218,28 @@ def test_demo_forwards_the_kernels_traffic_and_removes_everything(privileged: No
                                          text=True).stdout
     for port in report["engine"]["ports"]:
         assert not link_exists(port["ifname"])
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as status:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+
+
+def test_forward_as_nobody_keeps_forwarding_with_no_capability(
+        cli: Callable[..., tuple]) -> None:
+    """--user: every fd open first, then no uid 0, no capability, no_new_privs (the kernel's own
+    view in /proc), and the kernel's ping still crosses the wire."""
+    proc, line, (a, b) = cli("forward", 2, "--user", "nobody")
+    assert line.startswith("forwarding "), line
+    status = proc_status(proc.pid)
+    assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
+    assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1" and status["Groups"].strip() == ""
+    assert int(status["Threads"]) > 1  # the workers run as nobody too
+    result = ping(a, b)
+    assert result.returncode == 0, result.stdout + result.stderr
+    code, out, err = stop(proc)
+    assert code == 0, err
+    assert "stopped by SIGTERM" in err
+    rows = {row.split()[0]: row.split() for row in out.splitlines() if row.startswith(a.ifname)}
+    assert int(rows[a.ifname][2]) >= 3  # the pings' requests, received as nobody

@@ -26,7 +26,7 @@ SOURCE = Path(tapengine.__file__).parent
 LAYERS: list[set[str]] = [
     {"errors", "marks", "signals"},
     {"validate"},
-    {"netns"},
+    {"netns", "privileges"},
     {"netlink"},
     {"tun"},
     {"devices", "kstats", "naive_forward", "nsexec"},

@@ -119,6 +119,34 @@ class FloatArg(ArgType):
                                     low_inclusive=self.low_inclusive)  # fmt: skip
 
 
+class UserArg(ArgType):
+    """``USER[:GROUP]`` to become once the devices are open (``privileges.parse_identity``)."""
+
+    kind = "user"
+
+    def convert(self, text: str) -> Any:
+        from tapengine.privileges import parse_identity
+
+        return parse_identity(text)
+
+
+def add_user_option(parser: argparse.ArgumentParser) -> None:
+    """``--user USER[:GROUP]``: drop every privilege once the devices are open."""
+    parser.add_argument(
+        "--user", type=UserArg(), metavar="USER[:GROUP]",
+        help="once the devices are open, become USER (and GROUP, else USER's group) with no "
+             "capabilities left and no_new_privs: nothing that follows needs root",
+    )  # fmt: skip
+
+
+def become(identity: Any) -> None:
+    """Drop privileges to ``identity`` (a ``--user`` value); nothing when it is None."""
+    if identity is not None:
+        from tapengine.privileges import drop_privileges
+
+        drop_privileges(identity)
+
+
 class IfnameArg(ArgType):
     """An interface name the kernel accepts (at most 15 bytes, no '/', ':', blanks)."""
 

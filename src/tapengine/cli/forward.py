@@ -23,6 +23,8 @@ from tapengine.cli.common import (
     IntArg,
     add_io_option,
     add_json_option,
+    add_user_option,
+    become,
     example_epilog,
 )
 from tapengine.engine import (
@@ -40,6 +42,7 @@ from tapengine.engine import (
     offload_names,
     open_ports,
 )
+from tapengine.privileges import Identity
 from tapengine.signals import on_signal, signal_name, stop_signals
 from tapengine.validate import MAX_TXQUEUELEN
 
@@ -106,6 +109,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=IntArg("budget", 1, MAX_BUDGET), default=64,
                         metavar="N", help="most packets read from one port per pass "
                         f"(default: 64, at most {MAX_BUDGET})")
+    add_user_option(parser)
     parser.add_argument("--share-queues", action="store_true",
                         help="attach to multi-queue devices whose queues another process already "
                              "holds (refused by default: the kernel would split the traffic)")
@@ -144,18 +148,20 @@ def run(args: argparse.Namespace) -> int:
     label = (" <-> " if args.mode == "wire" else ", ").join(args.ports)
     return serve(ports, args.mode, command=args.command_name, label=label,
                  budget=args.budget, io=args.io, stats_interval=args.stats_interval,
-                 as_json=args.json, **switch_options)  # fmt: skip
+                 as_json=args.json, user=args.user, **switch_options)  # fmt: skip
 
 
 def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budget: int = 64,
           io: str = "readv", stats_interval: float = 0.0, as_json: bool = False,
-          **switch_options: Any) -> int:  # fmt: skip
+          user: Identity | None = None, **switch_options: Any) -> int:  # fmt: skip
     """Forward between open ``ports`` until a stop signal, then print the final stats; the
     ports are closed on the way out (a failure gives back the txqueuelen they raised).
-    ``command`` and ``label`` make the ready line: ``forwarding tap0 <-> tap1: ...``."""
+    ``command`` and ``label`` make the ready line: ``forwarding tap0 <-> tap1: ...``. With
+    ``user`` the process drops every privilege before the workers start."""
     done = False
     try:
         engine = Engine(ports, mode, budget=budget, io=io, **switch_options)
+        become(user)
         with stop_signals("flag") as caught, on_signal(signal.SIGUSR1) as snapshot:
             engine.start()
             try:

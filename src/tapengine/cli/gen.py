@@ -16,6 +16,8 @@ from tapengine.cli.common import (
     add_io_option,
     add_json_option,
     add_netns_option,
+    add_user_option,
+    become,
     example_epilog,
     open_io,
     run_with_progress,
@@ -81,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=IntArg("batch size", 1, MAX_BATCH), default=32,
                         help=f"frames per batch (1..{MAX_BATCH})")
     add_io_option(parser)
+    add_user_option(parser)
     parser.add_argument("--per-flow", action="store_true", help="packets per flow in --json")
     add_json_option(parser, "print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -126,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{format_bits(int(c['bytes']) * 8 / elapsed)}")  # fmt: skip
 
     with open_device(info) as queue, open_io(args.io, max(args.batch, 64)) as io:
+        become(args.user)
         _, interrupted = run_with_progress(
             lambda: gen.send(queue, count=args.count, duration=args.duration, io=io),
             gen.stop, progress, show=sys.stderr.isatty() and not args.quiet and not args.json,

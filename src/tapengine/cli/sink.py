@@ -14,6 +14,8 @@ from tapengine.cli.common import (
     add_io_option,
     add_json_option,
     add_netns_option,
+    add_user_option,
+    become,
     example_epilog,
     open_io,
     run_with_progress,
@@ -61,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"at most {MAX_FLOWS})")
     parser.add_argument("--per-flow", action="store_true", help="per-flow results in --json")
     add_io_option(parser)
+    add_user_option(parser)
     add_json_option(parser, "print the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run, command_name="sink")
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{int(c['reordered']):,} reordered")  # fmt: skip
 
         with open_device(info) as queue, open_io(args.io) as io:
+            become(args.user)
             _, interrupted = run_with_progress(
                 lambda: sink.run(queue, count=args.count, duration=args.duration, idle=args.idle,
                                  io=io),
