@@ -10,7 +10,6 @@ rings and batches does not pay for it.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -63,7 +62,20 @@ if TYPE_CHECKING:  # what a type checker sees is what __getattr__ provides
     from tapengine.tun import IfFlag, Offload, TunQueue, features, open_queue, open_queues
 
 
+def _version() -> str:
+    # importlib.metadata costs about a third of the import (it pulls in email.*): read on demand
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tapengine")
+    except PackageNotFoundError:  # pragma: no cover - running from a tree never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tapengine' has no attribute {name!r}")
@@ -73,13 +85,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
 
-
-try:
-    __version__ = version("tapengine")
-except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "VNET_HDR_DTYPE",
