@@ -5,7 +5,8 @@
 # errno that stopped the batch in *err. EINTR is retried; EAGAIN ends the batch with *err == 0.
 # They run without the GIL and never allocate.
 #
-# Lengths (see tapengine._ring's safety boundary): a send stops at a slot
+# Lengths (see tapengine._ring's safety boundary): a receive drops a frame longer than the slot and
+# counts it in ring.truncated (such a frame counts against the budget); a send stops at a slot
 # whose length exceeds slot_size with *err == EMSGSIZE, never reading past the slot.
 #
 # ring_recv/ring_send are the readv()/writev() loop. BatchIO is a backend: its recv/send keep that

@@ -6,8 +6,12 @@ is no recvmmsg). A batch is therefore a loop of readv()/writev() calls run in C 
 iovec[0] is the slot's virtio-net header when the fd has IFF_VNET_HDR, iovec[1] the frame slot,
 so each packet is copied once, by the kernel, straight into or out of the ring.
 
-A write refuses a length over ``slot_size`` (written through the ``lengths`` view): ``send_batch``
-raises ``ValueError`` before writing anything, ``ring_send`` stops there with ``EMSGSIZE``.
+A read asks for ``slot_size + 1`` frame bytes (the slot's stride has the spare byte): a frame that
+does not fit its slot comes back longer than ``slot_size`` (a tun fd returns the whole length, a
+datagram socket the one byte more), and is dropped and counted in ``ring.truncated`` instead of
+being handed on cut. A write refuses a length over ``slot_size`` (written through the ``lengths``
+view): ``send_batch`` raises ``ValueError`` before writing anything, ``ring_send`` stops there with
+``EMSGSIZE``.
 
 A backend (``BatchIO``) chooses how a batch moves: ``ReadvIO`` is this readv/writev loop,
 ``tapengine.UringIO`` submits the same reads and writes through io_uring, one ``io_uring_enter``
@@ -31,7 +35,7 @@ from tapengine.syscall cimport fd_of, raise_errno, would_block
 cdef uint32_t ring_recv(int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
                         int *err) noexcept nogil:
     cdef iovec iov[2]
-    cdef uint32_t n = 0, index
+    cdef uint32_t n = 0, dropped = 0, index
     cdef ssize_t got
     cdef int iovcnt = 2 if vnet_hdr else 1
     cdef size_t hdr_len = VNET_HDR_LEN if vnet_hdr else 0
@@ -39,12 +43,12 @@ cdef uint32_t ring_recv(int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
     err[0] = 0
     if budget > room:
         budget = room
-    while n < budget:
+    while n + dropped < budget:     # a frame dropped as too long counts against the budget
         index = ring.tail + n
         iov[0].iov_base = ring_hdr(ring, index)
         iov[0].iov_len = VNET_HDR_LEN
         iov[iovcnt - 1].iov_base = ring_frame(ring, index)
-        iov[iovcnt - 1].iov_len = ring.slot_size
+        iov[iovcnt - 1].iov_len = ring.slot_size + 1    # the stride's spare byte: see above
         # one iovec: plain read() is the cheaper syscall
         got = readv(fd, iov, 2) if vnet_hdr else read(fd, iov[0].iov_base, iov[0].iov_len)
         if got < 0:
@@ -56,6 +60,10 @@ cdef uint32_t ring_recv(int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
         if <size_t>got < hdr_len:
             err[0] = EPROTO     # a vnet fd always prepends a whole header
             break
+        if <size_t>got - hdr_len > ring.slot_size:
+            ring.truncated += 1     # too long for the slot: dropped, the slot is read into again
+            dropped += 1
+            continue
         ring_len(ring, index)[0] = <uint32_t>(got - hdr_len)
         n += 1
     ring.tail += n
@@ -160,7 +168,9 @@ def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False, 
     """Read up to ``budget`` packets from a non-blocking tun/tap fd into the ring's free slots.
 
     Packets land at ``ring.tail`` onwards and ``tail`` advances by the number returned. Stops at
-    ``EAGAIN`` (nothing more now), at the budget or when the ring is full. Any other error raises
+    ``EAGAIN`` (nothing more now), at the budget or when the ring is full; a frame longer than
+    ``ring.slot_size`` is dropped, counted in ``ring.truncated`` and counts against the budget
+    (so at most ``budget`` frames are read per call). Any other error raises
     the matching ``OSError`` subclass whose ``completed`` attribute says how many packets were
     read (and kept in the ring) before it. ``io``: a backend (``open_batch_io()``; a ``UringIO``
     belongs to one thread), or None for readv().

@@ -6,6 +6,9 @@
 # [head, tail) hold packets, [tail, head + nslots) are free.
 #
 # The safety boundary. A slot's length is trusted only up to ``slot_size``:
+# - every receive (tapengine._batchio, tapengine._uring) reads up to ``slot_size + 1`` bytes into a
+#   slot (``stride`` always has that spare byte), so a frame longer than the slot is seen, dropped
+#   and counted in ``truncated``, never cut and never handed on;
 # - ``lengths`` is writable from Python (a numpy view), so a length is checked where it enters C:
 #   the Python entry points (send_batch, segment_batch, Sink.consume, ...) check the batch once
 #   per call with ring_check_lengths() and raise ValueError before anything moves; the C loops
@@ -14,8 +17,12 @@
 #   C callers cannot make them read or write outside the slab either. A C caller that takes
 #   lengths from Python code (a stage, a hook) checks them with ring_check_lengths() or
 #   ring_lengths_ok() to report them; the loops' guard only keeps memory safe.
+#
+# ``truncated`` (uint64, read-only from Python, incremented by the receive loops) counts the
+# frames dropped on receive because they did not fit a slot; it is never reset (not by clear()
+# nor resize()): read it before and after a batch for a per-batch or per-port count.
 
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from tapengine.includes.consts cimport VNET_HDR_LEN
 
@@ -26,10 +33,11 @@ cdef class PacketRing:
     cdef uint32_t *lens         # nslots lengths
     cdef readonly uint32_t nslots
     cdef readonly uint32_t slot_size
-    cdef readonly uint32_t stride
+    cdef readonly uint32_t stride   # >= slot_size + 1, a multiple of 64
     cdef readonly uint32_t mask
     cdef uint32_t head          # Python: a property that wraps any int modulo 2**32
     cdef uint32_t tail          # likewise
+    cdef readonly uint64_t truncated    # frames dropped on receive: longer than slot_size
     cdef Py_ssize_t _exports
     cdef object __weakref__
 

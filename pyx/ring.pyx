@@ -107,6 +107,7 @@ cdef class PacketRing:
         self.hdrs = NULL
         self.lens = NULL
         self._exports = 0
+        self.truncated = 0
         nslots, slot_size = _checked_geometry(nslots, slot_size)
         self._allocate(nslots, slot_size)
 
@@ -116,7 +117,8 @@ cdef class PacketRing:
     cdef int _allocate(self, uint32_t nslots, uint32_t slot_size) except -1:
         # Returns 0; raises MemoryError when the slab cannot be had.
         cdef size_t page = <size_t>sysconf(_SC_PAGESIZE)
-        cdef uint32_t stride = (slot_size + CACHE_LINE - 1) // CACHE_LINE * CACHE_LINE
+        # One spare byte at least: receives read slot_size + 1 bytes to see a frame too long.
+        cdef uint32_t stride = (slot_size + CACHE_LINE) // CACHE_LINE * CACHE_LINE
         cdef void *slab = NULL
         cdef void *meta = NULL
         cdef size_t meta_size = <size_t>nslots * (sizeof(uint32_t) + VNET_HDR_LEN)
@@ -360,3 +362,29 @@ def _checked_geometry(nslots, slot_size):
             f"slot_size must be between {MIN_SLOT_SIZE} and {MAX_SLOT_SIZE} bytes, not {slot_size}"
         )
     return nslots, slot_size
+
+
+#: Link-layer bytes in front of an IP packet on a tap: Ethernet header and two VLAN tags (QinQ).
+TAP_L2_OVERHEAD = 14 + 2 * 4
+
+
+def slot_size_for(mtu, superframes=False, mode="tap"):
+    """The ``slot_size`` that holds every frame a tun/tap device can hand over.
+
+    ``mtu`` is the device MTU (68 .. 65535). ``superframes`` is true when GSO superframes can
+    arrive (``IFF_VNET_HDR`` with TSO/USO negotiated by ``TUNSETOFFLOAD``): then up to 64 KiB,
+    ``MAX_SLOT_SIZE``. Otherwise the MTU plus what precedes the IP packet: nothing on a tun
+    (``mode="tun"``, IFF_NO_PI), an Ethernet header and up to two VLAN tags on a tap
+    (``mode="tap"``, ``TAP_L2_OVERHEAD`` bytes). The virtio-net header has its own array and
+    needs no room in the slot. A frame longer than this is still dropped and counted
+    (``PacketRing.truncated``), never cut.
+    """
+    if isinstance(mtu, bool) or not isinstance(mtu, int):
+        raise TypeError(f"mtu must be an int, not {type(mtu).__name__}")
+    if not 68 <= mtu <= 65535:
+        raise ValueError(f"mtu must be between 68 and 65535, not {mtu}")
+    if mode not in ("tap", "tun"):
+        raise ValueError(f"mode must be 'tap' or 'tun', not {mode!r}")
+    if superframes:
+        return MAX_SLOT_SIZE
+    return mtu + (TAP_L2_OVERHEAD if mode == "tap" else 0)     # >= 68 > MIN_SLOT_SIZE

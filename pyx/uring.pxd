@@ -5,7 +5,8 @@
 # uring_recv/uring_send follow ring_recv/ring_send (tapengine._batchio) exactly: they return the
 # number of packets moved (>= 0), store 0 or the errno that stopped the batch in *err, EAGAIN ends
 # a batch with *err == 0, packets keep their order and the ring slots stay contiguous.
-# Lengths as there too: a send stops at a slot whose length exceeds slot_size with *err == EMSGSIZE.
+# Lengths as there too: a frame longer than the slot is dropped and counted in ring.truncated; a
+# send stops at a slot whose length exceeds slot_size with *err == EMSGSIZE.
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 

@@ -19,8 +19,9 @@ What the kernel does with them, and what this module relies on (checked by ``ava
 - writes are linked (``IOSQE_IO_LINK``): when one fails, the kernel cancels every write after it,
   so exactly the packets before the failure went out, as with a writev() loop.
 
-Lengths as in ``tapengine._batchio``: a write stops before a slot whose length exceeds
-``slot_size`` with ``EMSGSIZE``.
+Lengths as in ``tapengine._batchio``: a read asks for ``slot_size + 1`` frame bytes and a frame
+longer than the slot is dropped and counted in ``ring.truncated`` (its slot closed like a gap); a
+write stops before a slot whose length exceeds ``slot_size`` with ``EMSGSIZE``.
 
 When io_uring is missing, disabled (``kernel.io_uring_disabled``), refused by a seccomp filter, or
 ``TAPENGINE_NO_URING=1`` is set, ``available()`` is false and ``open_batch_io()`` hands out the
@@ -322,7 +323,7 @@ cdef inline void _queue_rw(UringIO io, uint32_t k, bint write, int fd, PacketRin
 cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
                          int *err) noexcept nogil:
     # Returns the packets read into [tail, tail + n) (tail advanced); *err = 0 or the errno.
-    cdef uint32_t n = 0, wave, k, base, want, got
+    cdef uint32_t n = 0, dropped = 0, wave, k, base, want, got
     cdef int32_t r
     cdef size_t hdr_len = VNET_HDR_LEN if vnet_hdr else 0
     cdef uint32_t room = ring_free(ring)
@@ -336,15 +337,17 @@ cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, b
     # A read finding the queue empty costs an SQE, an extra enter costs a syscall: start with
     # what this fd had last time (plus a little), and double while every read finds a packet.
     want = hint[0] + hint[0] // 4 + 1
-    while n < budget and not stop:
-        wave = budget - n
+    while n + dropped < budget and not stop:   # a frame too long counts against the budget
+        wave = budget - n - dropped
         if wave > want:
             wave = want
         if wave > io.entries:
             wave = io.entries
         base = n
         for k in range(wave):
-            _queue_rw(io, k, False, fd, ring, ring.tail + base + k, ring.slot_size, vnet_hdr, 0)
+            # one byte more than the slot (the stride's spare byte) shows a frame too long
+            _queue_rw(io, k, False, fd, ring, ring.tail + base + k, ring.slot_size + 1,
+                      vnet_hdr, 0)
         io.submitted += wave
         err[0] = io._run(wave)
         if err[0]:
@@ -352,6 +355,10 @@ cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, b
         for k in range(wave):
             r = io.res[k]
             if r >= 0 and <size_t>r >= hdr_len:
+                if <size_t>r - hdr_len > ring.slot_size:
+                    ring.truncated += 1     # dropped: the next packet closes the gap it leaves
+                    dropped += 1
+                    continue
                 if base + k != n:
                     # A gap: an earlier read of this wave found the queue empty, this one a packet
                     # that arrived meanwhile. Move it down so the slots stay contiguous.

@@ -408,6 +408,52 @@ def test_the_readme_loop_runs_across_the_index_wrap(batch_io: BatchIO) -> None:
     assert [len(p) for p in got] == [len(p) for p in sent]
 
 
+def test_a_datagram_longer_than_its_slot_is_dropped_and_counted(batch_io: BatchIO) -> None:
+    ring = PacketRing(8, 2048)
+    a, b = datagram_pair()
+    sizes = [100, 3000, 2048, 2049, 65000, 200]
+    payloads = [os.urandom(size) for size in sizes]
+    with a, b:
+        for payload in payloads:
+            a.send(payload)
+        n = recv_batch(b, ring, 8, io=batch_io)
+        assert n == 3, "the frames that fit, none of them cut"
+        assert [ring.packet(ring.head + k) for k in range(n)] == \
+            [p for p in payloads if len(p) <= 2048]
+        assert ring.truncated == 3
+        assert recv_batch(b, ring, 8, io=batch_io) == 0  # the long ones are gone, not queued
+        assert ring.truncated == 3
+
+
+def test_oversize_frames_count_against_the_budget(batch_io: BatchIO) -> None:
+    ring = PacketRing(8, 64)
+    a, b = datagram_pair()
+    with a, b:
+        for size in (65, 65, 65, 10, 10):
+            a.send(bytes(size))
+        assert recv_batch(b, ring, 4, io=batch_io) == 1  # three dropped, one read: 4 reads
+        assert ring.truncated == 3
+        assert recv_batch(b, ring, 4, io=batch_io) == 1
+
+
+@pytest.mark.parametrize("endpoint", [("tap", False), ("tun", False), ("tap", True)],
+                         indirect=True, ids=["tap", "tun", "tap-vnet"])
+def test_a_frame_longer_than_its_slot_from_the_kernel_is_dropped_and_counted(
+        endpoint: Endpoint, batch_io: BatchIO) -> None:
+    """A 9000-byte-MTU device hands over a 3000-byte datagram; the ring's slots are 2048 bytes."""
+    with IPRoute(netns=endpoint.netns) as ipr:
+        (index,) = ipr.link_lookup(ifname=endpoint.queue.name)
+        ipr.link("set", index=index, mtu=9000)
+    payloads = [os.urandom(size) for size in (100, 3000, 1400, 5000, 200)]
+    send_udp_from_netns(endpoint.netns, payloads)
+    ring = PacketRing(64, 2048)
+    frames = drain(batch_io, endpoint.queue, ring, 3)
+    datagrams = [bytes(p[UDP].payload) for p in ours(frames, endpoint.queue.mode)]
+    assert datagrams == [p for p in payloads if len(p) <= 1400]
+    assert ring.truncated == 2
+    assert all(len(frame) <= 2048 for frame in frames)
+
+
 def test_bad_arguments_are_refused_before_any_io(batch_io: BatchIO) -> None:
     ring = PacketRing(4, 64)
     for io in (None, batch_io):

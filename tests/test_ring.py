@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tapengine import VNET_HDR_DTYPE, PacketRing
+from tapengine._ring import MAX_SLOT_SIZE, MIN_SLOT_SIZE, TAP_L2_OVERHEAD, slot_size_for
 
 WRAP = 1 << 32
 
@@ -158,6 +159,14 @@ def test_a_length_past_the_slot_is_refused_not_read() -> None:
     assert len(ring.packet(index)) == 2048
 
 
+def test_every_slot_has_a_spare_byte_for_oversize_detection() -> None:
+    for slot_size in (64, 1514, 2048, 2049, MAX_SLOT_SIZE):
+        ring = PacketRing(2, slot_size)
+        assert ring.stride % 64 == 0 and ring.stride >= slot_size + 1
+        assert ring.truncated == 0
+        ring.close()
+
+
 def test_head_and_tail_wrap_at_2_to_the_32_like_the_c_code() -> None:
     ring = PacketRing(8, 64)
     ring.head = ring.tail = WRAP - 3
@@ -203,3 +212,26 @@ def test_push_and_consume_agree_with_indices_modulo_2_to_the_32(start: int,
         assert ring.head == (start + seq - len(model)) % WRAP
     ring.close()
 
+
+# -- slot sizes from what can arrive ------------------------------------------------------------
+
+def test_slot_size_for_covers_the_largest_frame_and_no_more() -> None:
+    assert slot_size_for(1500, False, "tap") == 1500 + TAP_L2_OVERHEAD == 1522
+    assert slot_size_for(9000, False, "tap") == 9022
+    assert slot_size_for(1500, False, "tun") == 1500
+    assert slot_size_for(68, mode="tun") == 68 >= MIN_SLOT_SIZE
+    for mode in ("tap", "tun"):
+        assert slot_size_for(1500, True, mode) == MAX_SLOT_SIZE  # 64 KiB superframes
+        assert slot_size_for(65535, False, mode) <= MAX_SLOT_SIZE
+        PacketRing(2, slot_size_for(65535, False, mode)).close()  # always a valid geometry
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    ((67, False, "tap"), ValueError), ((65536, False, "tap"), ValueError),
+    ((1500, False, "eth"), ValueError), ((1500.0, False, "tap"), TypeError),
+    ((True, False, "tap"), TypeError),
+])
+def test_slot_size_for_refuses_impossible_devices(args: tuple[object, bool, str],
+                                                  error: type[Exception]) -> None:
+    with pytest.raises(error):
+        slot_size_for(*args)  # type: ignore[arg-type]

@@ -46,6 +46,20 @@ def relay_via(BatchIO io, int src, int dst, PacketRing ring not None, uint32_t b
     return got, put
 
 
+def send_unchecked(BatchIO io, int dst, PacketRing ring not None, uint32_t first,
+                   uint32_t count):
+    """Write slots ``[first, first + count)`` straight from C, their lengths not checked first.
+
+    Returns ``(written, errno)``. The C loops never read past a slot: a length over
+    ``ring.slot_size`` (set through ``ring.lengths``) stops the batch there with ``EMSGSIZE``.
+    """
+    cdef int err = 0
+    cdef uint32_t put
+    with nogil:
+        put = ring_send_via(io, dst, ring, first, count, False, &err)
+    return put, err
+
+
 def first_bytes(PacketRing ring not None):
     """The first byte of every pending packet, read straight from the slots."""
     cdef uint32_t i

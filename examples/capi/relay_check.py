@@ -7,6 +7,7 @@ mismatch, and checks that neither module comes from a source checkout.
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import relay
@@ -46,16 +47,38 @@ def move(through: object, rounds: int = 8, per_round: int = 16) -> int:
     return moved
 
 
+def refuse_past_the_slot(io: object) -> None:
+    """A length past the slot stops a C-level send with EMSGSIZE; nothing past it is read."""
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ring = PacketRing(4, 2048)
+    with sender, receiver:
+        receiver.setblocking(False)
+        for i in range(3):
+            ring.push(bytes([i]) * 100)
+        ring.lengths[1] = 60014
+        assert relay.send_unchecked(io, sender.fileno(), ring, 0, 3) == (1, errno.EMSGSIZE)
+        assert receiver.recv(65536) == bytes(100)
+        try:
+            receiver.recv(65536)
+        except BlockingIOError:
+            pass
+        else:
+            raise AssertionError("a packet after the refused one was written")
+    ring.close()
+
+
 def main() -> None:
     for module in (tapengine, relay):
         where = module.__file__ or ""
         assert "site-packages" in where, f"{module.__name__} imported from {where}"
     assert relay.VIRTIO_HEADER_BYTES == 10
     print(f"readv/writev: {move('readv')} packets relayed")
+    refuse_past_the_slot(None)
     print(f"dispatch, io=None: {move(None)} packets relayed")
     with open_batch_io() as io:
         assert relay.is_uring(io) == (io.backend == "io_uring")
         print(f"dispatch, io={io.backend}: {move(io)} packets relayed")
+        refuse_past_the_slot(io)
     print(f"the C API of tapengine {tapengine.__version__} works from {tapengine.__file__}")
 
 
