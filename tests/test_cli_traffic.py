@@ -106,8 +106,10 @@ def lab(make_netns: Callable[[str], str], prefix: str) -> Iterator[Lab]:
             ipr.link("add", ifname=prefix + "br", kind="bridge", br_stp_state=0)
             (bridge,) = ipr.link_lookup(ifname=prefix + "br")
             for name in (a, b):
+                # txqlen sizes the tap's queue toward its reader when the reader attaches: room
+                # for every frame a test sends, so a sink starved of CPU loses none
                 ipr.link("set", index=ipr.link_lookup(ifname=name)[0], master=bridge,
-                         state="up")
+                         state="up", txqlen=10000)
             ipr.link("set", index=bridge, state="up")
         yield Lab(netns, a, b, held)
 
