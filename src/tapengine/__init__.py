@@ -18,7 +18,7 @@ try:
     from tapengine._gso import GsoReason, complete_checksum, segment, segment_batch
     from tapengine._gso import validate as validate_vnet_header
     from tapengine._pktgen import Generator, Sink
-    from tapengine._ring import VNET_HDR_DTYPE, PacketRing
+    from tapengine._ring import VNET_HDR_DTYPE, PacketRing, slot_size_for
     from tapengine._uring import UringIO, open_batch_io
 except ImportError as _err:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -137,5 +137,6 @@ __all__ = [
     "segment",
     "segment_batch",
     "send_batch",
+    "slot_size_for",
     "validate_vnet_header",
 ]
