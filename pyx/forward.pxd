@@ -59,11 +59,15 @@ cdef enum:                   # Counter
 
 
 cdef struct Port:
-    int fd
+    int fd                   # the forwarder's own dup() of the caller's fd; -1 once closed
     bint vnet_hdr            # each packet carries a virtio_net_hdr (IFF_VNET_HDR)
     bint l2                  # Ethernet frames (tap), not IP packets (tun)
-    bint up                  # cleared for good when the device vanishes
-    int down_errno           # why it went down (EBADFD, ENODEV, ...), 0 while up
+    # ``up`` and ``down_errno`` are written by the worker and read by other threads: only
+    # through te_atomic_load_int/te_atomic_store_int (tapengine.includes.atomics).
+    int up                   # cleared for good when the device vanishes or its reads keep failing
+    int down_errno           # why it went down (EBADFD, ENODEV, EBUSY, ...), 0 while up
+    int failing_errno        # the errno every read has failed with since failing_since_ns, or 0
+    uint64_t failing_since_ns
     PyObject *ring           # borrowed: Forwarder._rings holds the reference
     uint64_t *counters       # this port's row of N_COUNTERS
     uint64_t *hist           # this port's row of HIST_BUCKETS
@@ -103,7 +107,7 @@ cdef class Forwarder:
     cdef uint32_t budget
     cdef int epfd
     cdef int stopfd
-    cdef int stopping
+    cdef int stopping               # atomic: set by stop() from any thread
     cdef uint32_t spin             # empty passes before sleeping in epoll_wait
     cdef bint ran
     cdef bint running
@@ -119,7 +123,7 @@ cdef class Forwarder:
     cdef PacketRing _scratch        # segments of one superframe on their way out
     cdef int32_t egress[MAX_BUDGET]  # switch: egress port per packet of a batch, -1 = flood
 
-    # _loop: returns 0 after stop(), or an errno from epoll_wait.
+    # _loop: returns 0 after stop(), an errno from epoll_wait, or ALL_DOWN once no port is up.
     cdef int _loop(self) noexcept nogil
     # _serve: packets taken from port ``i`` in one pass (>= 0).
     cdef uint32_t _serve(self, int i) noexcept nogil
@@ -134,3 +138,5 @@ cdef class Forwarder:
     cdef void _segment_and_send(self, int i, int o, PacketRing ring,
                                 uint32_t index) noexcept nogil
     cdef void _port_down(self, int i, int err) noexcept nogil
+    cdef void _read_failed(self, int i, int err) noexcept nogil
+    cdef void _release(self) noexcept

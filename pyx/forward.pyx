@@ -15,7 +15,15 @@ reserved group addresses 01:80:c2:00:00:01-0f (``reserved_group``).
 
 Every packet read is forwarded or counted as dropped with its reason. A device that vanishes
 (``EBADFD``, ``ENODEV``, ``ENXIO``, ``EIO`` on read, or ``EPOLLERR``/``EPOLLHUP``) marks its port
-down for good; the loop keeps serving the others.
+down for good; so does a port whose reads fail with the same errno for a second with nothing read
+in between (a dead io_uring, ``EBUSY``): its fd leaves the epoll set, so the worker sleeps instead
+of spinning on it. The loop keeps serving the others; once no port is up, ``run()`` raises (a
+worker that can never forward again must not look alive).
+
+The forwarder owns what its loop uses: ``add_port`` takes a ``dup()`` of the fd (closed by
+``close()``), so the caller closing its fd cannot hand the number to an unrelated file under the
+loop; and each ring counts the forwarder as a user, so ``PacketRing.close()``/``resize()`` raise
+until the forwarder is closed.
 
 Counters are uint64 rows, one per port, in numpy arrays the loop writes in place: read them from
 Python at any time without stopping anything (each 64-bit load is atomic on the platforms we run).
@@ -25,6 +33,7 @@ cimport cython
 from libc.errno cimport EBADFD, EINTR, EIO, ENODEV, ENXIO, EPIPE, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
+from posix.fcntl cimport F_DUPFD_CLOEXEC, fcntl
 from posix.time cimport clock_gettime, timespec
 from posix.unistd cimport close, write
 
@@ -34,6 +43,7 @@ from tapengine._gso cimport (
     gso_segment, gso_store_hdr_len, gso_validate,
 )
 from tapengine._ring cimport PacketRing, ring_frame, ring_hdr, ring_len
+from tapengine.includes.atomics cimport te_atomic_load_int, te_atomic_store_int
 from tapengine.includes.consts cimport ETH_HLEN
 from tapengine.includes.system cimport (
     CLOCK_MONOTONIC_COARSE, EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD,
@@ -41,7 +51,9 @@ from tapengine.includes.system cimport (
     epoll_event, epoll_wait, eventfd, pthread_mutex_destroy, pthread_mutex_init,
     pthread_mutex_lock, pthread_mutex_unlock,
 )
-from tapengine.syscall cimport raise_errno
+from tapengine.syscall cimport fd_of, raise_errno
+
+import os
 
 import numpy as np
 
@@ -69,6 +81,11 @@ cdef enum:
     SCRATCH_SLOT_SIZE = 16384
     STOP_TAG = MAX_PORTS        # epoll tag of the stop eventfd; ports are tagged 0..nports-1
     ENTRIES_CHUNK = 1024        # MacTable.entries() copies this many slots per hold of the lock
+    ALL_DOWN = -1               # _loop's return once no port is up
+
+#: How long a port's reads may fail with the same errno, nothing read in between, before the port
+#: is taken down (ns).
+cdef uint64_t FAILING_NS = 1000000000
 
 cdef extern from *:
     """
@@ -407,25 +424,44 @@ cdef class Forwarder:
             close(self.epfd)
         if self.stopfd >= 0:
             close(self.stopfd)
+        self._release()
+
+    cdef void _release(self) noexcept:
+        # Closes the port fds this forwarder dup()ed and stops counting as a user of its rings;
+        # once (a second call finds nothing left).
+        cdef int k
+        cdef PacketRing ring
+        for k in range(self.nports):
+            if self.ports[k].fd >= 0:
+                close(self.ports[k].fd)
+                self.ports[k].fd = -1
+        if self._rings is not None:         # None when the GC cleared a cycle first
+            for ring in self._rings:
+                ring._users -= 1
+            self._rings.clear()
 
     def add_port(self, fd, PacketRing ring not None, *, bint vnet_hdr=False, bint l2=True):
         """Serve ``fd`` (non-blocking, one packet per read/write) through ``ring``; returns its
         index.
 
         ``vnet_hdr`` says the fd carries a 10-byte virtio_net_hdr before every frame; ``l2`` that
-        frames are Ethernet (tap), not IP packets (tun). A switch needs ``l2``. The caller
-        keeps ``fd`` open for as long as the forwarder runs; the forwarder keeps ``ring`` alive.
+        frames are Ethernet (tap), not IP packets (tun). A switch needs ``l2``. The forwarder
+        serves its own ``dup()`` of ``fd`` (closed by ``close()``): the caller may close ``fd``
+        at any time. It keeps ``ring`` alive and in use (``ring.close()`` and ``resize()`` raise)
+        until ``close()``; a ring serves one forwarder.
         """
-        cdef int cfd = fd if isinstance(fd, int) else fd.fileno()
         if self.ran:
             raise ValueError("cannot add a port to a forwarder that has run")
-        if cfd < 0:
-            raise ValueError(f"invalid file descriptor {cfd}")
+        if self.epfd < 0:
+            raise ValueError("the forwarder is closed")
+        cdef int cfd = fd_of(fd)
         if self.nports >= (2 if self.mode == MODE_WIRE else MAX_PORTS):
             raise ValueError(f"a {MODES[self.mode]} forwarder takes at most "
                              f"{2 if self.mode == MODE_WIRE else MAX_PORTS} ports")
         if ring.closed:
             raise ValueError("the packet ring is closed")
+        if ring._users:
+            raise ValueError("the packet ring already serves a forwarder; give each port its own")
         if self.mode == MODE_SWITCH and not l2:
             raise ValueError("a switch forwards Ethernet frames: its ports must be taps")
         if self.nports and self.ports[0].l2 != l2:
@@ -433,21 +469,29 @@ cdef class Forwarder:
         if ring.nslots < self.budget:
             raise ValueError(f"the ring has {ring.nslots} slots, fewer than the budget "
                              f"of {self.budget} packets per batch")
-        cdef int index = self.nports
+        cdef int index = self.nports, err
+        cdef uint64_t[:, ::1] counters = self._counters
+        cdef uint64_t[:, ::1] hist = self._hist
         cdef epoll_event event
         event.events = EPOLLIN
         event.data.u64 = index
-        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, cfd, &event) < 0:
-            raise_errno(errno, f"watching fd {cfd}")
-        cdef uint64_t[:, ::1] counters = self._counters
-        cdef uint64_t[:, ::1] hist = self._hist
+        cdef int own = fcntl(cfd, F_DUPFD_CLOEXEC, 0)
+        if own < 0:
+            raise_errno(errno, f"duplicating fd {cfd}")
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, own, &event) < 0:
+            err = errno
+            close(own)
+            raise_errno(err, f"watching fd {cfd}")
         ring.clear()
+        ring._users += 1
         self._rings.append(ring)
-        self.ports[index].fd = cfd
+        self.ports[index].fd = own
         self.ports[index].vnet_hdr = vnet_hdr
         self.ports[index].l2 = l2
-        self.ports[index].up = True
+        self.ports[index].up = 1
         self.ports[index].down_errno = 0
+        self.ports[index].failing_errno = 0
+        self.ports[index].failing_since_ns = 0
         self.ports[index].ring = <PyObject *>ring
         self.ports[index].counters = &counters[index, 0]
         self.ports[index].hist = &hist[index, 0]
@@ -468,18 +512,24 @@ cdef class Forwarder:
                 err = self._loop()
         finally:
             self.running = False
+        if err == ALL_DOWN:
+            down = ", ".join(f"port {k}: {os.strerror(self.down_errno(k))}"
+                             for k in range(self.nports))
+            raise_errno(self.down_errno(self.nports - 1), f"every port is down ({down})")
         if err:
             raise_errno(err, "waiting for packets (epoll_wait)")
 
     def stop(self):
         """Ask the loop to return; safe from any thread, before or while ``run()`` runs."""
         cdef uint64_t one = 1
-        self.stopping = 1
+        te_atomic_store_int(&self.stopping, 1)
         if self.stopfd >= 0:
             write(self.stopfd, &one, sizeof(one))
 
     def close(self):
-        """Close the epoll fd, the eventfd and the io_uring (the port fds belong to the caller)."""
+        """Close the epoll fd, the eventfd, the io_uring and the forwarder's own port fds, and
+        give the rings back (the caller's fds are the caller's). Raises ``RuntimeError`` while
+        ``run()`` runs: nothing the loop uses is closed under it."""
         if self.running:
             raise RuntimeError("the forwarder is running: stop() it and let run() return first")
         self.stop()
@@ -491,6 +541,7 @@ cdef class Forwarder:
         if self.stopfd >= 0:
             close(self.stopfd)
             self.stopfd = -1
+        self._release()
 
     # -- state and counters, readable while the loop runs --------------------------------
 
@@ -539,12 +590,14 @@ cdef class Forwarder:
 
     def port_up(self, int index):
         self._check_index(index)
-        return bool(self.ports[index].up)
+        return bool(te_atomic_load_int(&self.ports[index].up))
 
     def down_errno(self, int index):
         """Why port ``index`` went down (an errno), or 0 while it is up."""
         self._check_index(index)
-        return self.ports[index].down_errno
+        if te_atomic_load_int(&self.ports[index].up):
+            return 0
+        return te_atomic_load_int(&self.ports[index].down_errno)
 
     def _check_index(self, int index):
         if not 0 <= index < self.nports:
@@ -564,12 +617,16 @@ cdef class Forwarder:
     cdef int _loop(self) noexcept nogil:
         cdef epoll_event events[MAX_PORTS + 1]
         cdef uint32_t moved, idle = 0
-        cdef int i, n, k, tag
-        while not self.stopping:
+        cdef int i, n, k, tag, serving
+        while not te_atomic_load_int(&self.stopping):
             moved = 0
+            serving = 0
             for i in range(self.nports):
                 if self.ports[i].up:
                     moved += self._serve(i)
+                    serving += self.ports[i].up     # still up after this pass
+            if serving == 0 and self.nports:
+                return ALL_DOWN     # nothing left to serve, ever
             self.loop_stats[0] += 1
             if moved:
                 idle = 0
@@ -612,6 +669,7 @@ cdef class Forwarder:
             port.counters[RX_BYTES] += nbytes
             port.counters[RX_BATCHES] += 1
             port.hist[_bucket(n)] += 1
+            port.failing_errno = 0
             self._choose_egress(i, ring, first, n)
             self._dispatch(i, ring, first, n)
             ring.head = ring.tail   # every packet was sent or counted as dropped
@@ -621,7 +679,22 @@ cdef class Forwarder:
             else:
                 port.counters[RX_ERRORS] += 1
                 port.counters[LAST_ERRNO] = err
+                self._read_failed(i, err)
+        elif n == 0:
+            port.failing_errno = 0      # EAGAIN: the fd works, there is just nothing to read
         return n
+
+    cdef void _read_failed(self, int i, int err) noexcept nogil:
+        # A read of port i failed with ``err`` (not a vanished device). The same errno for
+        # FAILING_NS with nothing read in between will not go away by itself (a dead io_uring,
+        # EBUSY): the port goes down with it, instead of the loop spinning on a readable fd.
+        cdef Port *port = &self.ports[i]
+        cdef uint64_t now = _now_ns()
+        if port.failing_errno != err:
+            port.failing_errno = err
+            port.failing_since_ns = now
+        elif <int64_t>(now - port.failing_since_ns) >= <int64_t>FAILING_NS:
+            self._port_down(i, err)
 
     @cython.boundscheck(False)
     cdef void _choose_egress(self, int i, PacketRing ring, uint32_t first,
@@ -797,8 +870,8 @@ cdef class Forwarder:
         cdef Port *port = &self.ports[i]
         if not port.up:
             return
-        port.up = False
-        port.down_errno = err
+        te_atomic_store_int(&port.down_errno, err)
+        te_atomic_store_int(&port.up, 0)    # after down_errno: a reader that sees it down sees why
         port.counters[LAST_ERRNO] = err
         epoll_ctl(self.epfd, EPOLL_CTL_DEL, port.fd, NULL)
         if self.mode == MODE_SWITCH:

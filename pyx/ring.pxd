@@ -39,6 +39,7 @@ cdef class PacketRing:
     cdef uint32_t tail          # likewise
     cdef readonly uint64_t truncated    # frames dropped on receive: longer than slot_size
     cdef Py_ssize_t _exports
+    cdef Py_ssize_t _users      # C loops serving from this ring (a Forwarder): no close/resize
     cdef object __weakref__
 
     cdef int _allocate(self, uint32_t nslots, uint32_t slot_size) except -1

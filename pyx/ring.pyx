@@ -161,14 +161,17 @@ cdef class PacketRing:
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self):
-        """Free the slab. Raises ``BufferError`` while views exist; closing twice is a no-op."""
+        """Free the slab. Raises ``BufferError`` while views exist or a forwarder uses the ring;
+        closing twice is a no-op."""
         self._check_unexported("close")
+        _check_unused(self, "close")
         self._free()
 
     def resize(self, nslots, slot_size=None):
         """Reallocate with a new geometry; packets held are discarded, indices reset."""
         self._check_open()
         self._check_unexported("resize")
+        _check_unused(self, "resize")
         nslots, slot_size = _checked_geometry(
             nslots, self.slot_size if slot_size is None else slot_size
         )
@@ -340,6 +343,15 @@ cdef int ring_check_lengths(PacketRing ring, uint32_t first, uint32_t count) exc
             f"slot {<uint32_t>(first + k)} holds a length of {ring_len(ring, first + k)[0]} "
             f"bytes, more than the ring's slot_size of {ring.slot_size}"
         )
+    return 0
+
+
+cdef int _check_unused(PacketRing ring, str action) except -1:
+    # Returns 0 when no C loop serves from the ring (Forwarder.add_port counts itself in
+    # ``_users`` until its close()), else raises BufferError.
+    if ring._users:
+        raise BufferError(f"cannot {action} the packet ring: a forwarder uses it (close the "
+                          "forwarder first)")
     return 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -27,7 +29,11 @@ from fwdnet import (
     udp_send,
 )
 from netutil import wait_until
-from tapengine.engine import Engine, Port, open_port, open_ports
+from tapengine import engine as engine_module
+from tapengine._forward import Forwarder
+from tapengine.cli.common import CommandError
+from tapengine.cli.forward import serve
+from tapengine.engine import Engine, Port, close_ports, open_port, open_ports
 
 MB = 1 << 20
 
@@ -220,3 +226,79 @@ def test_engine_refuses_bad_port_sets(prefix: str, privileged: None) -> None:
             Engine([x, x], "switch")
         with pytest.raises(ValueError, match="mode"):
             Engine([x, y], "hub")  # type: ignore[arg-type]
+
+
+def test_io_uring_takes_a_budget_that_is_not_a_power_of_two(prefix: str, privileged: None,
+                                                            needs_io_uring: None) -> None:
+    with open_port(prefix + "u0") as x, open_port(prefix + "u1") as y, \
+            Engine([x, y], "wire", io="uring", budget=100) as engine:   # was a ValueError
+        assert engine.running
+
+
+def test_a_worker_that_fails_takes_the_engine_down_and_says_why(
+        prefix: str, privileged: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Forwarder] = []
+
+    class FirstOneFails(Forwarder):
+        def __init__(self, *args: object) -> None:
+            made.append(self)
+
+        def run(self) -> None:
+            if self is made[0]:
+                raise OSError(errno.EBUSY, "every port is down (simulated)")
+            super().run()
+
+    monkeypatch.setattr(engine_module, "Forwarder", FirstOneFails)
+    with open_port(prefix + "f0", queues=2) as x, open_port(prefix + "f1", queues=2) as y:
+        engine = Engine([x, y], "wire")
+        engine.start()
+        try:
+            # the other worker could forward, but an engine with a dead worker is down
+            wait_until(lambda: not engine.running, 30, "the engine to stop with its dead worker")
+            assert isinstance(engine.failure, OSError)
+            assert engine.failure.errno == errno.EBUSY
+        finally:
+            with pytest.raises(OSError, match="every port is down"):
+                engine.close()
+
+
+def test_serve_says_in_one_line_that_a_worker_failed_and_closes_the_ports(
+        prefix: str, privileged: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Fails(Forwarder):
+        def run(self) -> None:
+            raise OSError(errno.EBUSY, "every port is down (simulated)")
+
+    monkeypatch.setattr(engine_module, "Forwarder", Fails)
+    ports = open_ports([prefix + "w0", prefix + "w1"])
+    with pytest.raises(CommandError, match=r"worker failed and stopped the engine: .*every port"):
+        serve(ports, "wire", command="forward", label="w0 <-> w1")
+    assert all(queue.closed for port in ports for queue in port.queues)
+    assert not link_exists(prefix + "w0")
+
+
+def test_serve_leaves_the_ports_open_when_a_worker_does_not_stop(
+        prefix: str, privileged: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    class Stuck(Forwarder):
+        def run(self) -> None:       # ignores stop(): a worker wedged in a syscall, say
+            started.set()
+            release.wait()
+
+    def stop_once_forwarding() -> None:
+        if started.wait(30):
+            os.kill(os.getpid(), signal.SIGTERM)    # serve() turns it into a stop request
+
+    monkeypatch.setattr(engine_module, "Forwarder", Stuck)
+    ports = open_ports([prefix + "k0", prefix + "k1"])
+    stopper = threading.Thread(target=stop_once_forwarding)
+    stopper.start()
+    try:
+        with pytest.raises(CommandError, match=r"did not stop.*stay open"):
+            serve(ports, "wire", command="forward", label="k0 <-> k1")
+        assert not any(queue.closed for port in ports for queue in port.queues)
+        assert link_exists(prefix + "k0")
+    finally:
+        release.set()
+        stopper.join()
+        close_ports(ports)

@@ -9,6 +9,8 @@ what), against scapy's checksums for segmented superframes, and against the kern
 
 from __future__ import annotations
 
+import errno
+import os
 import select
 import socket
 import struct
@@ -78,6 +80,14 @@ class Harness:
                 got.append(self.outer[port].recv(70000))
             except BlockingIOError:
                 return got
+
+    def wait_idle_on(self, socks: list[socket.socket], timeout: float = 30.0) -> None:
+        """``wait_idle`` for the ports of ``socks`` only."""
+        def idle() -> bool:
+            unread, _, _ = select.select(socks, [], [], 0)
+            return not unread and sleeps_in_epoll_wait(self.thread)
+
+        wait_until(idle, timeout, "the forwarder to read every frame sent in and go idle")
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until the forwarder has read every frame sent in and sleeps in epoll_wait.
@@ -240,6 +250,120 @@ def test_wire_refuses_a_third_port_and_a_ring_smaller_than_the_budget() -> None:
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_a_port_whose_reads_keep_failing_goes_down_with_the_errno_and_the_worker_sleeps() -> None:
+    # A listening seqpacket socket with a connection waiting is readable for ever, and every
+    # read() of it fails with ENOTCONN: a port that can never be read again, as a dead io_uring
+    # or EBUSY make one. The old loop counted rx_errors and spun on it for ever.
+    good_inner, good_outer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind("\0" + f"tapengine-test-{os.getpid()}-{threading.get_native_id()}")
+    listener.listen(1)
+    caller = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    caller.connect(listener.getsockname())
+    forwarder = Forwarder("wire")
+    for sock in (good_inner, listener):
+        sock.setblocking(False)
+        forwarder.add_port(sock.fileno(), PacketRing(64, 2048))
+    thread = threading.Thread(target=forwarder.run)
+    thread.start()
+    try:
+        wait_until(lambda: not forwarder.port_up(1), 30, "the failing port to go down")
+        assert forwarder.down_errno(1) == errno.ENOTCONN
+        assert forwarder.counters[1, COL["rx_errors"]] > 0
+        assert forwarder.port_up(0)
+        wait_until(lambda: sleeps_in_epoll_wait(thread), 30, "the worker to sleep in epoll_wait")
+        good_outer.send(frame(MAC[1], MAC[0]))         # the other port is still served
+        wait_until(lambda: forwarder.counters[0, COL["rx_packets"]] == 1, 30, "a read")
+        assert forwarder.counters[1, COL["drop_port_down"]] == 1
+    finally:
+        forwarder.stop()
+        thread.join(30)
+        forwarder.close()
+        for sock in (good_inner, good_outer, listener, caller):
+            sock.close()
+
+
+def test_a_forwarder_whose_every_port_failed_raises_instead_of_looking_alive() -> None:
+    # The io_uring belongs to the thread that used it first (this one): the worker gets EBUSY on
+    # every batch, on every port, and can never forward again.
+    uring = UringIO(64)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    try:
+        for inner, _ in pairs:
+            inner.setblocking(False)
+        uring.recv_batch(pairs[0][0].fileno(), PacketRing(64, 2048), 1)     # owned here now
+        forwarder = Forwarder("wire", io=uring)
+        for inner, _ in pairs:
+            forwarder.add_port(inner.fileno(), PacketRing(64, 2048))
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                forwarder.run()
+            except OSError as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)   # the old loop never returned
+        thread.start()
+        pairs[0][1].send(frame(MAC[1], MAC[0]))         # port 0 readable: the loop must read
+        thread.join(30)
+        assert not thread.is_alive(), "the worker spins on ports it can never serve"
+        (exc,) = failure
+        assert exc.errno == errno.EBUSY and "every port is down" in str(exc)
+        assert [forwarder.down_errno(k) for k in range(2)] == [errno.EBUSY] * 2
+        forwarder.close()
+    finally:
+        uring.close()
+        for inner, outer in pairs:
+            inner.close()
+            outer.close()
+
+
+def test_the_forwarder_serves_its_own_dup_so_a_reused_fd_number_gets_nothing() -> None:
+    with running("wire", 2) as h:
+        decoy, decoy_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        number = h.inner[1].fileno()
+        h.inner[1].close()                              # the caller closes its fd ...
+        os.dup2(decoy.fileno(), number)                 # ... and the number goes to another file
+        try:
+            data = frame(MAC[1], MAC[0])
+            h.send(0, data)
+            h.wait_rx(0, 1)
+            h.wait_idle_on([h.inner[0]])
+            assert h.outer[1].recv(70000) == data       # still the port's own socket
+            decoy_peer.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                decoy_peer.recv(70000)                  # nothing written to the unrelated file
+        finally:
+            os.close(number)
+            decoy.close()
+            decoy_peer.close()
+            h.inner[1] = socket.socket()                # something for close() to close
+
+
+def test_a_ring_cannot_be_closed_or_resized_while_a_forwarder_uses_it() -> None:
+    inner, outer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ring = PacketRing(64, 2048)
+    forwarder = Forwarder("wire")
+    try:
+        forwarder.add_port(inner.fileno(), ring)
+        with pytest.raises(BufferError, match="forwarder"):
+            ring.close()
+        with pytest.raises(BufferError, match="forwarder"):
+            ring.resize(128)
+        with pytest.raises(ValueError, match="already serves"):
+            Forwarder("wire").add_port(inner.fileno(), ring)
+        before = set(os.listdir("/proc/self/fd"))
+        forwarder.close()               # gives the ring back; closes its epoll, eventfd, dup
+        assert len(before - set(os.listdir("/proc/self/fd"))) == 3
+        ring.resize(128)
+        ring.close()
+    finally:
+        forwarder.close()
+        inner.close()
+        outer.close()
 
 
 # -- switch ----------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ directions hash to different queues.)
 
 Counters are read from the workers' live numpy arrays without stopping them; ``stats()`` sums
 them over workers into an ``EngineStats`` snapshot, and ``EngineStats.rates(earlier)`` gives rates.
+
+A worker that fails (its forwarder raises: every one of its ports went down, or epoll failed)
+stops every other worker: the engine is not ``running`` any more, ``failure`` says why and
+``stop()``/``close()`` raise it. A worker that does not stop when asked keeps everything it uses
+open (``StuckWorkerError``): its forwarder owns dup()ed port fds, which stay open with it.
 """
 
 from __future__ import annotations
@@ -74,6 +79,16 @@ EGRESS_DROPS = ("full", "link_down", "port_down", "tx_error", "needs_segmentatio
 INGRESS_DROPS = tuple(reason for reason in DROP_REASONS if reason not in EGRESS_DROPS)
 
 _COL = {name: k for k, name in enumerate(COUNTER_NAMES)}
+
+
+class StuckWorkerError(RuntimeError):
+    """A forwarding worker did not stop when asked; what it uses was left open."""
+
+
+def uring_entries(budget: int) -> int:
+    """The io_uring size for a worker with this ``budget``: a power of two (the kernel's rule),
+    at least 64 and at least ``budget``."""
+    return 1 << (max(budget, 64) - 1).bit_length()
 
 
 def offload_names(offload: Offload) -> list[str]:
@@ -403,9 +418,13 @@ class PortEvent:
 
     def __str__(self) -> str:
         reason = os.strerror(self.errno) if self.errno else "hung up"
-        gone = "the device was deleted" if self.errno in (
-            errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EIO) else "it hung up"
-        return f"port {self.port} is down ({reason}: {gone}); forwarding goes on between the others"
+        if self.errno in (errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EIO):
+            why = "the device was deleted"
+        elif self.errno in (0, errno.EPIPE):
+            why = "it hung up"
+        else:
+            why = "its reads kept failing for a second"
+        return f"port {self.port} is down ({reason}: {why}); forwarding goes on between the others"
 
 
 @dataclass(frozen=True)
@@ -480,6 +499,11 @@ class Engine:
     def running(self) -> bool:
         return any(thread.is_alive() for thread in self._threads)
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The error of the first worker that failed (and stopped the engine), or None."""
+        return self._errors[0] if self._errors else None
+
     def start(self) -> None:
         """Start one worker per queue; returns at once. Raises if already started."""
         if self._forwarders:
@@ -487,7 +511,7 @@ class Engine:
         nslots = 1 << (self.budget - 1).bit_length()
         try:
             for k in range(self.workers):
-                uring = UringIO(max(self.budget, 64)) if self.io == "uring" else None
+                uring = UringIO(uring_entries(self.budget)) if self.io == "uring" else None
                 forwarder = Forwarder(self.mode, self.budget, self.table, self.spin, uring)
                 for port in self.ports:
                     forwarder.add_port(port.queues[k].fileno(), PacketRing(nslots, MAX_SLOT_SIZE),
@@ -508,28 +532,37 @@ class Engine:
     def _work(self, forwarder: Forwarder) -> None:
         try:
             forwarder.run()
-        except BaseException as exc:  # reported by stop()
+        except BaseException as exc:  # reported by failure and stop()
             self._errors.append(exc)
+            for other in self._forwarders:  # one worker down takes the engine down
+                other.stop()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop every worker and wait for it; re-raises the first error a worker hit."""
+        """Stop every worker and wait for it; re-raises the first error a worker hit, or
+        ``StuckWorkerError`` when one does not stop within ``timeout`` seconds."""
         for forwarder in self._forwarders:
             forwarder.stop()
         for thread in self._threads:
             thread.join(timeout)
-        if any(thread.is_alive() for thread in self._threads):
-            raise RuntimeError("a forwarding worker did not stop")
+        stuck = [thread.name for thread in self._threads if thread.is_alive()]
+        if stuck:
+            raise StuckWorkerError(f"forwarding worker {', '.join(stuck)} did not stop within "
+                                   f"{timeout:g} s")
         if self._stopped is None and self._forwarders:
             self._stopped = time.monotonic()
         if self._errors:
             raise self._errors[0]
 
     def close(self) -> None:
-        """Stop, then free the workers' epoll and eventfd descriptors (ports stay open)."""
+        """Stop, then free the workers' descriptors (their epoll, eventfd, io_uring and dup()ed
+        port fds; the ports themselves stay open). A worker that did not stop keeps its own."""
         try:
             self.stop()
         finally:
-            for forwarder in self._forwarders:
+            for forwarder, thread in zip(self._forwarders, self._threads, strict=False):
+                if not thread.is_alive():
+                    forwarder.close()
+            for forwarder in self._forwarders[len(self._threads):]:   # never started
                 forwarder.close()
 
     def __enter__(self) -> Self:

@@ -38,6 +38,7 @@ from tapengine.engine import (
     EngineMode,
     EngineStats,
     Port,
+    StuckWorkerError,
     close_ports,
     offload_names,
     open_ports,
@@ -157,8 +158,11 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
     """Forward between open ``ports`` until a stop signal, then print the final stats; the
     ports are closed on the way out (a failure gives back the txqueuelen they raised).
     ``command`` and ``label`` make the ready line: ``forwarding tap0 <-> tap1: ...``. With
-    ``user`` the process drops every privilege before the workers start."""
+    ``user`` the process drops every privilege before the workers start. A worker that failed
+    (and stopped the engine) or did not stop is a one-line error; in the second case the ports
+    stay open, since the worker may still use them."""
     done = False
+    engine: Engine | None = None
     try:
         engine = Engine(ports, mode, budget=budget, io=io, **switch_options)
         become(user)
@@ -171,11 +175,12 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
                       f"offload {offload}; Ctrl-C or SIGTERM stops", flush=True)
                 _watch(engine, caught.event, snapshot, stats_interval)
             finally:
-                engine.close()
+                _close(engine)
         final = engine.stats()
         done = True
     finally:
-        close_ports(ports, restore=not done)  # a failure gives back the txqueuelen it raised
+        if engine is None or not engine.running:    # a stuck worker may still use them
+            close_ports(ports, restore=not done)  # a failure gives back the txqueuelen it raised
     if caught.first is not None:
         print(f"tapengine {command}: stopped by {signal_name(caught.first)}",
               file=sys.stderr, flush=True)  # fmt: skip
@@ -184,6 +189,18 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
     else:
         print(final.format())
     return 0
+
+
+def _close(engine: Engine) -> None:
+    """``engine.close()``, a failed or stuck worker said in one line."""
+    try:
+        engine.close()
+    except StuckWorkerError as err:
+        raise CommandError(f"{err}; its devices stay open until this process exits") from None
+    except Exception as err:
+        if engine.failure is None:
+            raise
+        raise CommandError(f"a forwarding worker failed and stopped the engine: {err}") from None
 
 
 def _report(engine: Engine) -> None:
@@ -200,7 +217,9 @@ def _watch(engine: Engine, stop: threading.Event, snapshot: threading.Event,
     while not stop.wait(tick):
         _report(engine)
         if not engine.running:
-            raise CommandError("the forwarding workers stopped unexpectedly")
+            if engine.failure is None:
+                raise CommandError("the forwarding workers stopped unexpectedly")
+            break               # a worker failed: _close() says why
         if snapshot.is_set():
             snapshot.clear()
             print(engine.stats().format(), file=sys.stderr, flush=True)
