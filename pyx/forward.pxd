@@ -53,6 +53,7 @@ cdef enum:                   # Counter
     DROP_MALFORMED           # shorter than an Ethernet header (switch)
     DROP_BAD_SRC_MAC         # switch: source MAC multicast, broadcast or all-zero (never learned)
     DROP_RESERVED_GROUP      # switch: to 01:80:c2:00:00:01-0f, which a bridge never relays
+    DROP_TRUNCATED           # longer than the ring's slot: dropped on receive (not in RX_PACKETS)
     RX_ERRORS                # read errors other than EAGAIN and a vanished device
     LAST_ERRNO               # the errno of the last read or write error on this port
     N_COUNTERS

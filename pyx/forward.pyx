@@ -62,7 +62,8 @@ COUNTER_NAMES = (
     "rx_packets", "rx_bytes", "rx_batches", "tx_packets", "tx_bytes", "flooded", "segmented",
     "drop_full", "drop_link_down", "drop_port_down", "drop_tx_error",
     "drop_needs_segmentation", "drop_bad_header", "drop_filtered", "drop_no_egress",
-    "drop_malformed", "drop_bad_src_mac", "drop_reserved_group", "rx_errors", "last_errno",
+    "drop_malformed", "drop_bad_src_mac", "drop_reserved_group", "drop_truncated",
+    "rx_errors", "last_errno",
 )
 assert len(COUNTER_NAMES) == N_COUNTERS
 
@@ -659,9 +660,12 @@ cdef class Forwarder:
         cdef int err = 0
         cdef uint32_t first = ring.tail
         cdef uint32_t n
+        cdef uint64_t truncated = ring.truncated
         n = ring_recv_via(self.io, port.fd, ring, self.budget, port.vnet_hdr, &err)
         cdef uint32_t k
         cdef uint64_t nbytes = 0
+        if ring.truncated != truncated:     # frames too long for a slot, dropped by the receive
+            port.counters[DROP_TRUNCATED] += ring.truncated - truncated
         if n:
             for k in range(n):
                 nbytes += ring_len(ring, first + k)[0]

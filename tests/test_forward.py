@@ -53,7 +53,7 @@ class Harness:
     forwarder: Forwarder
 
     def __init__(self, forwarder: Forwarder, nports: int, *, vnet_hdr: bool = False,
-                 sndbuf: int | None = None) -> None:
+                 sndbuf: int | None = None, slot_size: int = 65536 + 128) -> None:
         self.forwarder = forwarder
         self.inner: list[socket.socket] = []
         self.outer: list[socket.socket] = []
@@ -63,7 +63,7 @@ class Harness:
             outer.setblocking(False)
             if sndbuf:
                 inner.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-            forwarder.add_port(inner.fileno(), PacketRing(64, 65536 + 128), vnet_hdr=vnet_hdr)
+            forwarder.add_port(inner.fileno(), PacketRing(64, slot_size), vnet_hdr=vnet_hdr)
             self.inner.append(inner)
             self.outer.append(outer)
         self.thread = threading.Thread(target=forwarder.run)
@@ -221,6 +221,17 @@ def test_refused_write_is_a_tx_error_and_the_next_packet_still_goes() -> None:
         assert got == [frame(MAC[1], MAC[0])]
         assert h.counter(1, "drop_tx_error") == 1
         assert h.counter(1, "last_errno") != 0
+
+
+def test_a_frame_longer_than_its_slot_is_dropped_as_truncated_and_the_next_one_goes() -> None:
+    long, short = frame(MAC[1], MAC[0], b"L" * 400), frame(MAC[1], MAC[0])
+    with running("wire", 2, slot_size=256) as h:
+        h.send(0, long)
+        h.send(0, short)
+        wait_until(lambda: h.counter(0, "drop_truncated") == 1, 30, "the long frame's drop")
+        h.wait_rx(0, 1)
+        assert h.recv_all(1) == [short]                 # nothing cut, nothing lost silently
+        assert h.counter(0, "rx_packets") == h.counter(1, "tx_packets") == 1
 
 
 def test_stop_before_run_returns_at_once() -> None:
