@@ -33,7 +33,7 @@ from tapengine import engine as engine_module
 from tapengine._forward import Forwarder
 from tapengine.cli.common import CommandError
 from tapengine.cli.forward import serve
-from tapengine.engine import Engine, Port, close_ports, open_port, open_ports
+from tapengine.engine import Engine, Port, PortEvent, close_ports, open_port, open_ports
 
 MB = 1 << 20
 
@@ -302,3 +302,10 @@ def test_serve_leaves_the_ports_open_when_a_worker_does_not_stop(
         release.set()
         stopper.join()
         close_ports(ports)
+
+
+def test_a_port_event_says_why_the_port_went_down() -> None:
+    assert "the device was deleted" in str(PortEvent("tap0", errno.ENODEV))
+    assert "it hung up" in str(PortEvent("tap0", errno.EPIPE))
+    busy = str(PortEvent("tap0", errno.EBUSY))
+    assert os.strerror(errno.EBUSY) in busy and "reads kept failing" in busy
