@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from netutil import wait_until
+from netutil import stats64, wait_until
 from tapengine.errors import InvalidValueError
 from tapengine.privileges import Identity, parse_identity
 
@@ -62,6 +62,9 @@ def test_gen_as_nobody_writes_with_no_capability(
         assert dropped
         now = status(gen.pid)
         assert int(now["CapEff"], 16) == 0 and now["NoNewPrivs"].strip() == "1"
+        # the kernel's own counter: frames written by the process after it became nobody
+        wait_until(lambda: stats64(tap, netns)["rx_packets"] >= 100, 60,
+                   "frames from the unprivileged generator")  # fmt: skip
         gen.send_signal(signal.SIGTERM)
         out, err = gen.communicate(timeout=60)
     finally:
@@ -69,4 +72,4 @@ def test_gen_as_nobody_writes_with_no_capability(
             gen.kill()
             gen.communicate()
     result = json.loads(out)
-    assert result["packets"] > 0 and result["interrupted"], (result, err)
+    assert result["packets"] >= 100 and result["interrupted"], (result, err)
