@@ -42,7 +42,7 @@ cdef class UringIO(BatchIO):
     cdef readonly uint32_t setup_flags
     cdef readonly uint32_t features
     cdef bint enabled               # owned: the first thread that submits takes it (and enables it)
-    cdef uint64_t owner             # te_thread_id() of the owning thread
+    cdef uint64_t owner             # te_thread_id() of the owning thread, 0: none yet (atomic)
     # benchmarks only (bench/uring_ratio.py): False leaves writes unlinked (an error no longer
     # stops the batch); True otherwise
     cdef public bint _link_writes

@@ -38,6 +38,7 @@ from posix.unistd cimport close
 
 from tapengine._batchio cimport BatchIO, ReadvIO
 from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_hdr, ring_len
+from tapengine.includes.atomics cimport te_atomic_cas_u64, te_atomic_load_u64
 from tapengine.includes.consts cimport VNET_HDR_LEN
 from tapengine.includes.system cimport ECANCELED, iovec
 from tapengine.includes.uring cimport (
@@ -192,17 +193,24 @@ cdef class UringIO(BatchIO):
 
     cdef int _own(self) noexcept nogil:
         # Returns 0 when the calling thread may submit, else the errno to report. The first
-        # caller becomes the owner (and enables a ring set up disabled: its single issuer).
+        # caller becomes the owner, by one compare-and-swap, so two threads racing for a new
+        # ring cannot both win; the winner enables a ring set up disabled (its single issuer).
+        cdef uint64_t me = te_thread_id()
+        cdef uint64_t holder
         if self.ring_fd < 0:
             return EBADF
         if self.dead:
             return self.dead
-        if self.enabled:
-            return 0 if self.owner == te_thread_id() else EBUSY
+        holder = te_atomic_load_u64(&self.owner)
+        if holder == me and self.enabled:
+            return 0
+        if holder != 0 and holder != me:
+            return EBUSY
+        if holder == 0 and not te_atomic_cas_u64(&self.owner, 0, me):
+            return EBUSY  # another thread took it between the load and the swap
         if self.setup_flags & TE_SETUP_R_DISABLED and \
                 te_io_uring_register(self.ring_fd, TE_REGISTER_ENABLE_RINGS, NULL, 0) < 0:
-            return errno
-        self.owner = te_thread_id()
+            return errno  # still ours: the same thread may try again
         self.enabled = True
         return 0
 
@@ -276,7 +284,8 @@ cdef class UringIO(BatchIO):
         # Returns 0 when the calling thread may submit; raises when closed or another thread's.
         if self.ring_fd < 0:
             raise ValueError("the io_uring is closed")
-        if self.enabled and not self.owner == te_thread_id():
+        cdef uint64_t holder = te_atomic_load_u64(&self.owner)
+        if holder != 0 and holder != te_thread_id():
             raise RuntimeError("this UringIO belongs to another thread; give each thread its own")
         return 0
 

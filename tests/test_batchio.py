@@ -520,6 +520,41 @@ def test_a_ring_belongs_to_the_thread_that_first_uses_it(privileged: None, prefi
             in_thread(lambda: ring_io.recv_batch(queue, ring, 4))
 
 
+def race_for_a_new_ring(threads: int) -> list[str]:
+    """``threads`` threads released together each receive through one fresh ``UringIO``."""
+    barrier = threading.Barrier(threads)
+    outcomes: list[str] = []
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b, UringIO(8) as ring_io:
+        b.setblocking(False)
+
+        def race(ring: PacketRing) -> None:
+            barrier.wait()
+            try:
+                tapengine.recv_batch(b, ring, 4, io=ring_io)
+                outcomes.append("owner")
+            except RuntimeError:
+                outcomes.append("refused")
+            except OSError as err:
+                outcomes.append("refused" if err.errno == errno.EBUSY else repr(err))
+
+        workers = [threading.Thread(target=race, args=(PacketRing(4, 2048),))
+                   for _ in range(threads)]  # fmt: skip
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    return outcomes
+
+
+def test_threads_racing_for_a_new_ring_leave_exactly_one_owner(needs_io_uring: None) -> None:
+    """Ownership is taken by one compare-and-swap: however the threads interleave, one wins and
+    every other is refused (before or inside the submission), never two owners at once."""
+    for _ in range(20):
+        outcomes = race_for_a_new_ring(4)
+        assert sorted(outcomes) == ["owner"] + ["refused"] * 3, outcomes
+
+
 def test_a_ring_refuses_bad_sizes_and_use_after_close(needs_io_uring: None) -> None:
     for entries in (0, 3, 8192, "8"):
         with pytest.raises(ValueError, match="entries"):
