@@ -33,7 +33,9 @@ from tapengine import engine as engine_module
 from tapengine._forward import Forwarder
 from tapengine.cli.common import CommandError
 from tapengine.cli.forward import serve
+from tapengine.devices import create_tap
 from tapengine.engine import Engine, Port, PortEvent, close_ports, open_port, open_ports
+from tapengine.netns import inside_netns
 
 MB = 1 << 20
 
@@ -226,6 +228,26 @@ def test_engine_refuses_bad_port_sets(prefix: str, privileged: None) -> None:
             Engine([x, x], "switch")
         with pytest.raises(ValueError, match="mode"):
             Engine([x, y], "hub")  # type: ignore[arg-type]
+
+
+def test_rings_are_sized_from_the_mtu_unless_superframes_can_arrive(
+    prefix: str, privileged: None, make_netns: Callable[[str], str]
+) -> None:
+    """Plain frames get MTU-sized slots (the device's MTU, read when the port opens),
+    superframes 64 KiB; the memory each ring takes is in the stats and JSON."""
+    netns = make_netns("m")
+    with inside_netns(netns):
+        for name in ("p0", "p1"):
+            create_tap(prefix + name).set_mtu(9000)  # persistent: gone with the namespace
+        plain = [open_port(prefix + name, offload=False) for name in ("p0", "p1")]
+        offload = [open_port(prefix + name) for name in ("s0", "s1")]
+    with plain[0], plain[1], offload[0], offload[1], Engine(plain, "wire") as small, \
+            Engine(offload, "wire") as big:  # fmt: skip
+        sized = small.stats().as_json()["ports"][0]["ring"]
+        full = big.stats().as_json()["ports"][0]["ring"]
+    assert sized["slot_size"] == 9000 + 22  # the MTU, an Ethernet header and two VLAN tags
+    assert full["slot_size"] >= 65536
+    assert full["bytes"] >= 4 * sized["bytes"] and sized["slots"] == full["slots"]
 
 
 def test_io_uring_takes_a_budget_that_is_not_a_power_of_two(prefix: str, privileged: None,

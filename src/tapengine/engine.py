@@ -42,11 +42,11 @@ from tapengine._forward import (
     MacTable,
 )
 from tapengine._gso import REASONS as GSO_REASONS
-from tapengine._ring import MAX_SLOT_SIZE, PacketRing
+from tapengine._ring import MAX_SLOT_SIZE, PacketRing, slot_size_for
 from tapengine._uring import UringIO
 from tapengine.errors import DeviceNotFoundError, FlagMismatchError
 from tapengine.netlink import IFF_UP, find_link, link_kind, netlink_errors, rtnl
-from tapengine.tun import Mode, Offload, TunQueue, open_queue, open_queues
+from tapengine.tun import VNET_HDR_LEN, Mode, Offload, TunQueue, open_queue, open_queues
 from tapengine.validate import MAX_TAP_QUEUES, MAX_TXQUEUELEN, check_float, check_int
 
 EngineMode = Literal["wire", "switch"]
@@ -56,6 +56,10 @@ IoBackend = Literal["readv", "uring"]
 DEFAULT_OFFLOAD = (
     Offload.CSUM | Offload.TSO4 | Offload.TSO6 | Offload.TSO_ECN | Offload.USO4 | Offload.USO6
 )
+
+#: Offloads with which the kernel hands over superframes (up to 64 KiB): a port that negotiated
+#: any of them needs 64 KiB slots; others get slots sized from the MTU.
+SUPERFRAME_OFFLOADS = Offload.TSO4 | Offload.TSO6 | Offload.UFO | Offload.USO4 | Offload.USO6
 
 #: The txqueuelen ``open_port`` gives a device at least (the kernel's default is 1000). For a
 #: tun/tap it bounds the packets the kernel holds for our fd; without offloads a TCP sender's
@@ -85,6 +89,12 @@ class StuckWorkerError(RuntimeError):
     """A forwarding worker did not stop when asked; what it uses was left open."""
 
 
+def ring_memory(ring: PacketRing) -> dict[str, int]:
+    """What one receive ring takes: its slots, slot size and bytes (slab, lengths, headers)."""
+    per_slot = ring.stride + VNET_HDR_LEN + 4
+    return {"slots": ring.nslots, "slot_size": ring.slot_size, "bytes": ring.nslots * per_slot}
+
+
 def uring_entries(budget: int) -> int:
     """The io_uring size for a worker with this ``budget``: a power of two (the kernel's rule),
     at least 64 and at least ``budget``."""
@@ -103,7 +113,8 @@ class Port:
     port created (non-persistent) disappears with them.
     """
 
-    def __init__(self, name: str, queues: Sequence[TunQueue], txqueuelen: int = 0) -> None:
+    def __init__(self, name: str, queues: Sequence[TunQueue], txqueuelen: int = 0,
+                 mtu: int | None = None) -> None:  # fmt: skip
         if not queues:
             raise ValueError(f"port {name!r} needs at least one open queue")
         self.name = name
@@ -111,6 +122,7 @@ class Port:
         self.mode: Mode = queues[0].mode
         self.vnet_hdr = queues[0].vnet_hdr
         self.txqueuelen = txqueuelen        # what open_port found or set; 0: not looked at
+        self.mtu = mtu                      # the device's MTU when opened; None: not looked at
         self._txqueuelen_before: int | None = None   # set when this port raised it
 
     def raise_txqueuelen(self, length: int) -> int:
@@ -142,6 +154,16 @@ class Port:
     def nqueues(self) -> int:
         return len(self.queues)
 
+    @property
+    def slot_size(self) -> int:
+        """Ring slot size for what this port can receive: MTU-sized frames, or 64 KiB where
+        superframes can arrive (TSO/USO negotiated); 64 KiB when the MTU was not looked at. A
+        frame that outgrows it (the MTU raised later) is dropped and counted as ``truncated``."""
+        if self.mtu is None:
+            return MAX_SLOT_SIZE
+        superframes = bool(self.offload & SUPERFRAME_OFFLOADS)
+        return int(slot_size_for(self.mtu, superframes, self.mode))
+
     def close(self) -> None:
         for queue in self.queues:
             queue.close()
@@ -156,6 +178,11 @@ class Port:
     def __repr__(self) -> str:
         offload = "+".join(offload_names(self.offload)) or "none"
         return f"<Port {self.mode} {self.name!r} {self.nqueues} queue(s) offload={offload}>"
+
+
+def _get_mtu(name: str) -> int:
+    with rtnl() as ipr:
+        return int(find_link(ipr, name, None).get_attr("IFLA_MTU"))
 
 
 def _get_txqueuelen(name: str) -> int:
@@ -253,6 +280,7 @@ def open_port(name: str, *, mode: Mode = "tap", queues: int = 1,
         for queue in opened:
             if wanted:
                 queue.negotiate_offload(wanted)
+        port.mtu = _get_mtu(name)
         if txqueuelen:
             port.raise_txqueuelen(txqueuelen)
     except BaseException:
@@ -272,6 +300,7 @@ class PortStats:
     counters: dict[str, int]
     offload: list[str] = field(default_factory=list)
     queues: list[dict[str, int]] = field(default_factory=list)   # QUEUE_COUNTERS per worker
+    ring: dict[str, int] = field(default_factory=dict)  # slots, slot_size, bytes (per worker)
     link_up: bool = True        # False once Engine.link_events saw the link set down
 
     def __getattr__(self, name: str) -> int:
@@ -364,6 +393,7 @@ class EngineStats:
                     "flooded": port.flooded,
                     "segmented": port.segmented,
                     "batches": port.rx_batches,
+                    "ring": port.ring,
                 }
                 for port in self.ports
             ],
@@ -490,6 +520,7 @@ class Engine:
         self._link_seen_up: set[str] = set()
         self._started = 0.0
         self._stopped: float | None = None
+        self._rings: dict[int, dict[str, int]] = {}   # port index -> its ring, per worker
 
     @property
     def workers(self) -> int:
@@ -513,8 +544,10 @@ class Engine:
             for k in range(self.workers):
                 uring = UringIO(uring_entries(self.budget)) if self.io == "uring" else None
                 forwarder = Forwarder(self.mode, self.budget, self.table, self.spin, uring)
-                for port in self.ports:
-                    forwarder.add_port(port.queues[k].fileno(), PacketRing(nslots, MAX_SLOT_SIZE),
+                for index, port in enumerate(self.ports):
+                    ring = PacketRing(nslots, port.slot_size)
+                    self._rings[index] = ring_memory(ring)
+                    forwarder.add_port(port.queues[k].fileno(), ring,
                                        vnet_hdr=port.vnet_hdr, l2=port.mode == "tap")
                 self._forwarders.append(forwarder)
         except BaseException:
@@ -608,6 +641,7 @@ class Engine:
                 offload=offload_names(port.offload),
                 queues=[{name: int(live[index, _COL[name]]) for name in QUEUE_COUNTERS}
                         for live in per_queue],
+                ring=dict(self._rings.get(index, {})),
             ))
         table = None
         if self.table is not None:
