@@ -13,6 +13,7 @@ extensions in ``src/tapengine/`` (ignored by git). Cythonizing happens in ``buil
 model), so making an sdist runs no Cython; the sdist ships ``.pyx``/``.pxd``/``.h``, not ``.c``.
 
 ``TAPENGINE_DEBUG=1`` builds with line tracing, C assertions and bounds checks switched on.
+``TAPENGINE_SANITIZE=1`` adds AddressSanitizer and UBSan (``make asan`` builds so into build/asan).
 ``TAPENGINE_ONLY=ring,batchio`` (development) rebuilds only the named extensions in place.
 """
 
@@ -28,6 +29,7 @@ HERE = Path(__file__).parent
 PYX = HERE / "pyx"
 STAGE = HERE / "build" / "cython-api"
 DEBUG = os.environ.get("TAPENGINE_DEBUG", "") not in ("", "0")
+SANITIZE = os.environ.get("TAPENGINE_SANITIZE", "") not in ("", "0")
 ONLY = {name for name in os.environ.get("TAPENGINE_ONLY", "").split(",") if name}
 
 directives = {"language_level": 3, "embedsignature": True}
@@ -37,6 +39,8 @@ if DEBUG:
     directives |= {"linetrace": True, "boundscheck": True, "wraparound": True}
     macros += [("CYTHON_TRACE_NOGIL", "1")]
     cflags = ["-O0", "-g", "-UNDEBUG"]
+sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer", "-g"] if SANITIZE else []
 
 
 def cython_api() -> dict[str, Path]:
@@ -95,7 +99,8 @@ extensions = [
         f"tapengine._{source.stem}",
         [source.relative_to(HERE).as_posix()],
         define_macros=macros,
-        extra_compile_args=cflags,
+        extra_compile_args=cflags + sanitize,
+        extra_link_args=sanitize,
     )
     for source in sorted(PYX.glob("*.pyx"))
     if not ONLY or source.stem in ONLY
