@@ -26,6 +26,8 @@ cdef uint32_t ring_send(int fd, PacketRing ring, uint32_t first, uint32_t count,
 
 
 cdef class BatchIO:
+    # C loops (a Forwarder, a batch, a generator or sink) using it now: it cannot be closed then.
+    cdef Py_ssize_t _users
     # recv: reads up to ``budget`` packets into [ring.tail, ...) and advances tail, as ring_recv.
     cdef uint32_t recv(self, int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
                        int *err) noexcept nogil
@@ -38,6 +40,19 @@ cdef class BatchIO:
 
 cdef class ReadvIO(BatchIO):
     pass
+
+
+# A C loop about to run without the GIL on ``ring`` (and ``io``) counts itself a user of both,
+# so neither can be closed or resized under it; use_end() when it returns. GIL held.
+cdef inline void use_begin(PacketRing ring, BatchIO io) noexcept:
+    ring._users += 1
+    if io is not None:
+        io._users += 1
+
+cdef inline void use_end(PacketRing ring, BatchIO io) noexcept:
+    ring._users -= 1
+    if io is not None:
+        io._users -= 1
 
 
 cdef inline uint32_t ring_recv_via(BatchIO io, int fd, PacketRing ring, uint32_t budget,

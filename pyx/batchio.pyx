@@ -184,8 +184,12 @@ def recv_batch(fd, PacketRing ring not None, budget=64, *, bint vnet_hdr=False, 
     cdef uint32_t n
     if io is not None:
         io.check()
-    with nogil:
-        n = ring_recv_via(io, cfd, ring, cbudget, vnet_hdr, &err)
+    use_begin(ring, io)
+    try:
+        with nogil:
+            n = ring_recv_via(io, cfd, ring, cbudget, vnet_hdr, &err)
+    finally:
+        use_end(ring, io)
     if err:
         raise_errno(err, f"reading a batch from fd {cfd}", n)
     return n
@@ -213,8 +217,12 @@ def send_batch(fd, PacketRing ring not None, first, count, *, bint vnet_hdr=Fals
     ring_check_lengths(ring, cfirst, ccount)
     if io is not None:
         io.check()
-    with nogil:
-        n = ring_send_via(io, cfd, ring, cfirst, ccount, vnet_hdr, &err)
+    use_begin(ring, io)
+    try:
+        with nogil:
+            n = ring_send_via(io, cfd, ring, cfirst, ccount, vnet_hdr, &err)
+    finally:
+        use_end(ring, io)
     if err:
         raise_errno(err, f"writing a batch to fd {cfd}", n)
     return n

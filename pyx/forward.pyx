@@ -508,11 +508,16 @@ cdef class Forwarder:
         self.ran = True
         self.running = True
         cdef int err
+        cdef BatchIO io = self.io
+        if io is not None:
+            io._users += 1          # its io_uring cannot be closed under the loop
         try:
             with nogil:
                 err = self._loop()
         finally:
             self.running = False
+            if io is not None:
+                io._users -= 1
         if err == ALL_DOWN:
             down = ", ".join(f"port {k}: {os.strerror(self.down_errno(k))}"
                              for k in range(self.nports))

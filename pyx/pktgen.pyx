@@ -27,7 +27,7 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, TIMER_ABSTIME, clock_nanosleep, timespec
 from posix.unistd cimport close, read, write
 
-from tapengine._batchio cimport BatchIO, ring_recv_via, ring_send_via
+from tapengine._batchio cimport BatchIO, ring_recv_via, ring_send_via, use_begin, use_end
 from tapengine._gso cimport csum_add, csum_fold
 from tapengine._ring cimport (
     PacketRing, ring_check_lengths, ring_frame, ring_free, ring_index, ring_len,
@@ -484,8 +484,12 @@ cdef class Generator:
             raise ValueError(f"count must be >= 0, not {count}")
         self.ring._check_open()
         ring_check_lengths(self.ring, 0, self.nused)    # the templates, writable as gen.ring
-        with nogil:
-            sent = gen_run(self, io, cfd, cvnet, limit, deadline, &err)
+        use_begin(self.ring, io)
+        try:
+            with nogil:
+                sent = gen_run(self, io, cfd, cvnet, limit, deadline, &err)
+        finally:
+            use_end(self.ring, io)
         if err:
             raise_errno(err, f"writing generated frames to fd {cfd}", sent)
         return sent
@@ -748,7 +752,11 @@ cdef class Sink:
             close(self.stop_fd)
 
     def close(self):
-        """Close the stop eventfd and free the receive ring; closing twice is a no-op."""
+        """Close the stop eventfd and free the receive ring; closing twice is a no-op. Refused
+        (``BufferError``) while ``run()`` runs in another thread: ``stop()`` it first."""
+        if self.ring._users:
+            raise BufferError("cannot close the sink while run() runs: stop() it and let run() "
+                              "return first")
         if self.stop_fd >= 0:
             close(self.stop_fd)
             self.stop_fd = -1
@@ -809,8 +817,12 @@ cdef class Sink:
         if idle is not None and idle <= 0:
             raise ValueError(f"idle must be > 0 seconds, not {idle}")
         self.ring._check_open()
-        with nogil:
-            got = sink_run(self, io, cfd, cvnet, cbudget, limit, deadline, idle_ns, &err)
+        use_begin(self.ring, io)
+        try:
+            with nogil:
+                got = sink_run(self, io, cfd, cvnet, cbudget, limit, deadline, idle_ns, &err)
+        finally:
+            use_end(self.ring, io)
         if err:
             raise_errno(err, f"reading frames from fd {cfd}", got)
         return got

@@ -350,8 +350,8 @@ cdef int _check_unused(PacketRing ring, str action) except -1:
     # Returns 0 when no C loop serves from the ring (Forwarder.add_port counts itself in
     # ``_users`` until its close()), else raises BufferError.
     if ring._users:
-        raise BufferError(f"cannot {action} the packet ring: a forwarder uses it (close the "
-                          "forwarder first)")
+        raise BufferError(f"cannot {action} the packet ring: a C loop uses it (a forwarder, or "
+                          "a batch, generator or sink running in another thread): stop it first")
     return 0
 
 

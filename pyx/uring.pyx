@@ -260,7 +260,12 @@ cdef class UringIO(BatchIO):
         return self.ring_fd < 0
 
     def close(self):
-        """Unmap the rings and close the io_uring fd (also done when the object goes away)."""
+        """Unmap the rings and close the io_uring fd (also done when the object goes away).
+        Refused (``BufferError``) while a C loop uses it: a batch running in another thread,
+        a generator or sink, or a ``Forwarder`` it was given to."""
+        if self._users:
+            raise BufferError(f"cannot close the io_uring: {self._users} C loop(s) use it (a "
+                              "running batch, generator, sink or forwarder): stop them first")
         self._free()
 
     def stats(self):
