@@ -3,6 +3,7 @@ and ``wait_until``: the one way a test waits for something to happen."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -63,3 +64,10 @@ def link_flags(name: str) -> int:
     with IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname=name)
         return ipr.link("get", index=index)[0]["flags"]
+
+
+def sleeps_in_epoll_wait(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is asleep in epoll_wait, as the kernel reports it (its wait channel)."""
+    with open(f"/proc/self/task/{thread.native_id}/wchan") as file:
+        channel = file.read()
+    return "epoll" in channel or channel == "ep_poll"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 
@@ -28,7 +29,7 @@ from fwdnet import (
     tcp_transfer,
     udp_send,
 )
-from netutil import wait_until
+from netutil import sleeps_in_epoll_wait, wait_until
 from tapengine import engine as engine_module
 from tapengine._forward import Forwarder
 from tapengine.cli.common import CommandError
@@ -178,6 +179,25 @@ def test_deleting_one_tap_during_a_transfer_leaves_the_others_forwarding(
     assert stats.port(a.ifname).up and stats.port(b.ifname).up
     assert c.mac not in {mac for mac, _, _ in stats.mac_table or []}
     assert not link_exists(c.ifname, c.netns)
+
+
+def test_deleting_the_namespace_that_holds_a_port_leaves_the_others_forwarding_asleep(
+        lan: Callable[..., list[Host]]) -> None:
+    """The namespace goes, and its tap with it: that port is reported down once, the others go
+    on, and the worker goes back to sleep in epoll_wait (the kernel's wait channel) instead of
+    spinning on a dead fd."""
+    a, b, c = lan(3)
+    with Engine(lan.ports, "switch") as engine:  # type: ignore[attr-defined]
+        assert ping(a, c, count=1).returncode == 0
+        subprocess.run(["ip", "netns", "del", c.netns], check=True)
+        events = wait_until(engine.events, 30, "the engine to report the port whose namespace went")
+        assert [event.port for event in events] == [c.ifname]
+        assert ping(a, b, count=2).returncode == 0
+        (worker,) = [t for t in threading.enumerate() if t.name.startswith("tapengine-worker")]
+        wait_until(lambda: sleeps_in_epoll_wait(worker), 30, "the worker to sleep again")
+        stats = engine.stats()
+    assert not stats.port(c.ifname).up
+    assert stats.port(a.ifname).up and stats.port(b.ifname).up
 
 
 def test_writes_to_a_link_that_is_down_are_dropped_with_their_reason_and_the_port_stays_up(

@@ -24,7 +24,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from netutil import wait_until
+from netutil import sleeps_in_epoll_wait, wait_until
 from tapengine import PacketRing
 from tapengine._batchio import BatchIO
 from tapengine._forward import (
@@ -116,13 +116,6 @@ class Harness:
         self.forwarder.close()
         for sock in self.inner + self.outer:
             sock.close()
-
-
-def sleeps_in_epoll_wait(thread: threading.Thread) -> bool:
-    """Whether ``thread`` is asleep in epoll_wait, as the kernel reports it (its wait channel)."""
-    with open(f"/proc/self/task/{thread.native_id}/wchan") as file:
-        channel = file.read()
-    return "epoll" in channel or channel == "ep_poll"
 
 
 @contextmanager
