@@ -94,6 +94,7 @@ class SoakReport:
     stale: int
     achieved_pps: float
     forwarder_drops: dict[str, int]
+    kernel_drops: dict[str, int]  # link/counter -> packets, for the taps around the forwarder
     forwarder_exit: int | None
     rss_kib_first: int
     rss_kib_last: int
@@ -212,7 +213,9 @@ def soak(*, seconds: float, size: str, rate: int | None, fraction: float, capaci
         try:
             if trace_file:
                 threading.Timer(warmup, proc.send_signal, (signal.SIGUSR2,)).start()
+            before = kernel_drops(netns, prefix)
             sent, got = run_traffic(g, s, sink, size, seconds, rate)
+            after = kernel_drops(netns, prefix)
         finally:
             stop.set()
             sampler.join()
@@ -230,6 +233,7 @@ def soak(*, seconds: float, size: str, rate: int | None, fraction: float, capaci
         received=got.probe_packets, lost=sent.packets - got.probe_packets,
         reordered=got.reordered, duplicates=got.duplicates, stale=got.stale,
         achieved_pps=got.pps, forwarder_drops=drops, forwarder_exit=proc.returncode,
+        kernel_drops={key: after[key] - before[key] for key in after if after[key] > before[key]},
         rss_kib_first=samples.rss_kib[0], rss_kib_last=samples.rss_kib[-1],
         rss_kib_min=min(samples.rss_kib), rss_kib_max=max(samples.rss_kib),
         rss_slope_kib_per_min=slope_kib_per_min(samples.t, samples.rss_kib, warm), warmup_s=warm,
@@ -237,6 +241,18 @@ def soak(*, seconds: float, size: str, rate: int | None, fraction: float, capaci
         fds_end=min(samples.fds[-5:]), samples=len(samples.t),
         loadavg_before=load_before, loadavg_after=loadavg(), machine=machine(), tracemalloc=trace,
         rss_kib_samples=samples.rss_kib)
+
+
+def kernel_drops(netns: str, prefix: str) -> dict[str, int]:
+    """The kernel's drop counters of the four taps: where a frame lost outside the engine went."""
+    from tapengine.kstats import read_stats
+
+    found = {}
+    for name in ("g", "a", "b", "s"):
+        stats = read_stats(prefix + name, netns)
+        for counter in ("rx_dropped", "tx_dropped", "rx_errors", "tx_errors"):
+            found[f"{name}/{counter}"] = getattr(stats, counter)
+    return found
 
 
 def _drops(stats: Any) -> dict[str, int]:
@@ -259,7 +275,8 @@ def format_report(report: SoakReport) -> str:
         f"({capacity}achieved {report.achieved_pps:,.0f} pps)",
         f"  sent {report.sent:,}, received {report.received:,}: lost {report.lost}, "
         f"reordered {report.reordered}, duplicates {report.duplicates}",
-        f"  forwarder drops: {report.forwarder_drops or 'none'}; exit {report.forwarder_exit}",
+        f"  forwarder drops: {report.forwarder_drops or 'none'}; exit {report.forwarder_exit}; "
+        f"kernel drops (tap/counter): {report.kernel_drops or 'none'}",
         f"  RSS {report.rss_kib_first:,} -> {report.rss_kib_last:,} KiB "
         f"(min {report.rss_kib_min:,}, max {report.rss_kib_max:,}); slope after "
         f"{report.warmup_s:.0f} s: {report.rss_slope_kib_per_min:+.2f} KiB/min",

@@ -1,6 +1,6 @@
 """The soak (bench/soak.py) in short: 30 s of ``tapengine forward`` at a modest fixed rate.
 
-The machine is shared, so the rate is fixed and low (20 kpps, far below what one core forwards)
+The machine is shared, so the rate is fixed and low (10 kpps, far below what one core forwards)
 rather than a fraction of a capacity measured under someone else's load. Asserted: nothing lost,
 reordered or duplicated, the forwarder's open fds the same at the end as at the start (a sample may
 catch the link watch's netlink socket, open for a millisecond), a clean exit. The RSS slope is only
@@ -18,7 +18,7 @@ SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 
 
 def test_forward_soak_loses_nothing_and_keeps_its_fds(privileged: None, prefix: str) -> None:
-    proc = subprocess.run([sys.executable, str(SOAK), "--seconds", "30", "--rate", "20000",
+    proc = subprocess.run([sys.executable, str(SOAK), "--seconds", "30", "--rate", "10000",
                            "--warmup", "10", "--prefix", prefix, "--json"],
                           capture_output=True, text=True, timeout=180)  # fmt: skip
     assert proc.stdout, proc.stderr
@@ -26,7 +26,7 @@ def test_forward_soak_loses_nothing_and_keeps_its_fds(privileged: None, prefix: 
     print(f"soak: RSS slope {report['rss_slope_kib_per_min']:+.1f} KiB/min, "
           f"RSS {report['rss_kib_first']} -> {report['rss_kib_last']} KiB, "
           f"load {report['loadavg_after']}")  # fmt: skip
-    assert report["sent"] > 500_000
+    assert report["sent"] > 250_000
     assert (report["lost"], report["reordered"], report["duplicates"]) == (0, 0, 0), report
     assert report["fds_start"] == report["fds_end"], report
     assert report["forwarder_exit"] == 0, proc.stderr
