@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -123,6 +126,7 @@ class Port:
         self.vnet_hdr = queues[0].vnet_hdr
         self.txqueuelen = txqueuelen        # what open_port found or set; 0: not looked at
         self.mtu = mtu                      # the device's MTU when opened; None: not looked at
+        self.watch = LinkWatch(name)        # made here: in the namespace the queues were opened
         self._txqueuelen_before: int | None = None   # set when this port raised it
 
     def raise_txqueuelen(self, length: int) -> int:
@@ -167,6 +171,7 @@ class Port:
     def close(self) -> None:
         for queue in self.queues:
             queue.close()
+        self.watch.close()
 
     def __enter__(self) -> Self:
         return self
@@ -206,13 +211,45 @@ def raise_txqueuelen(name: str, length: int) -> int:
     return current
 
 
+SIOCGIFFLAGS = 0x8913
+_IFREQ_FLAGS = struct.Struct("16sH22x")  # struct ifreq: name, ifr_flags
+
+
+class LinkWatch:
+    """Reads a link's flags with ``SIOCGIFFLAGS`` on one socket opened in the link's namespace
+    (sockets stay bound to the namespace they were made in).
+
+    The engine asks every half second for as long as it runs: one ioctl on a socket it keeps,
+    where a netlink handle per question (pyroute2 makes a socket and an event loop each time) made
+    the process's memory grow for minutes (bench/RESULTS.md, the soak).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._request = _IFREQ_FLAGS.pack(name.encode(), 0)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    def is_up(self) -> bool | None:
+        """Whether the link is administratively up; None once it is gone (or closed)."""
+        if self._sock.fileno() < 0:
+            return None
+        try:
+            answer = fcntl.ioctl(self._sock.fileno(), SIOCGIFFLAGS, self._request)
+        except OSError:
+            return None  # ENODEV: the link is gone, or moved to another namespace
+        return bool(_IFREQ_FLAGS.unpack(answer)[1] & IFF_UP)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 def link_is_up(name: str) -> bool | None:
     """Whether link ``name`` of this namespace is administratively up; None if it is not here."""
+    watch = LinkWatch(name)
     try:
-        with rtnl() as ipr:
-            return bool(find_link(ipr, name, None)["flags"] & IFF_UP)
-    except OSError:
-        return None
+        return watch.is_up()
+    finally:
+        watch.close()
 
 
 def check_openable(name: str, mode: Mode) -> None:
@@ -672,7 +709,7 @@ class Engine:
         return found
 
     def link_events(self) -> list[LinkEvent]:
-        """Ports whose link went down, or up again, since the last call (asked over netlink).
+        """Ports whose link went down, or up again, since the last call (``SIOCGIFFLAGS``).
 
         A link that was down from the start (a tap the engine created is down until someone
         brings it up) is not reported until it has been up once; a port whose link is in
@@ -680,7 +717,7 @@ class Engine:
         """
         found = []
         for port in self.ports:
-            up = link_is_up(port.name)
+            up = port.watch.is_up()
             if up is None:
                 continue
             if up:
