@@ -311,7 +311,8 @@ cdef int _copy_plain(const uint8_t *frame, uint32_t length, const gso_info *info
     cdef uint32_t index = out.tail
     cdef uint8_t *dst = ring_frame(out, index)
     cdef uint8_t *h = ring_hdr(out, index)
-    memcpy(dst, frame, length)
+    if length:
+        memcpy(dst, frame, length)   # an empty frame may come with frame == NULL
     memset(h, 0, VNET_HDR_LEN)
     if info.flags & VNET_F_NEEDS_CSUM:
         if mode == GSO_OUT_PARTIAL_CSUM:

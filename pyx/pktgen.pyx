@@ -474,14 +474,14 @@ cdef class Generator:
         raise the matching ``OSError`` (``completed`` = packets written by this call). ``io``: the
         backend (``tapengine.open_batch_io()``; a ``UringIO`` belongs to one thread), None: writev.
         """
+        if count is not None and count < 0:  # before it becomes a uint64_t below
+            raise ValueError(f"count must be >= 0, not {count}")
         cdef int cfd = fd_of(fd)
         cdef bint cvnet = _vnet_of(fd, vnet_hdr)
         cdef uint64_t limit = UINT64_MAX if count is None else count
         cdef uint64_t deadline = _deadline(duration)
         cdef uint64_t sent
         cdef int err = 0
-        if count is not None and count < 0:
-            raise ValueError(f"count must be >= 0, not {count}")
         self.ring._check_open()
         ring_check_lengths(self.ring, 0, self.nused)    # the templates, writable as gen.ring
         use_begin(self.ring, io)
@@ -806,6 +806,8 @@ cdef class Sink:
         """
         if self.stop_fd < 0:
             raise ValueError("the sink is closed")
+        if count is not None and count < 0:  # before it becomes a uint64_t below
+            raise ValueError(f"count must be >= 0, not {count}")
         cdef int cfd = fd_of(fd)
         cdef bint cvnet = _vnet_of(fd, vnet_hdr)
         cdef uint64_t limit = UINT64_MAX if count is None else count

@@ -3,7 +3,7 @@
 
 The same reads and writes as ``tapengine._batchio`` (one packet per read or write; iovec[0] the
 virtio-net header when the fd has IFF_VNET_HDR, iovec[1] the frame slot), queued as SQEs and
-submitted together. Raw system calls and our own header (``pyx/uring.h``); no liburing.
+submitted together. Raw system calls and our own header (``pyx/includes/uring.h``); no liburing.
 
 What the kernel does with them, and what this module relies on (checked by ``available()``):
 

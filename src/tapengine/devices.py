@@ -147,15 +147,19 @@ class Link:
             ipr.link("set", index=self._message(ipr)["index"], **attrs)
 
     def up(self) -> None:
+        """Bring the link up (administratively, ``IFF_UP``)."""
         self._set("bring up", state="up")
 
     def down(self) -> None:
+        """Bring the link down."""
         self._set("bring down", state="down")
 
     def set_mtu(self, mtu: int) -> None:
+        """Set the MTU (68 to 65535, checked first)."""
         self._set(f"set MTU {mtu}", mtu=check_mtu(mtu))
 
     def set_mac(self, mac: str) -> None:
+        """Set the MAC address (unicast, not all zeros, checked first)."""
         self._set(f"set MAC {mac}", address=check_mac(mac))
 
     def add_address(self, cidr: str, *, nodad: bool = False) -> None:
@@ -232,6 +236,7 @@ class Bridge(Link):
     """A Linux bridge; ports are links in the same namespace."""
 
     def attach(self, port: str) -> None:
+        """Make link ``port`` (of the bridge's namespace, not a bridge) a port of this bridge."""
         with rtnl(self.netns) as ipr, netlink_errors(f"cannot attach {port!r} to {self}"):
             bridge = self._message(ipr)
             if link_kind(bridge) != "bridge":
@@ -249,6 +254,7 @@ class Bridge(Link):
             ipr.link("set", index=link["index"], master=bridge["index"])
 
     def detach(self, port: str) -> None:
+        """Take link ``port`` out of this bridge."""
         with rtnl(self.netns) as ipr, netlink_errors(f"cannot detach {port!r} from {self}"):
             bridge = self._message(ipr)
             link = find_link(ipr, port, self.netns)
@@ -259,6 +265,7 @@ class Bridge(Link):
             ipr.link("set", index=link["index"], master=0)
 
     def ports(self) -> list[str]:
+        """The names of this bridge's ports, sorted."""
         with rtnl(self.netns) as ipr, netlink_errors(f"cannot list the ports of {self}"):
             index = self._message(ipr)["index"]
             return sorted(
