@@ -9,6 +9,9 @@ Every setup joins namespace A (10.77.0.1) and namespace B (10.77.0.2); only the 
 - ``naive``: ``python -m tapengine.naive_forward ta tb`` (os.read/os.write with epoll).
 - ``veth``: a veth pair straight from A to B (no forwarder at all: the ceiling).
 - ``bridge``: A's veth and B's veth joined by a kernel bridge in a third namespace.
+- ``<tapengine setup>@before`` (with ``--python-before PY``): the same tapengine setup run by
+  another build's interpreter, e.g. an older commit's worktree venv, so that two builds are
+  interleaved in one run (``--setups tapengine,tapengine@before``).
 
 Two measurements per setup and round: TCP throughput (iperf3, one stream, A -> B) and the rate of
 60-byte frames (64 on a wire with the FCS: Ethernet + IPv4 + UDP + 18 bytes) that ``trafgen``
@@ -18,6 +21,10 @@ a Markdown table. Needs root, iperf3 and trafgen; everything lives in namespaces
 ``te<hex>...`` and is removed afterwards, also on Ctrl-C.
 
     .venv/bin/python bench/compare_forward.py --rounds 3
+    .venv/bin/python bench/compare_forward.py --python-before /work/wt-before/.venv/bin/python \
+        --setups tapengine,tapengine@before,naive,bridge
+
+Each round's ``/proc/loadavg`` before and after is printed on stderr (and kept in ``--json``).
 """
 
 from __future__ import annotations
@@ -110,7 +117,14 @@ def forwarder_process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
 
 
 @contextlib.contextmanager
-def topology(setup: str, pin_cpu: int | None = None) -> Iterator[tuple[Side, Side]]:
+def topology(setup: str, pin_cpu: int | None = None,
+             python_before: str | None = None) -> Iterator[tuple[Side, Side]]:
+    python = sys.executable
+    if setup.endswith("@before"):
+        setup = setup.removesuffix("@before")
+        if python_before is None or not setup.startswith("tapengine"):
+            raise ValueError(f"{setup}@before needs --python-before and a tapengine setup")
+        python = python_before
     prefix = "te" + secrets.token_hex(3)
     with contextlib.ExitStack() as stack:
         a = stack.enter_context(create_netns(prefix + "a")).name
@@ -122,7 +136,7 @@ def topology(setup: str, pin_cpu: int | None = None) -> Iterator[tuple[Side, Sid
             if setup == "naive":
                 argv = [sys.executable, "-m", "tapengine.naive_forward", *taps]
             else:
-                argv = [sys.executable, "-m", "tapengine", "forward", *taps]
+                argv = [python, "-m", "tapengine", "forward", *taps]
                 if setup == "tapengine-no-offload":
                     argv.append("--no-offload")
                 if setup == "tapengine-uring":
@@ -218,17 +232,23 @@ def main() -> int:
                         help="run the userspace forwarders on this CPU (trafgen's sender is "
                              "pinned to CPU 0 by trafgen itself); -1: leave it to the scheduler")
     parser.add_argument("--json", type=Path, help="also write every run to this file")
+    parser.add_argument("--python-before", metavar="PY",
+                        help="interpreter (of another build's venv) for the <setup>@before "
+                             "setups")
     args = parser.parse_args()
     setups = args.setups.split(",")
     kinds = [kind for kind in args.frames.split(",") if kind]
     metrics = ([] if args.no_tcp else ["tcp"]) + [f"{kind}_pps" for kind in kinds] + \
         [f"{kind}_per_cpu_s" for kind in kinds] + [f"{kind}_offered" for kind in kinds]
     runs = {setup: {metric: [] for metric in metrics} for setup in setups}
+    loadavg: list[tuple[str, str]] = []
     for round_ in range(args.rounds):
+        load0 = Path("/proc/loadavg").read_text().strip()
         order = setups[round_ % len(setups):] + setups[:round_ % len(setups)]
         for setup in order:
             result: dict[str, float] = {}
-            with topology(setup, None if args.pin < 0 else args.pin) as (a, b):
+            with topology(setup, None if args.pin < 0 else args.pin,
+                          args.python_before) as (a, b):
                 if not args.no_tcp:
                     result["tcp"] = tcp_throughput(a, b, args.tcp_seconds)
                 for kind in kinds:
@@ -237,10 +257,13 @@ def main() -> int:
                                                                      kind)
             for metric, value in result.items():
                 runs[setup][metric].append(value)
-            print(f"round {round_ + 1} {setup:<21} " + "  ".join(
+            print(f"round {round_ + 1} {setup:<27} " + "  ".join(
                 f"{metric} {value / 1e9:.2f} Gbit/s" if metric == "tcp" else
                 f"{metric} {value:,.0f}/s" for metric, value in result.items()),
                 file=sys.stderr, flush=True)
+        loadavg.append((load0, Path("/proc/loadavg").read_text().strip()))
+        print(f"round {round_ + 1} loadavg before: {loadavg[-1][0]}  after: {loadavg[-1][1]}",
+              file=sys.stderr, flush=True)
     med = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in runs.items()}
     pinned = "not pinned" if args.pin < 0 else f"pinned to CPU {args.pin}"
     print(f"\nuserspace forwarders {pinned}; trafgen's sender on CPU 0; {os.cpu_count()} CPUs")
@@ -270,7 +293,8 @@ def main() -> int:
                          if med[ref][m] and med[setup][m] else "-")
         print("| " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "medians": med}, indent=2))
+        args.json.write_text(json.dumps({"runs": runs, "medians": med, "loadavg": loadavg},
+                                        indent=2))
     return 0
 
 
