@@ -243,15 +243,6 @@ class LinkWatch:
         self._sock.close()
 
 
-def link_is_up(name: str) -> bool | None:
-    """Whether link ``name`` of this namespace is administratively up; None if it is not here."""
-    watch = LinkWatch(name)
-    try:
-        return watch.is_up()
-    finally:
-        watch.close()
-
-
 def check_openable(name: str, mode: Mode) -> None:
     """Refuse, before anything is opened, a device ``name`` that exists and is not a ``mode``
     tun/tap (a tun for a tap, a veth, the loopback); a missing one is fine (it is created).
