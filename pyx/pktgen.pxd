@@ -102,6 +102,26 @@ cdef class Generator:
                     bytes dst_ip, uint16_t dst_port) except -1
 
 
+# The token bucket over ring slots: the generator's templates, and any other ring of frames to
+# pace (tapengine._pcapng's replay). A slot's cost is one packet, or its length in bits.
+# Sets rate (units per second, 0 = unlimited), unit and depth (``burst`` units, None: 10 ms of
+# traffic bounded by one batch and 1024 frames of ``unit_max`` units); returns 0 or raises
+# ValueError for a burst smaller than one frame. The bucket starts empty.
+cdef int bucket_set(token_bucket_t *bucket, object rate, bint bits, object burst,
+                    uint64_t unit_max, uint32_t batch) except -1
+# Returns how many of slots [first, first + count) the bucket allows at ``now`` (refilled first).
+cdef uint32_t bucket_admit(token_bucket_t *bucket, PacketRing ring, uint32_t first,
+                           uint32_t count, uint64_t now) noexcept nogil
+# Returns the nanoseconds until the bucket holds the tokens for slot ``slot`` (0 if it does).
+cdef uint64_t bucket_wait_ns(token_bucket_t *bucket, PacketRing ring,
+                             uint32_t slot) noexcept nogil
+# Takes the tokens of slots [first, first + sent); returns 0.
+cdef int bucket_spend(token_bucket_t *bucket, PacketRing ring, uint32_t first,
+                      uint32_t sent) noexcept nogil
+# Sleeps until ``until`` (CLOCK_MONOTONIC ns); returns 0 (an interrupted sleep just returns).
+cdef int sleep_until(uint64_t until) noexcept nogil
+
+
 # Generator hot path, all without the GIL and without allocation.
 # Returns how many of the next ``count`` packets the bucket allows now (0 .. count).
 cdef uint32_t gen_admit(Generator gen, uint32_t count, uint64_t now) noexcept nogil

@@ -80,12 +80,13 @@ def monotonic():
     return monotonic_ns()
 
 
-# -- generator ---------------------------------------------------------------------------------
+# -- token bucket (over ring slots: the generator's templates, the replay's frames) -----------
 
-# Returns the cost in tokens (unit-ns) of the frame in slot ``slot``.
-cdef inline uint64_t gen_cost(Generator gen, uint32_t slot) noexcept nogil:
-    if gen.bucket.bits:
-        return <uint64_t>ring_len(gen.ring, slot)[0] * 8 * NS_PER_S
+# Returns the cost in tokens (unit-ns) of the frame in slot ``slot`` of ``ring``.
+cdef inline uint64_t bucket_cost(token_bucket_t *bucket, PacketRing ring,
+                                 uint32_t slot) noexcept nogil:
+    if bucket.bits:
+        return <uint64_t>ring_len(ring, slot)[0] * 8 * NS_PER_S
     return NS_PER_S
 
 
@@ -105,40 +106,80 @@ cdef inline int bucket_refill(token_bucket_t *bucket, uint64_t now) noexcept nog
     return 0
 
 
-cdef uint32_t gen_admit(Generator gen, uint32_t count, uint64_t now) noexcept nogil:
+cdef int bucket_set(token_bucket_t *bucket, object rate, bint bits, object burst,
+                    uint64_t unit_max, uint32_t batch) except -1:
+    cdef uint64_t depth_units
+    rate = int(rate)
+    bucket.rate = rate
+    bucket.bits = bits
+    bucket.tokens = 0
+    bucket.last_ns = 0
+    if rate == 0:
+        bucket.depth = 0
+        return 0
+    if burst is None:
+        # 10 ms of traffic, at least one batch of the largest frames, at most 1024 of them
+        # (about what a tap queues by default: a catch-up burst should not overflow it)
+        depth_units = rate // 100
+        depth_units = min(depth_units, 1024 * unit_max)
+        depth_units = max(depth_units, batch * unit_max)
+    else:
+        depth_units = int(burst)
+        if depth_units < unit_max:
+            raise ValueError(f"burst must hold at least one frame ({unit_max}), not {burst}")
+    bucket.depth = depth_units * NS_PER_S
+    return 0
+
+
+cdef uint32_t bucket_admit(token_bucket_t *bucket, PacketRing ring, uint32_t first,
+                           uint32_t count, uint64_t now) noexcept nogil:
     cdef uint32_t n = 0
     cdef uint64_t available
-    if gen.bucket.rate == 0:
+    if bucket.rate == 0:
         return count
-    bucket_refill(&gen.bucket, now)
-    if not gen.bucket.bits:
-        available = gen.bucket.tokens // NS_PER_S
+    bucket_refill(bucket, now)
+    if not bucket.bits:
+        available = bucket.tokens // NS_PER_S
         return <uint32_t>available if available < count else count
-    available = gen.bucket.tokens
-    while n < count and gen_cost(gen, gen.pos + n) <= available:
-        available -= gen_cost(gen, gen.pos + n)
+    available = bucket.tokens
+    while n < count and bucket_cost(bucket, ring, first + n) <= available:
+        available -= bucket_cost(bucket, ring, first + n)
         n += 1
     return n
 
 
-# Returns the nanoseconds until the bucket holds the tokens for the next packet (0 if it does).
-cdef uint64_t gen_wait_ns(Generator gen) noexcept nogil:
-    cdef uint64_t cost = gen_cost(gen, gen.pos)
-    if gen.bucket.rate == 0 or gen.bucket.tokens >= cost:
+cdef uint64_t bucket_wait_ns(token_bucket_t *bucket, PacketRing ring,
+                             uint32_t slot) noexcept nogil:
+    cdef uint64_t cost = bucket_cost(bucket, ring, slot)
+    if bucket.rate == 0 or bucket.tokens >= cost:
         return 0
-    return (cost - gen.bucket.tokens + gen.bucket.rate - 1) // gen.bucket.rate
+    return (cost - bucket.tokens + bucket.rate - 1) // bucket.rate
 
 
-# Takes the tokens of ``sent`` packets from gen.pos onwards; returns 0.
-cdef inline int gen_spend(Generator gen, uint32_t sent) noexcept nogil:
+cdef int bucket_spend(token_bucket_t *bucket, PacketRing ring, uint32_t first,
+                      uint32_t sent) noexcept nogil:
     cdef uint32_t i
     cdef uint64_t cost
-    if gen.bucket.rate == 0:
+    if bucket.rate == 0:
         return 0
     for i in range(sent):
-        cost = gen_cost(gen, gen.pos + i)
-        gen.bucket.tokens = gen.bucket.tokens - cost if gen.bucket.tokens > cost else 0
+        cost = bucket_cost(bucket, ring, first + i)
+        bucket.tokens = bucket.tokens - cost if bucket.tokens > cost else 0
     return 0
+
+
+cdef int sleep_until(uint64_t until) noexcept nogil:
+    cdef timespec ts
+    ts.tv_sec = until // NS_PER_S
+    ts.tv_nsec = until % NS_PER_S
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL)
+    return 0
+
+
+# -- generator ---------------------------------------------------------------------------------
+
+cdef uint32_t gen_admit(Generator gen, uint32_t count, uint64_t now) noexcept nogil:
+    return bucket_admit(&gen.bucket, gen.ring, gen.pos, count, now)
 
 
 @cython.boundscheck(False)
@@ -198,15 +239,6 @@ cdef uint32_t gen_commit(Generator gen, uint32_t prepared, uint32_t sent,
     return sent
 
 
-# Sleeps until ``until`` (CLOCK_MONOTONIC ns); returns 0 (an interrupted sleep just returns).
-cdef inline int sleep_until(uint64_t until) noexcept nogil:
-    cdef timespec ts
-    ts.tv_sec = until // NS_PER_S
-    ts.tv_nsec = until % NS_PER_S
-    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL)
-    return 0
-
-
 cdef uint64_t gen_run(Generator gen, BatchIO io, int fd, bint vnet_hdr, uint64_t limit,
                       uint64_t deadline, int *err) noexcept nogil:
     cdef uint64_t total = 0, now, until, wait
@@ -228,7 +260,7 @@ cdef uint64_t gen_run(Generator gen, BatchIO io, int fd, bint vnet_hdr, uint64_t
             want = <uint32_t>(limit - total)
         n = gen_admit(gen, want, now)
         if n == 0:
-            wait = gen_wait_ns(gen)
+            wait = bucket_wait_ns(&gen.bucket, gen.ring, gen.pos)
             if wait >= SPIN_NS:
                 until = now + (wait if wait < MAX_SLEEP_NS else MAX_SLEEP_NS)
                 if deadline and until > deadline:
@@ -237,7 +269,7 @@ cdef uint64_t gen_run(Generator gen, BatchIO io, int fd, bint vnet_hdr, uint64_t
             continue
         gen_prepare(gen, n)
         sent = ring_send_via(io, fd, gen.ring, gen.pos, n, vnet_hdr, err)
-        gen_spend(gen, sent)
+        bucket_spend(&gen.bucket, gen.ring, gen.pos, sent)
         gen_commit(gen, n, sent, now)
         total += sent
         if err[0]:
@@ -410,27 +442,7 @@ cdef class Generator:
         return 0
 
     def _set_rate(self, rate, bint bits, burst, uint32_t max_length):
-        cdef uint64_t unit_max = max_length * 8 if bits else 1
-        cdef uint64_t depth_units
-        rate = int(rate)
-        self.bucket.rate = rate
-        self.bucket.bits = bits
-        self.bucket.tokens = 0
-        self.bucket.last_ns = 0
-        if rate == 0:
-            self.bucket.depth = 0
-            return
-        if burst is None:
-            # 10 ms of traffic, at least one batch of the largest frames, at most 1024 of them
-            # (about what a tap queues by default: a catch-up burst should not overflow it)
-            depth_units = rate // 100
-            depth_units = min(depth_units, 1024 * unit_max)
-            depth_units = max(depth_units, self.batch * unit_max)
-        else:
-            depth_units = int(burst)
-            if depth_units < unit_max:
-                raise ValueError(f"burst must hold at least one frame ({unit_max}), not {burst}")
-        self.bucket.depth = depth_units * NS_PER_S
+        bucket_set(&self.bucket, rate, bits, burst, max_length * 8 if bits else 1, self.batch)
 
     # -- properties ---------------------------------------------------------------------------
 
