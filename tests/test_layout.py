@@ -6,7 +6,7 @@ The layers, top to bottom (a module may import from its own layer or any lower o
     the package, __main__
     the CLI (tapengine.cli.*), its shared parts (cli.common)
     the benchmark harness
-    topology / engine, traffic, cleanup
+    topology, metrics / engine, traffic, cleanup
     devices, kstats (and the small programs naive_forward, nsexec)
     tun -> netlink -> netns -> validate -> errors, marks, signals
 """
@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"tun"},
     {"devices", "kstats", "naive_forward", "nsexec"},
     {"cleanup", "traffic", "engine"},
-    {"topology"},
+    {"topology", "metrics"},
     {"benchrun"},
     {"benchplot"},
     {"cli.common"},

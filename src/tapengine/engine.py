@@ -549,6 +549,7 @@ class Engine:
         self._started = 0.0
         self._stopped: float | None = None
         self._rings: dict[int, dict[str, int]] = {}   # port index -> its ring, per worker
+        self._ring_objects: list[tuple[int, PacketRing]] = []   # (port index, ring), all workers
 
     @property
     def workers(self) -> int:
@@ -575,6 +576,7 @@ class Engine:
                 for index, port in enumerate(self.ports):
                     ring = PacketRing(nslots, port.slot_size)
                     self._rings[index] = ring_memory(ring)
+                    self._ring_objects.append((index, ring))
                     forwarder.add_port(port.queues[k].fileno(), ring,
                                        vnet_hdr=port.vnet_hdr, l2=port.mode == "tap")
                 self._forwarders.append(forwarder)
@@ -582,6 +584,7 @@ class Engine:
             for forwarder in self._forwarders:
                 forwarder.close()
             self._forwarders.clear()
+            self._ring_objects.clear()
             raise
         self._started = time.monotonic()
         for k, forwarder in enumerate(self._forwarders):
@@ -686,6 +689,22 @@ class Engine:
             header_drops={GSO_REASONS[k]: int(n) for k, n in enumerate(header) if n},
             mac_table=table,
         )
+
+    def worker_states(self) -> list[dict[str, Any]]:
+        """Per worker: ``running`` (its thread is alive), ``passes`` of its loop and ``sleeps``
+        in epoll_wait (for the metrics)."""
+        return [{"running": k < len(self._threads) and self._threads[k].is_alive(),
+                 "passes": forwarder.passes, "sleeps": forwarder.sleeps}
+                for k, forwarder in enumerate(self._forwarders)]  # fmt: skip
+
+    def ring_occupancy(self) -> dict[str, int]:
+        """Per port: slots of its rings (all workers) holding a batch in flight right now, read
+        without stopping the workers (for the metrics)."""
+        used = dict.fromkeys((port.name for port in self.ports), 0)
+        for index, ring in self._ring_objects:
+            if not ring.closed:
+                used[self.ports[index].name] += ring.pending
+        return used
 
     def events(self) -> list[PortEvent]:
         """Ports that went down since the last call (each reported once)."""

@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tapengine.cli.common import (
     CommandError,
@@ -27,6 +27,7 @@ from tapengine.cli.common import (
     become,
     example_epilog,
 )
+from tapengine.cli.metrics_option import add_metrics_option, check_metrics, serving_metrics
 from tapengine.engine import (
     DEFAULT_TXQUEUELEN,
     MAX_AGEING,
@@ -43,9 +44,13 @@ from tapengine.engine import (
     offload_names,
     open_ports,
 )
+from tapengine.metrics import EngineCollector
 from tapengine.privileges import Identity
 from tapengine.signals import on_signal, signal_name, stop_signals
 from tapengine.validate import MAX_TXQUEUELEN
+
+if TYPE_CHECKING:
+    from tapengine.metrics import MetricsServer
 
 #: Most queues per device the engine serves (one worker thread each).
 MAX_QUEUES = 64
@@ -115,6 +120,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="attach to multi-queue devices whose queues another process already "
                              "holds (refused by default: the kernel would split the traffic)")
     add_io_option(parser)
+    add_metrics_option(parser)
     add_json_option(parser, "final stats as JSON")
 
 
@@ -141,38 +147,46 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("a switch forwards Ethernet frames: --tun is not possible here")
     if len(set(args.ports)) != len(args.ports):
         raise CommandError(f"a device is listed twice: {' '.join(args.ports)}")
-    ports: list[Port] = open_ports(args.ports, mode="tun" if args.tun else "tap",
-                                   queues=args.queues, offload=not args.no_offload,
-                                   txqueuelen=args.txqueuelen, share=args.share_queues)
-    switch_options = {"table_size": args.table_size, "ageing": args.ageing} \
-        if args.mode == "switch" else {}
-    label = (" <-> " if args.mode == "wire" else ", ").join(args.ports)
-    return serve(ports, args.mode, command=args.command_name, label=label,
-                 budget=args.budget, io=args.io, stats_interval=args.stats_interval,
-                 as_json=args.json, user=args.user, **switch_options)  # fmt: skip
+    check_metrics(args)
+    with serving_metrics(args, EngineCollector()) as metrics:  # bound before any device opens
+        ports: list[Port] = open_ports(args.ports, mode="tun" if args.tun else "tap",
+                                       queues=args.queues, offload=not args.no_offload,
+                                       txqueuelen=args.txqueuelen, share=args.share_queues)
+        switch_options = {"table_size": args.table_size, "ageing": args.ageing} \
+            if args.mode == "switch" else {}
+        label = (" <-> " if args.mode == "wire" else ", ").join(args.ports)
+        return serve(ports, args.mode, command=args.command_name, label=label,
+                     budget=args.budget, io=args.io, stats_interval=args.stats_interval,
+                     as_json=args.json, user=args.user, metrics=metrics,
+                     **switch_options)  # fmt: skip
 
 
 def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budget: int = 64,
           io: str = "readv", stats_interval: float = 0.0, as_json: bool = False,
-          user: Identity | None = None, **switch_options: Any) -> int:  # fmt: skip
+          user: Identity | None = None, metrics: MetricsServer | None = None,
+          **switch_options: Any) -> int:  # fmt: skip
     """Forward between open ``ports`` until a stop signal, then print the final stats; the
     ports are closed on the way out (a failure gives back the txqueuelen they raised).
     ``command`` and ``label`` make the ready line: ``forwarding tap0 <-> tap1: ...``. With
-    ``user`` the process drops every privilege before the workers start. A worker that failed
-    (and stopped the engine) or did not stop is a one-line error; in the second case the ports
-    stay open, since the worker may still use them."""
+    ``user`` the process drops every privilege before the workers start. ``metrics`` (the
+    server of an ``EngineCollector``) is given the engine; its URL goes in the ready line. A
+    worker that failed (and stopped the engine) or did not stop is a one-line error; in the
+    second case the ports stay open, since the worker may still use them."""
     done = False
     engine: Engine | None = None
     try:
         engine = Engine(ports, mode, budget=budget, io=io, **switch_options)
+        if metrics is not None:
+            metrics.collector.engine = engine
         become(user)
         with stop_signals("flag") as caught, on_signal(signal.SIGUSR1) as snapshot:
             engine.start()
             try:
                 offload = "+".join(offload_names(ports[0].offload)) or "off"
                 verb = "switching" if mode == "switch" else "forwarding"
+                served = f"; metrics at {metrics.url}" if metrics is not None else ""
                 print(f"{verb} {label}: {ports[0].mode}, {ports[0].nqueues} queue(s), "
-                      f"offload {offload}; Ctrl-C or SIGTERM stops", flush=True)
+                      f"offload {offload}{served}; Ctrl-C or SIGTERM stops", flush=True)
                 _watch(engine, caught.event, snapshot, stats_interval)
             finally:
                 _close(engine)

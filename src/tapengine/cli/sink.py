@@ -20,6 +20,8 @@ from tapengine.cli.common import (
     open_io,
     run_with_progress,
 )
+from tapengine.cli.metrics_option import add_metrics_option, check_metrics, serving_metrics
+from tapengine.metrics import SinkCollector
 from tapengine.traffic import (
     MAX_COUNT,
     MAX_DURATION,
@@ -64,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-flow", action="store_true", help="per-flow results in --json")
     add_io_option(parser)
     add_user_option(parser)
+    add_metrics_option(parser)
     add_json_option(parser, "print the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run, command_name="sink")
@@ -88,9 +91,11 @@ def format_result(name: str, result: SinkResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_metrics(args)
     info = probe_device(args.device, args.netns)
     started = time.monotonic()
-    with Sink(tun=info.mode == "tun", max_flows=args.max_flows) as sink:
+    with Sink(tun=info.mode == "tun", max_flows=args.max_flows) as sink, \
+            serving_metrics(args, SinkCollector(sink, info.name)) as metrics:
 
         def progress() -> str:
             c = sink.counters[0]
@@ -101,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
         with open_device(info) as queue, open_io(args.io) as io:
             become(args.user)
+            if metrics is not None:     # stdout is the result's (JSON): the address on stderr
+                print(f"sink {info.name}: metrics at {metrics.url}", file=sys.stderr, flush=True)
             _, interrupted = run_with_progress(
                 lambda: sink.run(queue, count=args.count, duration=args.duration, idle=args.idle,
                                  io=io),
