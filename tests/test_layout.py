@@ -6,7 +6,7 @@ The layers, top to bottom (a module may import from its own layer or any lower o
     the package, __main__
     the CLI (tapengine.cli.*), its shared parts (cli.common)
     the benchmark harness
-    topology, metrics / engine, traffic, cleanup
+    topology, metrics / engine, traffic, cleanup, compat.pytun
     devices, kstats (and the small programs naive_forward, nsexec)
     tun -> netlink -> netns -> validate -> errors, marks, signals
 """
@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"netlink"},
     {"tun"},
     {"devices", "kstats", "naive_forward", "nsexec"},
-    {"cleanup", "traffic", "engine"},
+    {"cleanup", "traffic", "engine", "compat", "compat.pytun"},
     {"topology", "metrics"},
     {"benchrun"},
     {"benchplot"},
