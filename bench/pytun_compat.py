@@ -1,6 +1,6 @@
 """Interleaved A/B: tapengine.compat.pytun against python-pytun, a packet at a time and in batches.
 
-    sudo .venv/bin/python bench/pytun_compat.py [--rounds 15] [--packets 400] [--json]
+    sudo .venv/bin/python bench/pytun_compat.py [--rounds 41] [--packets 400] [--json]
 
 Creates its own network namespace (removed afterwards) and runs itself inside it, where one tun
 per module (``IFF_TUN | IFF_NO_PI``, a /32 with a peer) is read and written alternately,
@@ -12,8 +12,9 @@ A B A B:
 - write: ``write`` of ``--packets`` IPv4/UDP datagrams to a UDP socket bound in the namespace
   (drained between runs, not timed).
 
-Prints the median ns per packet of each side, the spread and the ratio pytun / compat (above 1:
-compat is faster), with /proc/loadavg at the start and the end.
+Prints the median ns per packet of each side with its spread, and the median (with quartiles) of
+the per-round ratios pytun / compat (above 1: compat is faster), which a load that shifts between
+rounds disturbs less than a ratio of medians; /proc/loadavg at the start and the end.
 """
 
 from __future__ import annotations
@@ -133,15 +134,18 @@ def inside(rounds: int, packets: int) -> dict[str, Any]:
     results = {}
     for row, (measure_ref, measure_ours) in rows.items():
         samples: dict[str, list[float]] = {"pytun": [], "compat": []}
-        for _ in range(rounds):
-            samples["pytun"].append(measure_ref(ref, packets))
-            samples["compat"].append(measure_ours(ours, packets))
+        for round_ in range(rounds):  # A B, then B A: neither side always runs first
+            pair = [("pytun", measure_ref, ref), ("compat", measure_ours, ours)]
+            for side, measure, where in pair if round_ % 2 == 0 else pair[::-1]:
+                samples[side].append(measure(where, packets))
         medians = {side: statistics.median(values) for side, values in samples.items()}
+        paired = [a / b for a, b in zip(samples["pytun"], samples["compat"], strict=True)]
         results[row] = {
             "pytun_ns": medians["pytun"], "compat_ns": medians["compat"],
             "pytun_spread": [min(samples["pytun"]), max(samples["pytun"])],
             "compat_spread": [min(samples["compat"]), max(samples["compat"])],
-            "ratio": medians["pytun"] / medians["compat"],
+            "ratio": statistics.median(paired),
+            "ratio_quartiles": statistics.quantiles(paired, n=4)[::2],
         }  # fmt: skip
     load.append(loadavg())
     return {"rows": results, "loadavg": load, "rounds": rounds, "packets": packets}
@@ -149,7 +153,7 @@ def inside(rounds: int, packets: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=41)
     parser.add_argument("--packets", type=int, default=400, help="per run (the tun queues 500)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
@@ -178,11 +182,12 @@ def main() -> int:
         return 0
     print(f"{args.packets} packets a run, {args.rounds} rounds interleaved, "
           f"loadavg {report['loadavg'][0]} -> {report['loadavg'][1]}")  # fmt: skip
-    print(f"{'':34} {'pytun ns/pkt':>16} {'compat ns/pkt':>16} {'ratio':>6}")
+    print(f"{'':34} {'pytun ns/pkt':>16} {'compat ns/pkt':>16} {'ratio (quartiles)':>18}")
     for row, r in report["rows"].items():
         ref, ours = r["pytun_spread"], r["compat_spread"]
         print(f"{row:34} {r['pytun_ns']:6.0f} ({ref[0]:.0f}..{ref[1]:.0f})"
-              f" {r['compat_ns']:6.0f} ({ours[0]:.0f}..{ours[1]:.0f}) {r['ratio']:5.2f}x")
+              f" {r['compat_ns']:6.0f} ({ours[0]:.0f}..{ours[1]:.0f}) {r['ratio']:5.2f}x"
+              f" ({r['ratio_quartiles'][0]:.2f}..{r['ratio_quartiles'][1]:.2f})")
     return 0
 
 

@@ -73,6 +73,8 @@ SIOCGIFDSTADDR, SIOCSIFDSTADDR = 0x8917, 0x8918
 SIOCGIFNETMASK, SIOCSIFNETMASK = 0x891B, 0x891C
 SIOCGIFMTU, SIOCSIFMTU = 0x8921, 0x8922
 SIOCSIFHWADDR, SIOCGIFHWADDR = 0x8924, 0x8927
+_os_read, _os_write = os.read, os.write  # one global look-up per packet instead of two
+
 _IFR_NAME = struct.Struct("16s24x")
 _IFR_SETIFF = struct.Struct("16sH22x")
 _IFR_FLAGS = struct.Struct("16sh22x")
@@ -190,7 +192,7 @@ class TunTapDevice:
     def read(self, size: int, /) -> bytes:
         """read(size) -> read at most size bytes, returned as a string."""
         try:
-            return os.read(self._fd, size)
+            return _os_read(self._fd, size)
         except OSError as err:
             raise _error(err) from None
 
@@ -198,7 +200,7 @@ class TunTapDevice:
         """write(str) -> number of bytes written.
         Write str to device."""
         try:
-            return os.write(self._fd, data)  # type: ignore[arg-type]
+            return _os_write(self._fd, data)  # type: ignore[arg-type]
         except OSError as err:
             raise _error(err) from None
         except TypeError:
