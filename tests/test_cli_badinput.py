@@ -524,6 +524,8 @@ def _good(action: Any, sandbox: Sandbox, topology_file: str) -> Any:
         return st.sampled_from(["02:77:00:00:00:01", "02:77:00:00:00:0A"])
     if kind == "cidr":
         return st.sampled_from(["10.77.9.1/24", "fd77::9/64"])
+    if kind == "endpoint":
+        return st.sampled_from(["10.77.9.1:4789", "[fd77::9]:4789"])
     if kind == "prefix":
         return st.just(sandbox.prefix + "z")
     if kind == "path":
@@ -577,6 +579,9 @@ def _bad(action: Any) -> Any:
                                 "zz:00:00:00:00:01", "", "02:00:00:00:00"])  # fmt: skip
     if kind == "cidr":
         return st.sampled_from(["fe80::1%eth0/64", "10.77.0.1", "10.77.0.1/33", "", "a/b"])
+    if kind == "endpoint":
+        return st.sampled_from(["10.77.0.1", "fd77::1:4789", "[10.77.0.1]:1", "10.77.0.1:65536",
+                                "host:80", "10.77.0.1:-1", "[fe80::1%eth0]:1", "", ":", "[::1]"])
     if kind == "path":
         return st.sampled_from(["", "\udcff.toml"])
     if kind in ("rate", "size", "sizes", "scenarios", "bench prefix"):

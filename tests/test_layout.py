@@ -7,7 +7,7 @@ The layers, top to bottom (a module may import from its own layer or any lower o
     the CLI (tapengine.cli.*), its shared parts (cli.common)
     the benchmark harness
     topology, metrics / engine, traffic, cleanup, compat.pytun
-    devices, kstats (and the small programs naive_forward, nsexec)
+    devices, kstats, udpport (and the small programs naive_forward, nsexec)
     tun -> netlink -> netns -> validate -> errors, marks, signals
 """
 
@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"netns", "privileges"},
     {"netlink"},
     {"tun"},
-    {"devices", "kstats", "naive_forward", "nsexec"},
+    {"devices", "kstats", "naive_forward", "nsexec", "udpport"},
     {"cleanup", "traffic", "engine", "compat", "compat.pytun"},
     {"topology", "metrics"},
     {"benchrun"},

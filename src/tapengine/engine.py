@@ -50,6 +50,7 @@ from tapengine._uring import UringIO
 from tapengine.errors import DeviceNotFoundError, FlagMismatchError
 from tapengine.netlink import IFF_UP, find_link, link_kind, netlink_errors, rtnl
 from tapengine.tun import VNET_HDR_LEN, Mode, Offload, TunQueue, open_queue, open_queues
+from tapengine.udpport import UdpPort
 from tapengine.validate import MAX_TAP_QUEUES, MAX_TXQUEUELEN, check_float, check_int
 
 EngineMode = Literal["wire", "switch"]
@@ -330,6 +331,7 @@ class PortStats:
     queues: list[dict[str, int]] = field(default_factory=list)   # QUEUE_COUNTERS per worker
     ring: dict[str, int] = field(default_factory=dict)  # slots, slot_size, bytes (per worker)
     link_up: bool = True        # False once Engine.link_events saw the link set down
+    udp: dict[str, str | None] | None = None    # a UDP port's local, remote address and netns
 
     def __getattr__(self, name: str) -> int:
         try:
@@ -422,6 +424,7 @@ class EngineStats:
                     "segmented": port.segmented,
                     "batches": port.rx_batches,
                     "ring": port.ring,
+                    **({"udp": port.udp} if port.udp is not None else {}),
                 }
                 for port in self.ports
             ],
@@ -451,6 +454,9 @@ class EngineStats:
             if port.drops:
                 reasons = ", ".join(f"{reason} {n}" for reason, n in port.drops.items())
                 lines.append(f"drops on {port.name}: {reasons}")
+            if port.udp is not None:
+                lines.append(f"{port.name}: UDP, local {port.udp['local']}, remote "
+                             f"{port.udp['remote'] or 'any'}")
             if not port.up:
                 lines.append(f"{port.name} went down: {port.state[6:-1] or 'hung up'}")
             elif not port.link_up:
@@ -502,12 +508,16 @@ class LinkEvent:
 class Engine:
     """Forward between ``ports`` in ``mode`` (``"wire"``: exactly two; ``"switch"``: two or more).
 
+    A wire may join a tun or tap with a UDP port (``tapengine.udpport``): each packet of the one
+    is a datagram of the other. An engine with a UDP port runs one worker.
+
     Every port must have the same number of queues; one worker thread serves queue *k* of every
     port. ``budget`` is the most packets read from a port per pass of a worker's loop. A context
     manager: ``with Engine(...) as engine:`` starts it and stops it on the way out.
     """
 
-    def __init__(self, ports: Sequence[Port], mode: EngineMode = "wire", *, budget: int = 64,
+    def __init__(self, ports: Sequence[Port | UdpPort], mode: EngineMode = "wire", *,
+                 budget: int = 64,
                  table_size: int = 4096, ageing: float = 300.0, spin: int = 0,
                  io: IoBackend = "readv") -> None:
         if mode not in ("wire", "switch"):
@@ -525,15 +535,21 @@ class Engine:
         if mode == "switch":
             check_int(table_size, "MAC table size", MIN_TABLE_SIZE, MAX_TABLE_SIZE)
             check_float(ageing, "ageing time", high=MAX_AGEING)
+        udp = [port.name for port in ports if isinstance(port, UdpPort)]
+        if mode == "switch" and udp:
+            raise ValueError(f"a UDP port joins a wire, not a switch: {', '.join(udp)}")
         if mode == "switch" and any(port.mode != "tap" for port in ports):
             raise ValueError("a switch forwards Ethernet frames: every port must be a tap")
-        if len({port.mode for port in ports}) > 1:
+        if len({port.mode for port in ports} - {"udp"}) > 1:
             raise ValueError("cannot forward between a tun and a tap")
+        if udp and any(port.nqueues > 1 for port in ports):
+            raise ValueError("a UDP port serves one worker: open the other port with one queue")
         if len({port.nqueues for port in ports}) > 1:
             raise ValueError("every port needs the same number of queues: "
                              + ", ".join(f"{port.name} {port.nqueues}" for port in ports))
         self.ports = list(ports)
         self.mode: EngineMode = mode
+        self._l2 = any(port.mode == "tap" for port in ports)   # what a UDP port carries too
         self.budget = budget
         self.spin = spin
         if io not in ("readv", "uring"):
@@ -577,8 +593,9 @@ class Engine:
                     ring = PacketRing(nslots, port.slot_size)
                     self._rings[index] = ring_memory(ring)
                     self._ring_objects.append((index, ring))
+                    io = {"port_io": port.port_io(k)} if isinstance(port, UdpPort) else {}
                     forwarder.add_port(port.queues[k].fileno(), ring,
-                                       vnet_hdr=port.vnet_hdr, l2=port.mode == "tap")
+                                       vnet_hdr=port.vnet_hdr, l2=self._l2, **io)
                 self._forwarders.append(forwarder)
         except BaseException:
             for forwarder in self._forwarders:
@@ -673,6 +690,7 @@ class Engine:
                 queues=[{name: int(live[index, _COL[name]]) for name in QUEUE_COUNTERS}
                         for live in per_queue],
                 ring=dict(self._rings.get(index, {})),
+                udp=port.addresses() if isinstance(port, UdpPort) else None,
             ))
         table = None
         if self.table is not None:

@@ -63,6 +63,11 @@ def oserror(err: int, what: str, *, completed: int | None = None) -> OSError:
     return exc
 
 
+class AddressError(TapengineError, OSError):
+    """A socket address that cannot be bound or connected to (in use, not on any interface of
+    the namespace, no route); the message says which and why."""
+
+
 class DeviceExistsError(TapengineError, FileExistsError):
     """A link or network namespace with that name already exists."""
 

@@ -186,6 +186,70 @@ def check_ip(ip: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     raise InvalidValueError(f"invalid IP address {quote(ip)}")
 
 
+MAX_PORT = 65535
+
+#: ``ADDRESS:PORT`` with an IPv4 address, or ``[ADDRESS]:PORT`` with an IPv6 one.
+_ENDPOINT_RE = re.compile(r"\[(?P<v6>[^\]]*)\]:(?P<port6>[^:]*)|(?P<v4>[^:\[\]]*):(?P<port4>[^:]*)")
+
+
+def check_port(port: object, what: str = "UDP port", *, allow_zero: bool = False) -> int:
+    """A UDP/TCP port number: 1 to 65535 (0 too with ``allow_zero``: the kernel picks one)."""
+    return check_int(port, what, 0 if allow_zero else 1, MAX_PORT)
+
+
+def check_endpoint(endpoint: object, what: str = "address", *,
+                   allow_zero_port: bool = False) -> tuple[str, int]:  # fmt: skip
+    """An IP address and port, as text (``10.77.0.1:4000``, ``[fd77::1]:4000``: IPv6 in
+    brackets) or as a ``(host, port)`` tuple; returns ``(address, port)`` with the address in
+    its compressed form. No host names (nothing is looked up) and no IPv6 scope."""
+    if isinstance(endpoint, tuple) and len(endpoint) == 2:
+        host, port = endpoint
+        try:
+            address = check_ip(host)
+        except InvalidValueError:
+            raise InvalidValueError(f"invalid {what} {quote(host)}: not an IP address") from None
+        return str(address), check_port(port, f"{what} port", allow_zero=allow_zero_port)
+    if not isinstance(endpoint, str):
+        raise InvalidValueError(
+            f"invalid {what} {quote(endpoint)}: expected ADDRESS:PORT, like 10.77.0.1:4000 or "
+            "[fd77::1]:4000"
+        )
+    match = _ENDPOINT_RE.fullmatch(endpoint.strip())
+    if match is None:
+        hint = (" (an IPv6 address goes in brackets: [fd77::1]:4000)"
+                if endpoint.count(":") > 1 else "")
+        raise InvalidValueError(
+            f"invalid {what} {quote(endpoint)}: expected ADDRESS:PORT, like 10.77.0.1:4000 or "
+            f"[fd77::1]:4000{hint}"
+        )
+    bracketed = match["v6"] is not None
+    host = match["v6"] if bracketed else match["v4"]
+    port_text = match["port6"] if bracketed else match["port4"]
+    problem = None
+    try:
+        address = check_ip(host)
+    except InvalidValueError:
+        problem = (f"{quote(host)} is not an IP address (host names are not looked up"
+                   + (", and an IPv6 scope (%...) is not supported)" if "%" in host else ")"))
+    else:
+        if bracketed != (address.version == 6):
+            problem = "only an IPv6 address goes in brackets"
+    low = 0 if allow_zero_port else 1
+    if problem is None and not (re.fullmatch(r"[0-9]{1,5}", port_text)
+                                and low <= int(port_text) <= MAX_PORT):
+        problem = f"the port must be a number from {low} to {MAX_PORT}"
+    if problem:
+        raise InvalidValueError(f"invalid {what} {quote(endpoint)}: {problem}")
+    return str(address), int(port_text)
+
+
+def format_endpoint(endpoint: tuple[str, int]) -> str:
+    """``("fd77::1", 4000)`` -> ``[fd77::1]:4000``, ``("10.77.0.1", 4000)`` ->
+    ``10.77.0.1:4000``: the text ``check_endpoint`` reads."""
+    host, port = endpoint[0], endpoint[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def check_id(value: object, what: str) -> int:
     """A uid or gid the kernel can store (0 to 2^32-2)."""
     return check_int(value, what, 0, MAX_ID)
@@ -308,12 +372,14 @@ __all__ = [
     "MAX_ID",
     "MAX_MTU",
     "MAX_NUMBER_TEXT",
+    "MAX_PORT",
     "MAX_TAP_QUEUES",
     "MAX_TXQUEUELEN",
     "MAX_U32",
     "MAX_U64",
     "MIN_MTU",
     "check_cidr",
+    "check_endpoint",
     "check_float",
     "check_id",
     "check_ifname",
@@ -322,7 +388,9 @@ __all__ = [
     "check_mac",
     "check_mtu",
     "check_netns_name",
+    "check_port",
     "check_prefix",
+    "format_endpoint",
     "format_mac",
     "parse_float",
     "parse_int",

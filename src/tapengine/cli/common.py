@@ -206,6 +206,19 @@ class CidrArg(ArgType):
         return text
 
 
+class EndpointArg(ArgType):
+    """An IP address and port, ``10.77.0.1:4789`` or ``[fd77::1]:4789``
+    (``validate.check_endpoint``); port 0 too with ``allow_zero_port`` (the kernel picks one)."""
+
+    kind = "endpoint"
+
+    def __init__(self, what: str, *, allow_zero_port: bool = False) -> None:
+        self.what, self.allow_zero_port = what, allow_zero_port
+
+    def convert(self, text: str) -> tuple[str, int]:
+        return validate.check_endpoint(text, self.what, allow_zero_port=self.allow_zero_port)
+
+
 class PrefixArg(ArgType):
     """A name prefix of at least ``min_length`` characters."""
 

@@ -28,6 +28,7 @@ from tapengine.cli.common import (
     example_epilog,
 )
 from tapengine.cli.metrics_option import add_metrics_option, check_metrics, serving_metrics
+from tapengine.cli.udp_option import add_udp_options, check_udp_options, open_forward_ports
 from tapengine.engine import (
     DEFAULT_TXQUEUELEN,
     MAX_AGEING,
@@ -42,7 +43,6 @@ from tapengine.engine import (
     StuckWorkerError,
     close_ports,
     offload_names,
-    open_ports,
 )
 from tapengine.metrics import EngineCollector
 from tapengine.privileges import Identity
@@ -63,16 +63,20 @@ SIGNALS_HELP = ("\n\nSIGINT (Ctrl-C), SIGTERM, SIGHUP or SIGQUIT stops it and pr
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     forward = subparsers.add_parser(
-        "forward", help="forward between two taps (a wire)",
-        description="Forward every frame between two tun/tap devices until stopped.\nDevices "
-                    "that do not exist are created, and removed again on exit." + SIGNALS_HELP,
+        "forward", help="forward between two taps, or a tap and a UDP socket (a wire)",
+        description="Forward every frame between two tun/tap devices, or between one and a UDP "
+                    "socket (--udp), until stopped.\nDevices that do not exist are created, and "
+                    "removed again on exit." + SIGNALS_HELP,
         epilog=example_epilog("tapengine forward tap0 tap1 --stats-interval 1",
-                              "tapengine forward tun0 tun1 --tun --queues 2 --json"),
+                              "tapengine forward tun0 tun1 --tun --queues 2 --json",
+                              "tapengine forward tun0 --tun --udp 10.77.0.1:4789 "
+                              "--peer 10.77.0.2:4789"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    forward.add_argument("ports", nargs=2, metavar="DEVICE", type=IfnameArg(),
-                         help="the two devices to join")
+    forward.add_argument("ports", nargs="+", metavar="DEVICE", type=IfnameArg(),
+                         help="the two devices to join (one with --udp)")
     _add_common(forward)
+    add_udp_options(forward)
     forward.set_defaults(func=run, command_name="forward", mode="wire")
 
     switch = subparsers.add_parser(
@@ -147,14 +151,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("a switch forwards Ethernet frames: --tun is not possible here")
     if len(set(args.ports)) != len(args.ports):
         raise CommandError(f"a device is listed twice: {' '.join(args.ports)}")
+    check_udp_options(args)
     check_metrics(args)
     with serving_metrics(args, EngineCollector()) as metrics:  # bound before any device opens
-        ports: list[Port] = open_ports(args.ports, mode="tun" if args.tun else "tap",
-                                       queues=args.queues, offload=not args.no_offload,
-                                       txqueuelen=args.txqueuelen, share=args.share_queues)
+        ports, label = open_forward_ports(args, mode="tun" if args.tun else "tap",
+                                           queues=args.queues, offload=not args.no_offload,
+                                           txqueuelen=args.txqueuelen, share=args.share_queues)
         switch_options = {"table_size": args.table_size, "ageing": args.ageing} \
             if args.mode == "switch" else {}
-        label = (" <-> " if args.mode == "wire" else ", ").join(args.ports)
         return serve(ports, args.mode, command=args.command_name, label=label,
                      budget=args.budget, io=args.io, stats_interval=args.stats_interval,
                      as_json=args.json, user=args.user, metrics=metrics,
