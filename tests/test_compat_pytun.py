@@ -97,6 +97,11 @@ with pytun.TunTapDevice(name="ptx0", flags=pytun.IFF_TUN | pytun.IFF_NO_PI) as t
         small = [p[28:] for p in tun.read_batch(200) if p[0] >> 4 == 4 and p[9] == 17]
     seen["after a long one"] = [p.decode() for p in small]
     seen["truncated"] = tun.truncated
+    for bad in ((10, 64), (2048, 0), (2048.0, 64)):
+        try:
+            tun.read_batch(*bad)
+        except ValueError as err:
+            seen.setdefault("refused", []).append(str(err).split(":")[0])
     os.set_blocking(tun.fileno(), False)
     while True:
         try:
@@ -118,6 +123,8 @@ def test_ipv6_addresses_context_manager_and_read_batch(make_netns: Callable[[str
     assert seen["batch payloads"] == [f"datagram {i:02d}" for i in range(20)]
     assert seen["after a long one"] == ["short"] and seen["truncated"] == 1
     assert seen["nothing queued"] == 11  # EAGAIN, as read() on a non-blocking fd
+    assert seen["refused"] == ["invalid read_batch size 10", "invalid read_batch max_packets 0",
+                               "invalid read_batch size 2048.0"]  # fmt: skip
     assert seen["closed"] == -1 and seen["device after with"] is False
 
 

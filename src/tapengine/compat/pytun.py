@@ -34,9 +34,9 @@ from typing import Any, Self
 
 from tapengine import tun
 from tapengine._batchio import recv_batch
-from tapengine._ring import PacketRing
+from tapengine._ring import MAX_SLOT_SIZE, MIN_SLOT_SIZE, PacketRing
 from tapengine.netlink import find_link, rtnl
-from tapengine.validate import check_cidr
+from tapengine.validate import check_cidr, check_int
 
 __all__ = [
     "IFF_MULTI_QUEUE",
@@ -64,6 +64,7 @@ ATTACH_QUEUE = 0x0200
 DETACH_QUEUE = 0x0400
 ARPHRD_ETHER = 1
 IFA_F_NODAD = 0x02
+MAX_BATCH = 4096  # packets per read_batch call: the ring it reads into is kept between calls
 LINK_UP = 0x1
 
 # The legacy interface ioctls (linux/sockios.h) and the parts of struct ifreq (40 bytes) they use.
@@ -160,6 +161,7 @@ class TunTapDevice:
 
     def __init__(self, name: str = "", flags: int = IFF_TUN, dev: str = tun.TUN_PATH) -> None:
         self._fd = -1
+        self._name = ""
         self._ctl: socket.socket | None = None
         self._batch_ring: PacketRing | None = None
         self._truncated = 0  # by the rings read_batch used before its current one
@@ -396,11 +398,12 @@ class TunTapDevice:
         takes every packet already queued without waiting for more. Each packet is what ``read``
         would return (the packet-information or virtio-net header included, if the device has
         one); a packet longer than ``size`` is dropped and counted in ``truncated``, where
-        ``read`` would have cut it. Do not read the same device from two threads meanwhile: the
+        ``read`` would have cut it. ``size`` is 64 to 65664 bytes, ``max_packets`` 1 to 4096
+        (``ValueError`` otherwise). Do not read the same device from two threads meanwhile: the
         fd is non-blocking for the duration of the call.
         """
-        if max_packets < 1:
-            raise ValueError(f"max_packets must be >= 1, not {max_packets}")
+        size = check_int(size, "read_batch size", MIN_SLOT_SIZE, MAX_SLOT_SIZE)
+        max_packets = check_int(max_packets, "read_batch max_packets", 1, MAX_BATCH)
         ring = self._ring_for(size, max_packets)
         try:
             fd = self._open_fd()
@@ -432,7 +435,7 @@ class TunTapDevice:
 
     def _ring_for(self, size: int, max_packets: int) -> PacketRing:
         """The ring ``read_batch`` reads into, allocated once and kept while its shape fits."""
-        nslots = 1 << (max(max_packets, 1) - 1).bit_length()
+        nslots = 1 << (max_packets - 1).bit_length()
         ring = self._batch_ring
         if ring is None or ring.slot_size != size or ring.nslots < nslots:
             ring, self._batch_ring = PacketRing(nslots, size), ring
