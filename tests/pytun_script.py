@@ -140,6 +140,8 @@ def main() -> None:
              + ipv4_udp("10.77.1.2", "10.77.1.1", 5001, 4001, b"from the tap"))  # fmt: skip
     seen["tap write"] = tap.write(frame)
     seen["socket2 got"] = sock2.recvfrom(100)[0].decode()
+    seen["same name, exclusive"] = outcome(
+        lambda: pytun.TunTapDevice(tap.name, pytun.IFF_TAP | pytun.IFF_NO_PI | pytun.IFF_TUN_EXCL))
     seen["same name, other type"] = outcome(lambda: pytun.TunTapDevice(tap.name, pytun.IFF_TUN))
     seen["same name, busy"] = outcome(lambda: pytun.TunTapDevice(tap.name, pytun.IFF_TAP))
     tap.close()
@@ -155,6 +157,19 @@ def main() -> None:
     dev.persist(False)
     dev.close()
     seen["not persistent"] = kernel_link("ptp0")
+
+    # A tap with the virtio-net header: what read returns starts with it (10 bytes).
+    flags = pytun.IFF_TAP | pytun.IFF_NO_PI | pytun.IFF_VNET_HDR
+    vnet = pytun.TunTapDevice(name="ptv0", flags=flags)
+    vnet.hwaddr = b"\x02\x77\x00\x00\x00\x03"
+    vnet.addr, vnet.netmask = "10.77.2.1", "255.255.255.0"
+    vnet.up()
+    sock3 = udp_socket("10.77.2.1", 4002)
+    sock3.sendto(b"to the vnet tap", ("10.77.2.2", 5002))
+    seen["vnet read arp"] = read_until(vnet, lambda f: f[10 + 12:10 + 14] == b"\x08\x06",
+                                       2048).hex()  # fmt: skip
+    seen["vnet kernel"] = kernel_link("ptv0")
+    vnet.close()
 
     # Multi-queue: each object is one queue; detach and attach them.
     flags = pytun.IFF_TAP | pytun.IFF_NO_PI | pytun.IFF_MULTI_QUEUE

@@ -51,6 +51,7 @@ def test_a_pytun_program_sees_the_same_with_pytun_and_with_the_compat_module(
     assert reference["tap kernel"][0]["address"] == "02:77:00:00:00:01"
     assert reference["persistent"]["tun"]["persist"] and reference["not persistent"] is None
     assert reference["bad calls"]["flags 0"]["raised"] == "Error"
+    assert reference["vnet read arp"].startswith("00" * 10 + "ff" * 6)  # header, then broadcast
 
 
 EXTRAS = r"""
