@@ -8,7 +8,7 @@ The layers, top to bottom (a module may import from its own layer or any lower o
     the benchmark harness
     topology, metrics / engine, traffic, cleanup, compat.pytun
     devices, kstats, udpport (and the small programs naive_forward, nsexec)
-    tun -> netlink -> netns -> validate -> errors, marks, signals
+    aio -> tun -> netlink -> netns -> validate -> errors, marks, signals
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"netns", "privileges"},
     {"netlink"},
     {"tun"},
+    {"aio"},
     {"devices", "kstats", "naive_forward", "nsexec", "udpport"},
     {"cleanup", "traffic", "engine", "compat", "compat.pytun"},
     {"topology", "metrics"},

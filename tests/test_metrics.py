@@ -150,6 +150,19 @@ def test_a_public_address_without_the_flag_is_one_line_and_nothing_happens(
     # the prefix fixture finds no device created.
 
 
+def test_a_busy_port_is_one_line_before_any_device_is_created(prefix: str) -> None:
+    from tapengine.metrics import MetricsServer
+
+    with MetricsServer(EngineCollector()) as busy:
+        result = tapengine_run("forward", prefix + "b0", prefix + "b1", "--metrics",
+                               str(busy.port))  # fmt: skip
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{busy.port}: Address already in use" in \
+        result.stderr
+    # (the prefix fixture fails the test if a device was created)
+
+
 def test_a_bad_metrics_address_is_a_usage_error() -> None:
     result = tapengine_run("forward", "tea", "teb", "--metrics", "nowhere:80")
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -68,6 +68,10 @@ class AddressError(TapengineError, OSError):
     the namespace, no route); the message says which and why."""
 
 
+class QueueClosedError(TapengineError, OSError):
+    """The queue was closed (``tapengine.aio``: also while a task waited on it; errno EBADF)."""
+
+
 class DeviceExistsError(TapengineError, FileExistsError):
     """A link or network namespace with that name already exists."""
 

@@ -42,8 +42,8 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tapengine.errors import InvalidValueError
-from tapengine.validate import parse_int, quote
+from tapengine.errors import AddressError, InvalidValueError
+from tapengine.validate import MAX_PORT, check_endpoint, format_endpoint, parse_int
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -70,28 +70,12 @@ def parse_listen(text: str) -> tuple[str, int]:
     """``PORT``, ``ADDR:PORT`` or ``[IPV6]:PORT`` -> ``(address, port)``; a bare port listens on
     ``DEFAULT_HOST``. The address must be an IP address (or ``localhost``); port 0 asks the
     kernel for a free port. Raises ``InvalidValueError`` naming what is wrong."""
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidValueError("invalid metrics address '': give PORT or ADDR:PORT (9464, "
-                                "127.0.0.1:9464, [::1]:9464)")
-    spec = text.strip()
-    host, sep, port_text = spec.rpartition(":")
-    if not sep:
-        host, port_text = DEFAULT_HOST, spec
-    elif host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise InvalidValueError(f"invalid metrics address {quote(text)}: write an IPv6 address "
-                                "in brackets, like [::1]:9464")
-    port = parse_int(port_text, "metrics port", 0, 65535)
-    if host == "localhost":
-        host = DEFAULT_HOST
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise InvalidValueError(f"invalid metrics address {quote(text)}: {quote(host)} is not an "
-                                "IP address (use 127.0.0.1, ::1, or an address of this "
-                                "machine)") from None
-    return str(address), port
+    spec = text.strip() if isinstance(text, str) else text
+    if isinstance(spec, str) and ":" not in spec:
+        return DEFAULT_HOST, parse_int(spec, "metrics port", 0, MAX_PORT)
+    if isinstance(spec, str) and spec.startswith("localhost:"):
+        spec = DEFAULT_HOST + spec.removeprefix("localhost")
+    return check_endpoint(spec, "metrics address", allow_zero_port=True)
 
 
 def is_loopback(host: str) -> bool:
@@ -105,14 +89,9 @@ def check_bind(host: str, port: int, *, public: bool, flag: str = "--metrics-pub
     if public or is_loopback(host):
         return
     raise InvalidValueError(
-        f"refusing to serve metrics on {format_address(host, port)}: that address is reachable "
+        f"refusing to serve metrics on {format_endpoint((host, port))}: that address is reachable "
         f"from other machines; add {flag} to mean it, or listen on 127.0.0.1"
     )
-
-
-def format_address(host: str, port: int) -> str:
-    """``127.0.0.1:9464`` or ``[::1]:9464``."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -138,9 +117,9 @@ class MetricsServer:
         try:
             self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
         except OSError as err:
-            raise OSError(err.errno, f"cannot serve metrics on {format_address(host, port)}: "
-                          f"{err.strerror or err} (choose another port, or 0 for a free "
-                          "one)") from None
+            raise AddressError(err.errno, f"cannot serve metrics on "
+                               f"{format_endpoint((host, port))}: {err.strerror or err} (choose "
+                               "another port, or 0 for a free one)") from None
         self.collector = collector
         self.host = host
         self.port = int(self._httpd.server_port)
@@ -148,7 +127,7 @@ class MetricsServer:
 
     @property
     def address(self) -> str:
-        return format_address(self.host, self.port)
+        return format_endpoint((self.host, self.port))
 
     @property
     def url(self) -> str:
@@ -400,9 +379,9 @@ class SinkCollector:
              result.lost),
             ("flows", "Flows seen.", result.flows_seen),
         ):
-            family = GaugeMetricFamily(f"tapengine_sink_{name}", doc, labels=labels)
-            family.add_metric([self.device], value)
-            yield family
+            gauge = GaugeMetricFamily(f"tapengine_sink_{name}", doc, labels=labels)
+            gauge.add_metric([self.device], value)
+            yield gauge
         # Latency: the sink's fine buckets summed into coarse ones; a fine bucket counts
         # toward a bound only when all of it lies at or below it (so no sample is counted
         # below its value).
@@ -431,7 +410,6 @@ __all__ = [
     "SinkCollector",
     "check_bind",
     "engine_metrics",
-    "format_address",
     "is_loopback",
     "parse_listen",
 ]
