@@ -71,7 +71,8 @@ def assert_matches_json(samples: Samples, final: dict) -> None:
         assert value(samples, "tapengine_port_batches_total", port=name) == port["batches"]
         assert value(samples, "tapengine_port_flooded_total", port=name) == port["flooded"]
         assert value(samples, "tapengine_port_segmented_total", port=name) == port["segmented"]
-        assert value(samples, "tapengine_port_up", port=name) == (port["operstate"] == "UP")
+        assert value(samples, "tapengine_port_up", port=name) * \
+            value(samples, "tapengine_port_link_up", port=name) == (port["operstate"] == "UP")
         for k, queue in enumerate(port["queues"]):
             for direction in ("rx", "tx"):
                 labels = {"port": name, "queue": str(k), "direction": direction}
