@@ -17,7 +17,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from tapengine._batchio cimport BatchIO
 from tapengine._ring cimport PacketRing
-from tapengine.includes.system cimport __builtin_clzll
+from tapengine.includes.system cimport __builtin_clzll, pollfd
 
 
 cdef enum:
@@ -120,6 +120,10 @@ cdef int bucket_spend(token_bucket_t *bucket, PacketRing ring, uint32_t first,
                       uint32_t sent) noexcept nogil
 # Sleeps until ``until`` (CLOCK_MONOTONIC ns); returns 0 (an interrupted sleep just returns).
 cdef int sleep_until(uint64_t until) noexcept nogil
+# Polls pfds[0] (what a loop reads) and pfds[1] (its stop eventfd) until one is readable or
+# ``until`` (CLOCK_MONOTONIC ns, after ``now``); returns 1 when the stop fd is readable, else 0
+# (an interrupted poll is 0 too), or -1 with errno set.
+cdef int wait_or_stop(pollfd *pfds, uint64_t now, uint64_t until) noexcept nogil
 
 
 # Generator hot path, all without the GIL and without allocation.

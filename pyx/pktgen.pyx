@@ -676,13 +676,20 @@ cdef uint32_t sink_consume(Sink sink, PacketRing ring, uint32_t first, uint32_t 
     return count
 
 
+cdef int wait_or_stop(pollfd *pfds, uint64_t now, uint64_t until) noexcept nogil:
+    cdef int got = poll(pfds, 2, <int>((until - now + 999999) // 1000000))
+    if got < 0:
+        return 0 if errno == EINTR else -1
+    return 1 if pfds[1].revents else 0
+
+
 cdef uint64_t sink_run(Sink sink, BatchIO io, int fd, bint vnet_hdr, uint32_t budget,
                        uint64_t limit, uint64_t deadline, uint64_t idle_ns,
                        int *err) noexcept nogil:
     cdef uint64_t total = 0, now, last_rx = 0, probes_at_start = sink.counters.probe_packets
     cdef uint64_t until
     cdef uint32_t n
-    cdef int timeout, got
+    cdef int got
     cdef uint64_t drained
     cdef pollfd pfds[2]
     err[0] = 0
@@ -714,14 +721,11 @@ cdef uint64_t sink_run(Sink sink, BatchIO io, int fd, bint vnet_hdr, uint32_t bu
             until = deadline
         if idle_ns and last_rx and last_rx + idle_ns < until:
             until = last_rx + idle_ns
-        timeout = <int>((until - now + 999999) // 1000000)
-        got = poll(pfds, 2, timeout)
+        got = wait_or_stop(pfds, now, until)
         if got < 0:
-            if errno == EINTR:
-                continue
             err[0] = errno
             break
-        if pfds[1].revents:
+        if got:
             break
     read(sink.stop_fd, &drained, 8)     # reset the eventfd (EAGAIN when it was not written)
     sink.stop_requested = 0

@@ -23,6 +23,25 @@ static inline uint64_t te_atomic_load_u64(const uint64_t *p)
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
 
+static inline void te_atomic_store_u64(uint64_t *p, uint64_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+/* Stores v in *p and returns what *p held, as one sequentially consistent step. */
+static inline int te_atomic_exchange_int(int *p, int v)
+{
+    return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
+}
+
+/* A full barrier: a store before it is visible before a load after it (what a "set my flag,
+ * then look at yours" handshake between two threads needs; release/acquire alone do not order
+ * a store before a later load). */
+static inline void te_atomic_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
 /* Stores desired in *p if *p == expected; returns 1 then, else 0 (and *p is unchanged). */
 static inline int te_atomic_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
 {

@@ -115,3 +115,8 @@ class MalformedPacketError(TapengineError, ValueError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class PcapFormatError(TapengineError, ValueError):
+    """A capture file that is not pcap/pcapng, is truncated or corrupt, or whose link type does
+    not fit the device it is replayed into; the message names the file and the byte."""

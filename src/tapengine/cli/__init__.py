@@ -39,6 +39,8 @@ COMMAND_MODULES = (
     "cleanup",
     "gen",
     "sink",
+    "capture",
+    "replay",
     "bench",
 )
 

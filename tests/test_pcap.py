@@ -1,0 +1,318 @@
+"""pcapng capture and pcap/pcapng replay (tapengine._pcapng, tapengine capture/replay).
+
+The files we write are read by tshark; the files we read are written by scapy; captured frames are
+compared with what the kernel's sockets sent, replayed frames with what a packet socket in the
+namespace received (SHA-256 digests of the bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from fwdnet import in_netns
+from netutil import wait_until
+from tapengine._pcapng import (
+    INBOUND,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_RAW,
+    MIN_BUFFER,
+    PcapngWriter,
+    PcapReader,
+)
+from tapengine._ring import PacketRing
+from tapengine.errors import PcapFormatError
+
+pytestmark = pytest.mark.skipif(shutil.which("tshark") is None,
+                                reason="needs tshark (make system-deps)")
+
+DST_MAC = "02:77:00:00:00:02"
+
+
+def frame(i: int, size: int = 60) -> bytes:
+    """An Ethernet frame whose bytes depend on ``i``."""
+    head = bytes.fromhex("027700000002027700000001" "88b5") + i.to_bytes(4, "big")
+    return head + bytes((i + k) & 0xFF for k in range(size - len(head)))
+
+
+def fill(ring: PacketRing, frames: list[bytes]) -> None:
+    view, lengths = ring.frames, ring.lengths
+    for i, data in enumerate(frames):
+        view[i, : len(data)] = list(data)
+        lengths[i] = len(data)
+    del view, lengths
+
+
+def tshark(path: str | Path, *fields: str) -> list[list[str]]:
+    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|",
+                          *[arg for f in fields for arg in ("-e", f)]],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return [line.split("|") for line in out.splitlines()]
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tapengine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tapengine", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# -- the writer, read by tshark ----------------------------------------------------------------
+
+
+def test_tshark_reads_interfaces_nanoseconds_direction_snaplen_and_statistics(
+        tmp_path: Path) -> None:
+    ring = PacketRing(64, 2048)
+    frames = [frame(i, 60 + i) for i in range(20)]
+    fill(ring, frames)
+    path = tmp_path / "a.pcapng"
+    writer = PcapngWriter(path, [("portA", LINKTYPE_ETHERNET, False),
+                                 ("portB", LINKTYPE_ETHERNET, False)], snaplen=64,
+                          comment="a test")
+    assert writer.capture(ring, 0, 12, interface=0, ts_ns=1_700_000_000_123_456_789) == 12
+    assert writer.capture(ring, 12, 8, interface=1) == 8
+    assert writer.close({0: {"received": 12, "if_dropped": 3}}) == [str(path)]
+    rows = tshark(path, "frame.interface_name", "frame.len", "frame.cap_len",
+                  "frame.time_epoch", "frame.packet_flags_direction", "frame.interface_id")
+    assert [r[0] for r in rows] == ["portA"] * 12 + ["portB"] * 8
+    assert [int(r[1]) for r in rows] == [len(f) for f in frames]
+    assert [int(r[2]) for r in rows] == [min(len(f), 64) for f in frames]
+    assert rows[0][3] == "1700000000.123456789"          # if_tsresol 9: every digit kept
+    assert {int(r[4], 0) for r in rows} == {1}              # inbound
+    info = subprocess.run(["capinfos", "-M", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "Number of stat entries = 1" in info and "a test" in info
+
+
+def test_frames_read_back_byte_for_byte(tmp_path: Path) -> None:
+    ring = PacketRing(64, 2048)
+    frames = [frame(i, 60 + 7 * i) for i in range(40)]
+    fill(ring, frames)
+    path = tmp_path / "b.pcapng"
+    with PcapngWriter(path, [("p", LINKTYPE_ETHERNET, False)]) as writer:
+        writer.capture(ring, 0, 40)
+    rows = tshark(path, "frame.protocols")
+    assert len(rows) == 40
+    with PcapReader(path) as reader:
+        got = list(reader)
+    assert [data for _, _, data, _ in got] == frames
+    stamps = [ts for ts, _, _, _ in got]
+    assert stamps == sorted(stamps) and stamps[0] > 1_600_000_000 * 10**9
+
+
+def test_rotation_starts_new_files_each_one_complete(tmp_path: Path) -> None:
+    ring = PacketRing(64, 2048)
+    fill(ring, [frame(i, 1000) for i in range(64)])
+    path = tmp_path / "r.pcapng"
+    writer = PcapngWriter(path, [("p", LINKTYPE_ETHERNET, False)], rotate_bytes=100_000)
+    for _ in range(5):
+        writer.capture(ring, 0, 64)
+        wait_until(lambda: writer.buffered == 0, 30, "the drain thread to write the batch")
+    files = writer.close()
+    assert files == [str(path), f"{path}1", f"{path}2", f"{path}3"]
+    rows = [tshark(name, "frame.interface_name") for name in files]
+    assert sum(map(len, rows)) == 320 and min(map(len, rows)) >= 1
+    assert {r[0] for file_rows in rows for r in file_rows} == {"p"}
+    assert all(os.path.getsize(name) <= 100_000 for name in files[:-1])
+
+
+def test_a_full_buffer_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
+    """The file is a FIFO nobody reads yet: the drain thread blocks in write(), the buffer fills
+    on purpose, and every frame after that is dropped, counted, without waiting."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    ring = PacketRing(64, 2048)
+    fill(ring, [frame(i, 1500) for i in range(64)])
+    writer = PcapngWriter(fifo, [("p", LINKTYPE_ETHERNET, False)], buffer_size=MIN_BUFFER)
+    total = 64 * 40                      # 2.4 MB: more than the buffer and the pipe together
+    captured = sum(writer.capture(ring, 0, 64) for _ in range(40))
+    counters = writer.counters[0]
+    assert 0 < captured < total
+    assert int(counters["dropped"]) == total - captured == total - int(counters["packets"])
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        os.set_blocking(reader, True)
+        while chunk := os.read(reader, 1 << 16):
+            chunks.append(chunk)
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    writer.close()
+    thread.join(60)
+    os.close(reader)
+    out = tmp_path / "out.pcapng"
+    out.write_bytes(b"".join(chunks))
+    with PcapReader(out) as check:
+        assert check.scan()["packets"] == captured
+
+
+def test_writer_refuses_bad_values(tmp_path: Path) -> None:
+    path = tmp_path / "x.pcapng"
+    with pytest.raises(ValueError, match="snaplen"):
+        PcapngWriter(path, [("p", 1, False)], snaplen=0)
+    with pytest.raises(ValueError, match="link type"):
+        PcapngWriter(path, [("p", 105, False)])
+    with pytest.raises(ValueError, match="interfaces"):
+        PcapngWriter(path, [])
+    with PcapngWriter(path, [("p", LINKTYPE_RAW, False)]) as writer, \
+            pytest.raises(ValueError, match="interface"):
+        writer.capture(PacketRing(8, 128), 0, 1, interface=1)
+
+
+# -- the reader, against scapy's writers -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["pcap", "pcap-ns", "pcapng"])
+def test_reader_reads_what_scapy_writes(tmp_path: Path, kind: str) -> None:
+    from scapy.all import IP, UDP, Ether, wrpcap, wrpcapng
+
+    packets = []
+    for i in range(25):
+        pkt = Ether(dst=DST_MAC) / IP(dst="10.77.0.2") / UDP(dport=9) / (bytes([i]) * (i + 1))
+        pkt.time = 1_700_000_000 + i / 8
+        packets.append(pkt)
+    path = tmp_path / f"s.{kind}"
+    if kind == "pcapng":
+        wrpcapng(str(path), packets)
+    else:
+        wrpcap(str(path), packets, nano=kind == "pcap-ns")
+    with PcapReader(path) as reader:
+        summary = reader.scan()
+        got = list(reader)
+    assert summary["packets"] == 25 and summary["linktypes"] == {LINKTYPE_ETHERNET}
+    assert [data for _, _, data, _ in got] == [bytes(p) for p in packets]
+    assert [ts for ts, _, _, _ in got] == [1_700_000_000 * 10**9 + i * 125_000_000
+                                           for i in range(25)]
+
+
+def _pcap_header(linktype: int = 1) -> bytes:
+    return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"", "empty file"),
+    (b"GIF89a and then some", "not a pcap or pcapng"),
+    (_pcap_header() + struct.pack("<IIII", 0, 0, 100, 100) + b"x" * 50, "truncated"),
+    (_pcap_header()[:20], "truncated"),
+    (b"\x0a\x0d\x0d\x0a" + struct.pack("<IIHHq", 29, 0x1A2B3C4D, 1, 0, -1) + b"\0" * 8,
+     "impossible length"),
+    (b"\x0a\x0d\x0d\x0a" + struct.pack("<I", 28) + b"\x11\x22\x33\x44" + b"\0" * 16,
+     "byte-order magic"),
+])
+def test_malformed_files_are_refused_naming_the_problem(tmp_path: Path, content: bytes,
+                                                        words: str) -> None:
+    path = tmp_path / "bad.pcap"
+    path.write_bytes(content)
+    with pytest.raises(PcapFormatError, match=words), PcapReader(path) as reader:
+        reader.scan()
+
+
+# -- capture and replay through taps, checked against the kernel -------------------------------
+
+
+@dataclass
+class Net:
+    netns: str
+    a: str          # addressed: the kernel sends UDP out of it (to a static neighbour)
+    b: str          # unaddressed: replayed frames arrive here; a packet socket listens
+    tun: str
+
+
+@pytest.fixture
+def net(make_netns: Callable[[str], str], prefix: str) -> Iterator[Net]:
+    netns = make_netns("pc")
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                    "net.ipv4.igmp_link_local_mcast_reports=0"], check=True)
+    a, b, tun = prefix + "a", prefix + "b", prefix + "t"
+    with IPRoute(netns=netns) as ipr:
+        for name, mode in ((a, "tap"), (b, "tap"), (tun, "tun")):
+            ipr.link("add", ifname=name, kind="tuntap", mode=mode)
+            (index,) = ipr.link_lookup(ifname=name)
+            ipr.link("set", index=index, state="up")
+        (index,) = ipr.link_lookup(ifname=a)
+        ipr.addr("add", index=index, address="10.77.0.1", prefixlen=24)
+        ipr.neigh("add", dst="10.77.0.2", lladdr=DST_MAC, ifindex=index, state="permanent")
+    yield Net(netns, a, b, tun)
+
+
+def _send_udp(netns: str, payloads: list[bytes]) -> None:
+    sock = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        for payload in payloads:
+            sock.sendto(payload, ("10.77.0.2", 9))
+
+
+@pytest.mark.privileged
+def test_capture_then_replay_reproduce_the_kernels_frames(net: Net, tmp_path: Path) -> None:
+    payloads = [os.urandom(16 + 13 * i) for i in range(60)]
+    path = tmp_path / "c.pcapng"
+    capture = subprocess.Popen(
+        [sys.executable, "-m", "tapengine", "capture", net.a, "--netns", net.netns, "-w",
+         str(path), "-c", "60", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        assert capture.stdout is not None
+        assert capture.stdout.readline().startswith("capturing on ")
+        _send_udp(net.netns, payloads)
+        out, err = capture.communicate(timeout=60)
+    finally:
+        if capture.poll() is None:
+            capture.kill()
+            capture.communicate()
+    assert capture.returncode == 0, err
+    result = json.loads(out)
+    assert (result["captured"], result["dropped"]) == (60, 0)
+    rows = tshark(path, "frame.interface_name", "udp.payload", "frame.time_epoch")
+    assert {r[0] for r in rows} == {net.a}
+    assert [digest(bytes.fromhex(r[1])) for r in rows] == [digest(p) for p in payloads]
+    stamps = [r[2] for r in rows]
+    assert stamps == sorted(stamps, key=lambda t: tuple(map(int, t.split("."))))
+    with PcapReader(path) as reader:
+        frames = [data for _, _, data, _ in reader]
+
+    listener = in_netns(net.netns, socket.socket, socket.AF_PACKET, socket.SOCK_RAW,
+                        socket.htons(0x0003))
+    with listener:
+        listener.bind((net.b, 0))
+        listener.settimeout(30)
+        replay = tapengine("replay", str(path), net.b, "--netns", net.netns, "--topspeed",
+                           "--json")
+        assert replay.returncode == 0, replay.stderr
+        assert json.loads(replay.stdout)["packets"] == 60
+        seen = [listener.recv(65536) for _ in range(60)]
+    assert [digest(f) for f in seen] == [digest(f) for f in frames]
+
+
+@pytest.mark.privileged
+def test_replay_refuses_a_link_type_the_device_cannot_take(net: Net, tmp_path: Path) -> None:
+    path = tmp_path / "eth.pcapng"
+    ring = PacketRing(8, 2048)
+    fill(ring, [frame(1)])
+    with PcapngWriter(path, [("p", LINKTYPE_ETHERNET, False)]) as writer:
+        writer.capture(ring, 0, 1, flags=INBOUND)
+    result = tapengine("replay", str(path), net.tun, "--netns", net.netns)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "link type 1 does not fit the device: a tun takes raw IP" in result.stderr
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\0" * 100)
+    result = tapengine("replay", str(bad), net.b, "--netns", net.netns)
+    assert result.returncode == 1 and "not a pcap or pcapng file" in result.stderr
