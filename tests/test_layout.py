@@ -6,7 +6,7 @@ The layers, top to bottom (a module may import from its own layer or any lower o
     the package, __main__
     the CLI (tapengine.cli.*), its shared parts (cli.common)
     the benchmark harness
-    topology, metrics / engine, traffic, cleanup, compat.pytun
+    topology, metrics / engine, traffic, cleanup, compat.pytun, pcap
     devices, kstats, udpport (and the small programs naive_forward, nsexec)
     aio -> tun -> netlink -> netns -> validate -> errors, marks, signals
 """
@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"tun"},
     {"aio"},
     {"devices", "kstats", "naive_forward", "nsexec", "udpport"},
-    {"cleanup", "traffic", "engine", "compat", "compat.pytun"},
+    {"cleanup", "traffic", "engine", "compat", "compat.pytun", "pcap"},
     {"topology", "metrics"},
     {"benchrun"},
     {"benchplot"},
