@@ -1,0 +1,120 @@
+"""``tapengine capture DEV -w FILE``: capture one tap or tun into a pcapng file, like tcpdump -i.
+
+The frames are read from the device's own queue (what the kernel sends into the tap or tun, which
+nothing else then reads), written in batches into a bounded buffer and from there to the file by
+a thread of their own: if the disk cannot keep up, frames are dropped from the capture and counted
+(the summary and the file's Interface Statistics Block say how many).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tapengine._ring import PacketRing
+from tapengine.cli.common import (
+    FloatArg,
+    IfnameArg,
+    IntArg,
+    PathArg,
+    add_io_option,
+    add_json_option,
+    add_netns_option,
+    example_epilog,
+    open_io,
+    run_with_progress,
+)
+from tapengine.pcap import DEFAULT_SNAPLEN, MAX_CAPLEN, MAX_FILE_MB, CaptureOptions, linktype_of
+from tapengine.traffic import MAX_COUNT, MAX_DURATION, format_pps, open_device, probe_device
+
+#: Frames read per batch, and the slots of the receive ring (each holds a 64 KiB frame).
+BUDGET = 64
+SLOT_SIZE = 65536 + 128
+
+
+def add_capture_file_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    """``--snaplen`` and ``--pcap-size`` (and ``--pcap-superframes``): shared with ``forward
+    --pcap``."""
+    parser.add_argument("--snaplen", type=IntArg("snaplen", 1, MAX_CAPLEN),
+                        default=DEFAULT_SNAPLEN, metavar="N",
+                        help=f"keep at most N bytes of each frame (default: {DEFAULT_SNAPLEN})")
+    parser.add_argument("--pcap-size", type=FloatArg("file size (MB)", high=MAX_FILE_MB),
+                        metavar="MB", default=0.0,
+                        help="start a new file (FILE1, FILE2, ...) once one holds MB million "
+                             "bytes, like tcpdump -C")
+    parser.add_argument("--pcap-superframes", action="store_true",
+                        help="write GSO superframes as they are (up to 64 KiB) instead of the "
+                             "segments a wire would carry")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "capture", help="capture a tap or tun into a pcapng file (like tcpdump -i DEV -w FILE)",
+        description="Read every frame the kernel sends into the tap or tun DEV and write it to "
+        "FILE as pcapng: one interface block named DEV, nanosecond timestamps taken when each "
+        "batch was read, the direction (inbound), and the counts in an interface statistics "
+        "block at the end. Runs until -c COUNT frames, --duration, or Ctrl-C/SIGTERM.",
+        epilog=example_epilog(
+            "tapengine capture tap0 -w tap0.pcapng -c 1000",
+            "tapengine capture tun0 --netns lab -w tun0.pcapng --duration 10 --pcap-size 100",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("device", metavar="DEV", type=IfnameArg(), help="an existing tap or tun")
+    add_netns_option(parser, "the namespace DEV lives in")
+    parser.add_argument("-w", "--write", dest="file", required=True, type=PathArg("capture"),
+                        metavar="FILE", help="the pcapng file to write")
+    parser.add_argument("-c", "--count", type=IntArg("count", 1, MAX_COUNT),
+                        help="stop after this many frames")
+    parser.add_argument("--duration", type=FloatArg("duration", high=MAX_DURATION),
+                        metavar="SECONDS", help="stop after this long")
+    add_capture_file_options(parser)
+    add_io_option(parser)
+    add_json_option(parser, "print the summary as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(func=run, command_name="capture")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = CaptureOptions(args.file, snaplen=args.snaplen, size_mb=args.pcap_size,
+                             superframes=args.pcap_superframes)
+    info = probe_device(args.device, args.netns)
+    ring = PacketRing(BUDGET, SLOT_SIZE)
+    with open_device(info) as queue, open_io(args.io) as io:
+        writer = options.open([(info.name, linktype_of(info.mode), queue.vnet_hdr)],
+                              command="capture")
+        started = time.monotonic()
+
+        def progress() -> str:
+            c = writer.counters[0]
+            rate = format_pps(int(c["packets"]) / max(time.monotonic() - started, 1e-9))
+            return (f"capture {info.name}: {int(c['packets']):,} frames ({rate}), "
+                    f"{int(c['dropped']):,} dropped")  # fmt: skip
+
+        print(f"capturing on {info.name} ({info.mode}) into {args.file}; Ctrl-C or SIGTERM "
+              "stops", flush=True)  # fmt: skip
+        try:
+            got, interrupted = run_with_progress(
+                lambda: writer.run(queue, ring, count=args.count, duration=args.duration, io=io),
+                writer.stop, progress,
+                show=sys.stderr.isatty() and not args.quiet and not args.json,
+            )
+        finally:
+            c = writer.counters[0]
+            files = writer.close({0: {"received": int(c["packets"]) + int(c["dropped"])}})
+    elapsed = time.monotonic() - started
+    c = writer.counters[0]
+    result = {"device": info.name, "netns": info.netns, "mode": info.mode, "files": files,
+              "received": int(got or 0), "captured": int(c["packets"]),
+              "bytes": int(c["bytes"]), "dropped": int(c["dropped"]),
+              "superframes": int(c["superframes"]), "elapsed_s": round(elapsed, 6),
+              "interrupted": interrupted}  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"capture {info.name}: {result['captured']:,} frames ({result['bytes']:,} bytes) "
+              f"written to {', '.join(files)}; {result['dropped']:,} dropped by the capture "
+              f"buffer; {elapsed:.3f} s")  # fmt: skip
+    return 0
