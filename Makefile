@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Debian packages the tests, demo and benchmarks drive as independent peers.
-APT_PACKAGES := iproute2 iperf3 netsniff-ng tshark iputils-ping
+APT_PACKAGES := iproute2 iperf3 netsniff-ng tshark iputils-ping tcpdump
 SOURCES := pyproject.toml setup.py $(wildcard pyx/*.pyx pyx/*.pxd pyx/includes/*.pxd pyx/includes/*.h)
 
 .PHONY: build demo test lint docs capi-check bench bench-full system-deps clean asan
@@ -20,11 +20,13 @@ $(VENV)/.stamp-build: $(VENV)/.stamp-venv $(SOURCES)
 	$(PIP) install --no-build-isolation -e ".[test,bench,docs]"
 	touch $@
 
-# Tools used as independent peers (iperf3, trafgen, tshark); installed once, only when missing.
+# Tools used as independent peers (iperf3, trafgen, tshark, tcpdump); installed once, only when
+# missing.
 system-deps: $(VENV)/.stamp-system
 $(VENV)/.stamp-system: | $(VENV)/.stamp-venv
 	@missing=""; \
-	for tool in ip:iproute2 iperf3:iperf3 trafgen:netsniff-ng tshark:tshark ping:iputils-ping; do \
+	for tool in ip:iproute2 iperf3:iperf3 trafgen:netsniff-ng tshark:tshark ping:iputils-ping \
+	    tcpdump:tcpdump; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
