@@ -9,20 +9,34 @@
 # counts it in ring.truncated (such a frame counts against the budget); a send stops at a slot
 # whose length exceeds slot_size with *err == EMSGSIZE, never reading past the slot.
 #
-# ring_recv/ring_send are the readv()/writev() loop. BatchIO is a backend: its recv/send keep that
-# contract; ReadvIO (here) is the readv/writev loop, tapengine._uring.UringIO submits a batch
-# through io_uring. ring_recv_via/ring_send_via are the dispatch the forwarder, the generator, the
-# sink and recv_batch/send_batch all use: ``io`` None is the readv/writev loop.
+# ring_recv/ring_send are the read()/write() loop (one buffer per packet: the virtio-net header
+# sits in front of the frame). udp_recv/udp_send are the recvmmsg()/sendmmsg() loop of a UDP
+# socket (same contract; each slot's peer address in ring.peers; a slot whose length, offset or
+# peer family is invalid stops the send with EMSGSIZE or EAFNOSUPPORT).
+#
+# BatchIO is a backend: its recv/send keep that contract; ReadvIO (here) is the read/write
+# loop, tapengine._uring.UringIO submits a batch through io_uring. ring_recv_via/ring_send_via
+# are the dispatch the forwarder, the generator, the sink and recv_batch/send_batch all use:
+# ``io`` None is the read/write loop.
 
 from libc.stdint cimport uint32_t
 
 from tapengine._ring cimport PacketRing
 
 
+cdef enum:
+    UDP_CHUNK = 64          # datagrams per recvmmsg()/sendmmsg() call (arrays on the stack)
+
+
 cdef uint32_t ring_recv(int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
                         int *err) noexcept nogil
 cdef uint32_t ring_send(int fd, PacketRing ring, uint32_t first, uint32_t count, bint vnet_hdr,
                         int *err) noexcept nogil
+cdef uint32_t udp_recv(int fd, PacketRing ring, uint32_t budget, int *err) noexcept nogil
+cdef uint32_t udp_send(int fd, PacketRing ring, uint32_t first, uint32_t count,
+                       int *err) noexcept nogil
+# udp_socket_family: AF_INET or AF_INET6 when fd is a UDP socket of that family, else 0.
+cdef int udp_socket_family(int fd) noexcept nogil
 
 
 cdef class BatchIO:
@@ -40,6 +54,29 @@ cdef class BatchIO:
 
 cdef class ReadvIO(BatchIO):
     pass
+
+
+# A port that is not a tun/tap fd (/tmp/plan/CONTRACT.md section 2). recv/send keep the contract
+# of ring_recv/ring_send: packets moved, *err = 0 or the errno that stopped the batch (EAGAIN ->
+# 0); no allocation, no GIL. The forwarder waits on ``fd`` (readable: something to recv) and
+# calls them instead of ring_recv_via/ring_send_via (Forwarder.add_port(..., port_io=...)).
+# A subclass sets ``fd`` (closed by close() and on deallocation unless it sets it back to -1) and
+# ``l2`` in its constructor.
+cdef class PortIO:
+    cdef readonly int fd            # -1 once closed
+    cdef readonly bint l2           # carries Ethernet frames (True) or anything (False)
+    cdef Py_ssize_t _users          # C loops using it now (a Forwarder, a batch): no close()
+    cdef uint32_t recv(self, PacketRing ring, uint32_t budget, int *err) noexcept nogil
+    cdef uint32_t send(self, PacketRing ring, uint32_t first, uint32_t count,
+                       int *err) noexcept nogil
+    # check_send: 0 when the slots may be sent as they are (lengths, offsets, peers), else raises
+    # ValueError; called with the GIL before a send from Python.
+    cdef int check_send(self, PacketRing ring, uint32_t first, uint32_t count) except -1
+    cdef void _close_fd(self) noexcept
+
+
+cdef class UdpPortIO(PortIO):
+    cdef readonly int family        # AF_INET or AF_INET6
 
 
 # A C loop about to run without the GIL on ``ring`` (and ``io``) counts itself a user of both,

@@ -7,7 +7,7 @@
 from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
-from tapengine._batchio cimport BatchIO
+from tapengine._batchio cimport BatchIO, PortIO
 from tapengine._ring cimport PacketRing
 from tapengine.includes.system cimport pthread_mutex_t
 
@@ -70,6 +70,7 @@ cdef struct Port:
     int failing_errno        # the errno every read has failed with since failing_since_ns, or 0
     uint64_t failing_since_ns
     PyObject *ring           # borrowed: Forwarder._rings holds the reference
+    PyObject *port_io        # borrowed (Forwarder._port_ios holds it), or NULL: a tun/tap fd
     uint64_t *counters       # this port's row of N_COUNTERS
     uint64_t *hist           # this port's row of HIST_BUCKETS
 
@@ -115,6 +116,7 @@ cdef class Forwarder:
     cdef MacTable table
     cdef BatchIO io                 # the backend (tapengine._batchio); None: readv/writev
     cdef list _rings
+    cdef list _port_ios             # the PortIO of each port that has one
     cdef object _counters           # numpy uint64[MAX_PORTS, N_COUNTERS], written by the loop
     cdef object _hist               # numpy uint64[MAX_PORTS, HIST_BUCKETS]
     cdef object _loop_stats         # numpy uint64[2]: passes, epoll waits

@@ -37,7 +37,7 @@ from posix.fcntl cimport F_DUPFD_CLOEXEC, fcntl
 from posix.time cimport clock_gettime, timespec
 from posix.unistd cimport close, write
 
-from tapengine._batchio cimport BatchIO, ring_recv_via, ring_send_via
+from tapengine._batchio cimport BatchIO, PortIO, ring_recv_via, ring_send_via
 from tapengine._gso cimport (
     GSO_OUT_FULL_CSUM, GSO_REASON_COUNT, VNET_F_NEEDS_CSUM, VNET_GSO_ECN, VNET_GSO_NONE, gso_info,
     gso_segment, gso_store_hdr_len, gso_validate,
@@ -399,6 +399,7 @@ cdef class Forwarder:
         elif table is not None:
             raise ValueError("a MAC table is only used in switch mode")
         self._rings = []
+        self._port_ios = []
         self._counters = np.zeros((MAX_PORTS, N_COUNTERS), dtype=np.uint64)
         self._hist = np.zeros((MAX_PORTS, HIST_BUCKETS), dtype=np.uint64)
         self._loop_stats = np.zeros(2, dtype=np.uint64)
@@ -432,6 +433,7 @@ cdef class Forwarder:
         # once (a second call finds nothing left).
         cdef int k
         cdef PacketRing ring
+        cdef PortIO port_io
         for k in range(self.nports):
             if self.ports[k].fd >= 0:
                 close(self.ports[k].fd)
@@ -440,10 +442,21 @@ cdef class Forwarder:
             for ring in self._rings:
                 ring._users -= 1
             self._rings.clear()
+        if self._port_ios is not None:
+            for port_io in self._port_ios:
+                port_io._users -= 1
+            self._port_ios.clear()
 
-    def add_port(self, fd, PacketRing ring not None, *, bint vnet_hdr=False, bint l2=True):
+    def add_port(self, fd, PacketRing ring not None, *, bint vnet_hdr=False, bint l2=True,
+                 PortIO port_io=None):
         """Serve ``fd`` (non-blocking, one packet per read/write) through ``ring``; returns its
         index.
+
+        ``port_io``: a port that is not a tun/tap fd (``UdpPortIO``, ...): the forwarder calls its
+        receive and send instead of read()/write() and waits on ``port_io.fd``; ``fd`` is then
+        None (or a descriptor of the same socket), ``vnet_hdr`` false, and ``l2`` says what the
+        frames are (a ``port_io`` that carries only Ethernet frames needs it). The forwarder keeps
+        it in use (its ``close()`` raises) until the forwarder's ``close()``.
 
         ``vnet_hdr`` says the fd carries a 10-byte virtio_net_hdr before every frame; ``l2`` that
         frames are Ethernet (tap), not IP packets (tun). A switch needs ``l2``. The forwarder
@@ -455,7 +468,21 @@ cdef class Forwarder:
             raise ValueError("cannot add a port to a forwarder that has run")
         if self.epfd < 0:
             raise ValueError("the forwarder is closed")
-        cdef int cfd = fd_of(fd)
+        cdef int cfd
+        if port_io is not None:
+            if port_io.fd < 0:
+                raise ValueError(f"{port_io!r} is closed")
+            if (fd is not None
+                    and os.fstat(fd_of(fd)).st_ino != os.fstat(port_io.fd).st_ino):
+                raise ValueError("a port with a port_io is served through port_io.fd: pass "
+                                 "fd=None, or the socket the port_io was made from")
+            if vnet_hdr:
+                raise ValueError("a port_io carries no virtio-net header: vnet_hdr=False")
+            if port_io.l2 and not l2:
+                raise ValueError(f"{port_io!r} carries Ethernet frames: l2=True")
+            cfd = port_io.fd
+        else:
+            cfd = fd_of(fd)
         if self.nports >= (2 if self.mode == MODE_WIRE else MAX_PORTS):
             raise ValueError(f"a {MODES[self.mode]} forwarder takes at most "
                              f"{2 if self.mode == MODE_WIRE else MAX_PORTS} ports")
@@ -486,6 +513,11 @@ cdef class Forwarder:
         ring.clear()
         ring._users += 1
         self._rings.append(ring)
+        self.ports[index].port_io = NULL
+        if port_io is not None:
+            port_io._users += 1
+            self._port_ios.append(port_io)
+            self.ports[index].port_io = <PyObject *>port_io
         self.ports[index].fd = own
         self.ports[index].vnet_hdr = vnet_hdr
         self.ports[index].l2 = l2
@@ -666,7 +698,10 @@ cdef class Forwarder:
         cdef uint32_t first = ring.tail
         cdef uint32_t n
         cdef uint64_t truncated = ring.truncated
-        n = ring_recv_via(self.io, port.fd, ring, self.budget, port.vnet_hdr, &err)
+        if port.port_io != NULL:
+            n = (<PortIO>port.port_io).recv(ring, self.budget, &err)
+        else:
+            n = ring_recv_via(self.io, port.fd, ring, self.budget, port.vnet_hdr, &err)
         cdef uint32_t k
         cdef uint64_t nbytes = 0
         if ring.truncated != truncated:     # frames too long for a slot, dropped by the receive
@@ -833,7 +868,10 @@ cdef class Forwarder:
         cdef uint64_t nbytes
         cdef int err
         while count:
-            sent = ring_send_via(self.io, out.fd, ring, first, count, out.vnet_hdr, &err)
+            if out.port_io != NULL:
+                sent = (<PortIO>out.port_io).send(ring, first, count, &err)
+            else:
+                sent = ring_send_via(self.io, out.fd, ring, first, count, out.vnet_hdr, &err)
             if sent:
                 nbytes = 0
                 for k in range(first, first + sent):

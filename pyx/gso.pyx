@@ -29,7 +29,8 @@ from tapengine.netorder cimport (
     load_be16, load_be32, load_host16, store_be16, store_be32, store_host16,
 )
 from tapengine._ring cimport (
-    PacketRing, ring_check_lengths, ring_frame, ring_free, ring_hdr, ring_index, ring_len,
+    PacketRing, ring_check_lengths, ring_frame, ring_free, ring_fresh, ring_hdr, ring_index,
+    ring_len, ring_slot_ok,
 )
 from tapengine.includes.consts cimport (
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
@@ -309,7 +310,7 @@ cdef int _copy_plain(const uint8_t *frame, uint32_t length, const gso_info *info
     if length > out.slot_size:
         return -GSO_SLOT_TOO_SMALL
     cdef uint32_t index = out.tail
-    cdef uint8_t *dst = ring_frame(out, index)
+    cdef uint8_t *dst = ring_fresh(out, index)
     cdef uint8_t *h = ring_hdr(out, index)
     if length:
         memcpy(dst, frame, length)   # an empty frame may come with frame == NULL
@@ -361,7 +362,7 @@ cdef int gso_segment_parsed(const uint8_t *frame, uint32_t length, const gso_inf
         if n > mss:
             n = mss
         index = out.tail + k
-        dst = ring_frame(out, index)
+        dst = ring_fresh(out, index)
         memcpy(dst, frame, hl)
         memcpy(dst + hl, frame + pos, n)
         l4_len = hl - l4 + n
@@ -423,7 +424,7 @@ cdef uint32_t gso_segment_batch(PacketRing src, uint32_t first, uint32_t count, 
     for i in range(count):
         index = first + i
         length = ring_len(src, index)[0]
-        if length > src.slot_size:
+        if not ring_slot_ok(src, index):
             stats.drops[<int>GSO_LENGTH_OVER_SLOT] += 1    # see ring.pxd: never read it
             continue
         reason = gso_validate(ring_hdr(src, index), ring_frame(src, index), length, l2, &info)

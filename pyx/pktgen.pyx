@@ -30,7 +30,8 @@ from posix.unistd cimport close, read, write
 from tapengine._batchio cimport BatchIO, ring_recv_via, ring_send_via, use_begin, use_end
 from tapengine._gso cimport csum_add, csum_fold
 from tapengine._ring cimport (
-    PacketRing, ring_check_lengths, ring_frame, ring_free, ring_index, ring_len,
+    FRAME_OFFSET, PacketRing, ring_check_lengths, ring_frame, ring_free, ring_fresh, ring_index,
+    ring_len, ring_slot, ring_slot_ok,
 )
 from tapengine.includes.consts cimport (
     ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, VLAN_HLEN,
@@ -196,7 +197,8 @@ cdef uint32_t gen_prepare(Generator gen, uint32_t count) noexcept nogil:
         gen.next_flow = flow + 1 if flow + 1 < gen.flows else 0
         seq = gen.flow_seq[flow]
         gen.flow_seq[flow] = seq + 1
-        l4 = ring_frame(gen.ring, slot) + gen.l4_off
+        # at the template's own position: inside the slot whatever Python wrote to its offset
+        l4 = ring_slot(gen.ring, slot) + FRAME_OFFSET + gen.l4_off
         probe = l4 + 8
         store_be16(l4, <uint16_t>(gen.src_port + flow))
         store_be32(probe + PROBE_OFF_SEQ, seq)
@@ -393,7 +395,7 @@ cdef class Generator:
         cdef uint16_t csum
         for slot in range(self.nused):
             length = lengths[slot % len(lengths)]
-            frame = ring_frame(self.ring, slot)
+            frame = ring_fresh(self.ring, slot)
             memset(frame, 0, self.ring.slot_size)
             ring_len(self.ring, slot)[0] = length
             if not self.tun:
@@ -525,7 +527,7 @@ cdef class Generator:
             now = monotonic_ns()
             gen_prepare(self, n)
             for i in range(n):
-                memcpy(ring_frame(ring, ring.tail), ring_frame(self.ring, self.pos + i),
+                memcpy(ring_fresh(ring, ring.tail), ring_frame(self.ring, self.pos + i),
                        ring_len(self.ring, self.pos + i)[0])
                 ring_len(ring, ring.tail)[0] = ring_len(self.ring, self.pos + i)[0]
                 ring.tail += 1
@@ -640,10 +642,10 @@ cdef uint32_t sink_consume(Sink sink, PacketRing ring, uint32_t first, uint32_t 
     cdef uint64_t sent_ns, latency
     cdef sink_counters_t *c = sink.counters
     for i in range(count):
+        if not ring_slot_ok(ring, first + i):
+            return i        # a length or offset past the slot (see ring.pxd): stop, never read
         frame = ring_frame(ring, first + i)
         length = ring_len(ring, first + i)[0]
-        if length > ring.slot_size:
-            return i        # a length past the slot (see ring.pxd): stop, never read it
         c.packets += 1
         c.bytes += length
         payload = probe_offset(frame, length, sink.tun)

@@ -1,24 +1,36 @@
 # cython: language_level=3, embedsignature=True
-"""The packet ring: preallocated slots for frames, their lengths and virtio-net headers.
+"""The packet ring: preallocated slots for frames, their virtio-net headers, lengths, offsets and
+peer addresses.
 
-Numpy views of the ring (``frames``, ``lengths``, ``headers``) share its memory. Each view counts
+Each slot is ``stride`` bytes: ``HEADROOM`` (70) bytes of headroom, the frame's 10-byte
+virtio-net header, then the frame at ``FRAME_OFFSET`` (80) where every receive puts it. A stage
+may move a frame's start (``offsets``) to prepend or strip a header without a copy; see
+``pyx/ring.pxd`` for the layout and the safety invariant every C loop checks.
+
+Numpy views of the ring (``frames``, ``slots``, ``lengths``, ``offsets``, ``headers``,
+``peers``) share its memory. Each view counts
 as an export while it is alive; ``close()`` and ``resize()`` raise ``BufferError`` until every
 view is gone, so no view can ever point at freed memory.
 
 Indices are free-running ``uint32`` values that wrap at 2**32 in Python as in C: every index
 argument and ``head``/``tail`` take any int and keep it modulo 2**32 (``ring_index``). A length
-written through ``lengths`` is checked against ``slot_size`` before C uses it (``pyx/ring.pxd``).
+and an offset written through ``lengths``/``offsets`` are checked against the slot before C uses
+them (``pyx/ring.pxd``).
 """
 
 cimport cython
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.long cimport PyLong_AsUnsignedLongMask
 from cpython.number cimport PyNumber_Index
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
-from tapengine.includes.system cimport _SC_PAGESIZE, posix_memalign, sysconf
+from tapengine.includes.system cimport (
+    _SC_PAGESIZE, AF_INET, AF_INET6, AF_UNSPEC, posix_memalign, sysconf,
+)
+
+import socket
 
 import numpy as np
 
@@ -36,11 +48,30 @@ VNET_HDR_DTYPE = np.dtype(
 )
 assert VNET_HDR_DTYPE.itemsize == VNET_HDR_LEN
 
+# FRAME_OFFSET (80: where every receive puts a frame in its slot) and HEADROOM (70: the bytes in
+# front of the virtio-net header; VXLAN over IPv6 fits) are the cpdef enum of pyx/ring.pxd.
+assert HEADROOM + VNET_HDR_LEN == FRAME_OFFSET
+
+#: numpy dtype of one slot's peer address (28 bytes, ``struct sockaddr_in6`` sized). ``family``
+#: is host order (0: no address, ``socket.AF_INET``, ``socket.AF_INET6``), ``port`` network
+#: order as the kernel keeps it (the dtype reads it as big endian, so values are plain port
+#: numbers). AF_INET uses ``addr4`` (4 bytes); AF_INET6 ``flowinfo``, ``addr6`` (16 bytes) and
+#: ``scope_id``. ``addr4`` and ``flowinfo`` overlap, as the two sockaddr structs do.
+PEER_DTYPE = np.dtype({
+    "names": ["family", "port", "addr4", "flowinfo", "addr6", "scope_id"],
+    "formats": ["=u2", ">u2", ("u1", 4), ">u4", ("u1", 16), "=u4"],
+    "offsets": [0, 2, 4, 4, 8, 24],
+    "itemsize": PEER_SIZE,
+})
+
 
 cdef enum _Region:
     REGION_FRAMES
+    REGION_SLOTS
     REGION_LENGTHS
+    REGION_OFFSETS
     REGION_HEADERS
+    REGION_PEERS
 
 
 @cython.final
@@ -65,13 +96,23 @@ cdef class _RegionExport:
         view.internal = NULL
         view.shape = self.shape
         view.strides = self.strides
+        view.itemsize = 1
+        view.format = "B"
+        view.ndim = 2
+        self.strides[0], self.strides[1] = ring.stride, 1
         if self.region == REGION_FRAMES:
-            view.buf = ring.slab
-            view.itemsize = 1
-            view.format = "B"
-            view.ndim = 2
+            view.buf = ring.slab + FRAME_OFFSET
             self.shape[0], self.shape[1] = ring.nslots, ring.slot_size
-            self.strides[0], self.strides[1] = ring.stride, 1
+        elif self.region == REGION_SLOTS:
+            view.buf = ring.slab
+            self.shape[0], self.shape[1] = ring.nslots, ring.stride
+        elif self.region == REGION_HEADERS:
+            view.buf = ring.slab + FRAME_OFFSET - VNET_HDR_LEN
+            self.shape[0], self.shape[1] = ring.nslots, VNET_HDR_LEN
+        elif self.region == REGION_PEERS:
+            view.buf = ring.peers
+            self.shape[0], self.shape[1] = ring.nslots, PEER_SIZE
+            self.strides[0] = PEER_SIZE
         elif self.region == REGION_LENGTHS:
             view.buf = ring.lens
             view.itemsize = sizeof(uint32_t)
@@ -79,13 +120,12 @@ cdef class _RegionExport:
             view.ndim = 1
             self.shape[0], self.strides[0] = ring.nslots, sizeof(uint32_t)
         else:
-            view.buf = ring.hdrs
-            view.itemsize = 1
-            view.format = "B"
-            view.ndim = 2
-            self.shape[0], self.shape[1] = ring.nslots, VNET_HDR_LEN
-            self.strides[0], self.strides[1] = VNET_HDR_LEN, 1
-        view.len = self.shape[0] * self.strides[0]
+            view.buf = ring.offs
+            view.itemsize = sizeof(uint16_t)
+            view.format = "H"
+            view.ndim = 1
+            self.shape[0], self.strides[0] = ring.nslots, sizeof(uint16_t)
+        view.len = self.shape[0] * view.itemsize * (self.shape[1] if view.ndim == 2 else 1)
         if not (flags & PyBUF_FORMAT):
             view.format = NULL
         view.obj = self
@@ -104,8 +144,9 @@ cdef class PacketRing:
 
     def __cinit__(self, nslots=256, slot_size=2048):
         self.slab = NULL
-        self.hdrs = NULL
+        self.peers = NULL
         self.lens = NULL
+        self.offs = NULL
         self._exports = 0
         self.truncated = 0
         nslots, slot_size = _checked_geometry(nslots, slot_size)
@@ -118,19 +159,25 @@ cdef class PacketRing:
         # Returns 0; raises MemoryError when the slab cannot be had.
         cdef size_t page = <size_t>sysconf(_SC_PAGESIZE)
         # One spare byte at least: receives read slot_size + 1 bytes to see a frame too long.
-        cdef uint32_t stride = (slot_size + CACHE_LINE) // CACHE_LINE * CACHE_LINE
+        cdef uint32_t stride = (FRAME_OFFSET + slot_size + CACHE_LINE) // CACHE_LINE * CACHE_LINE
         cdef void *slab = NULL
         cdef void *meta = NULL
-        cdef size_t meta_size = <size_t>nslots * (sizeof(uint32_t) + VNET_HDR_LEN)
+        cdef size_t meta_size = <size_t>nslots * (PEER_SIZE + sizeof(uint32_t) + sizeof(uint16_t))
+        cdef uint32_t k
         if posix_memalign(&slab, page, <size_t>nslots * stride) != 0:
             raise MemoryError(f"cannot allocate a packet ring of {nslots} x {stride} bytes")
         if posix_memalign(&meta, CACHE_LINE, meta_size) != 0:
             free(slab)
-            raise MemoryError(f"cannot allocate the lengths and headers of {nslots} slots")
+            raise MemoryError(f"cannot allocate the lengths, offsets and peers of {nslots} slots")
         memset(meta, 0, meta_size)
         self.slab = <uint8_t *>slab
-        self.lens = <uint32_t *>meta
-        self.hdrs = <uint8_t *>meta + <size_t>nslots * sizeof(uint32_t)
+        self.peers = <te_sockaddr *>meta      # 28-byte items: 4-byte aligned, as sockaddr_in6
+        self.lens = <uint32_t *>(<uint8_t *>meta + <size_t>nslots * PEER_SIZE)
+        self.offs = <uint16_t *>(self.lens + nslots)
+        for k in range(nslots):
+            self.offs[k] = FRAME_OFFSET
+            # headroom and header start zeroed (as the headers of slots never written read)
+            memset(self.slab + <size_t>k * stride, 0, FRAME_OFFSET)
         self.nslots = nslots
         self.mask = nslots - 1
         self.slot_size = slot_size
@@ -141,10 +188,11 @@ cdef class PacketRing:
 
     cdef void _free(self) noexcept:
         free(self.slab)
-        free(self.lens)     # lengths and headers share one allocation
+        free(self.peers)    # peers, lengths and offsets share one allocation
         self.slab = NULL
+        self.peers = NULL
         self.lens = NULL
-        self.hdrs = NULL
+        self.offs = NULL
 
     cdef int _check_open(self) except -1:
         if self.slab == NULL:
@@ -204,9 +252,29 @@ cdef class PacketRing:
 
     @property
     def frames(self):
-        """``uint8[nslots, slot_size]`` view of the frame slots (slot ``i & mask``)."""
+        """``uint8[nslots, slot_size]`` view of the frames at ``FRAME_OFFSET``, where every
+        receive puts them (slot ``i & mask``); a frame moved by its offset is in ``slots``."""
         self._check_open()
         return np.asarray(_RegionExport(self, REGION_FRAMES))
+
+    @property
+    def slots(self):
+        """``uint8[nslots, stride]`` view of the whole slots: headroom, header, frame, spare."""
+        self._check_open()
+        return np.asarray(_RegionExport(self, REGION_SLOTS))
+
+    @property
+    def offsets(self):
+        """``uint16[nslots]`` view of where each frame starts in its slot (``FRAME_OFFSET``
+        after a receive); checked with the lengths before C uses them."""
+        self._check_open()
+        return np.asarray(_RegionExport(self, REGION_OFFSETS))
+
+    @property
+    def peers(self):
+        """``PEER_DTYPE[nslots]`` view of each slot's peer address (family 0: none)."""
+        self._check_open()
+        return np.asarray(_RegionExport(self, REGION_PEERS)).view(PEER_DTYPE)[:, 0]
 
     @property
     def lengths(self):
@@ -216,10 +284,11 @@ cdef class PacketRing:
 
     @property
     def headers(self):
-        """``VNET_HDR_DTYPE[nslots]`` view of the virtio-net headers."""
+        """``VNET_HDR_DTYPE[nslots]`` view of the virtio-net headers in front of the frames at
+        ``FRAME_OFFSET`` (a strided view into the slots)."""
         self._check_open()
         raw = np.asarray(_RegionExport(self, REGION_HEADERS))
-        return raw.view(VNET_HDR_DTYPE).reshape(self.nslots)
+        return raw.view(VNET_HDR_DTYPE)[:, 0]
 
     # -- indices --------------------------------------------------------------------------
 
@@ -265,7 +334,8 @@ cdef class PacketRing:
     # -- copying in and out (set-up, tests and tools; the data plane never copies) ----------
 
     def push(self, data, header=None):
-        """Copy one frame (and optionally its 10-byte virtio-net header) into the tail slot.
+        """Copy one frame (and optionally its 10-byte virtio-net header) into the tail slot, at
+        ``FRAME_OFFSET`` with no peer.
 
         Returns the free-running index of the slot. Raises ``BufferError`` when the ring is full
         and ``ValueError`` when the frame does not fit a slot.
@@ -279,8 +349,8 @@ cdef class PacketRing:
         return index
 
     def store(self, index, data, header=None):
-        """Copy a frame into slot ``index`` (free-running, any int) and set its length; no index
-        moves."""
+        """Copy a frame into slot ``index`` (free-running, any int) at ``FRAME_OFFSET`` and set
+        its length (the peer is cleared); no index moves."""
         self._check_open()
         self._store(ring_index(index), data, header)
 
@@ -294,6 +364,7 @@ cdef class PacketRing:
                 raise ValueError(
                     f"frame of {frame.len} bytes does not fit a slot of {self.slot_size} bytes"
                 )
+            memcpy(ring_fresh(self, index), frame.buf, frame.len)
             if header is None:
                 memset(ring_hdr(self, index), 0, VNET_HDR_LEN)
             else:
@@ -306,17 +377,17 @@ cdef class PacketRing:
                     memcpy(ring_hdr(self, index), hdr.buf, VNET_HDR_LEN)
                 finally:
                     PyBuffer_Release(&hdr)
-            memcpy(ring_frame(self, index), frame.buf, frame.len)
             ring_len(self, index)[0] = <uint32_t>frame.len
         finally:
             PyBuffer_Release(&frame)
         return 0
 
     def packet(self, index):
-        """A copy (``bytes``) of the frame in slot ``index`` (free-running, any int).
+        """A copy (``bytes``) of the frame in slot ``index`` (free-running, any int), from its
+        offset.
 
-        Raises ``ValueError`` when the slot's length (written through ``lengths``) exceeds
-        ``slot_size``.
+        Raises ``ValueError`` when the slot's length or offset (written through ``lengths`` or
+        ``offsets``) break the invariant of ``pyx/ring.pxd``.
         """
         self._check_open()
         cdef uint32_t i = ring_index(index)
@@ -324,9 +395,41 @@ cdef class PacketRing:
         return (<char *>ring_frame(self, i))[:ring_len(self, i)[0]]
 
     def header(self, index):
-        """A copy (``bytes``) of the virtio-net header of slot ``index`` (free-running, any int)."""
+        """A copy (``bytes``) of the virtio-net header of slot ``index`` (free-running, any int):
+        the 10 bytes in front of its frame."""
         self._check_open()
-        return (<char *>ring_hdr(self, ring_index(index)))[:VNET_HDR_LEN]
+        cdef uint32_t i = ring_index(index)
+        ring_check_lengths(self, i, 1)
+        return (<char *>ring_hdr(self, i))[:VNET_HDR_LEN]
+
+    def peer(self, index):
+        """The peer address of slot ``index`` as ``(host, port)``, or None when it has none
+        (family 0). Raises ``ValueError`` for a family other than AF_INET/AF_INET6."""
+        self._check_open()
+        cdef te_sockaddr *sa = ring_peer(self, ring_index(index))
+        cdef int family = sa.sa.sa_family
+        if family == AF_UNSPEC:
+            return None
+        if family == AF_INET:
+            return (socket.inet_ntop(socket.AF_INET, (<char *>&sa.in4.sin_addr)[:4]),
+                    socket.ntohs(sa.in4.sin_port))
+        if family == AF_INET6:
+            return (socket.inet_ntop(socket.AF_INET6, (<char *>&sa.in6.sin6_addr)[:16]),
+                    socket.ntohs(sa.in6.sin6_port))
+        raise ValueError(f"slot {index} holds a peer of address family {family}, "
+                         "neither AF_INET nor AF_INET6")
+
+    def set_peer(self, index, address):
+        """Set the peer address of slot ``index``: ``(host, port)`` with a numeric IPv4 or IPv6
+        host (an IPv6 one may add ``flowinfo`` and ``scope_id`` as ``socket`` does), or None for
+        no address (a connected socket then sends to its own peer)."""
+        self._check_open()
+        cdef uint32_t i = ring_index(index)
+        cdef te_sockaddr peer
+        memset(&peer, 0, sizeof(peer))
+        if address is not None:
+            _parse_peer(address, &peer)
+        memcpy(ring_peer(self, i), &peer, sizeof(peer))
 
 
 cdef uint32_t ring_index(object index) except? 0:
@@ -336,13 +439,64 @@ cdef uint32_t ring_index(object index) except? 0:
 
 
 cdef int ring_check_lengths(PacketRing ring, uint32_t first, uint32_t count) except -1:
-    # Returns 0 when slots [first, first + count) all hold at most slot_size bytes, else raises.
+    # Returns 0 when slots [first, first + count) all keep the invariant, else raises.
     cdef uint32_t k = ring_lengths_ok(ring, first, count)
+    cdef uint32_t i = first + k
     if k < count:
         raise ValueError(
-            f"slot {<uint32_t>(first + k)} holds a length of {ring_len(ring, first + k)[0]} "
-            f"bytes, more than the ring's slot_size of {ring.slot_size}"
+            f"slot {i} holds a length of {ring_len(ring, i)[0]} bytes at offset "
+            f"{ring_off(ring, i)[0]}, which does not fit the slot: a length is at most "
+            f"slot_size ({ring.slot_size}), an offset at least {VNET_HDR_LEN} (room for the "
+            f"virtio-net header) and offset + length at most {FRAME_OFFSET + ring.slot_size}"
         )
+    return 0
+
+
+cdef int ring_check_peers(PacketRing ring, uint32_t first, uint32_t count) except -1:
+    # Returns 0 when every peer of the batch is of a family a UDP send takes, else raises.
+    cdef uint32_t k
+    cdef int family
+    for k in range(count):
+        family = ring_peer(ring, first + k).sa.sa_family
+        if family != AF_UNSPEC and family != AF_INET and family != AF_INET6:
+            raise ValueError(f"slot {<uint32_t>(first + k)} holds a peer of address family "
+                             f"{family}: a peer is of family 0 (none), AF_INET or AF_INET6")
+    return 0
+
+
+cdef int _parse_peer(address, te_sockaddr *peer) except -1:
+    # Returns 0 with ``address`` ((host, port[, flowinfo, scope_id])) stored in *peer (zeroed by
+    # the caller); raises ValueError or TypeError for anything else.
+    if not isinstance(address, tuple) or len(address) not in (2, 4):
+        raise TypeError(f"a peer address is (host, port) or None, not {address!r}")
+    host, port = address[0], address[1]
+    if not isinstance(host, str):
+        raise TypeError(f"a peer's host is a str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"a peer's port is an int between 0 and 65535, not {port!r}")
+    cdef bytes packed
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        packed = None
+    if packed is not None and len(address) == 2:
+        peer.in4.sin_family = AF_INET
+        peer.in4.sin_port = socket.htons(port)
+        memcpy(&peer.in4.sin_addr, <char *>packed, 4)
+        return 0
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        raise ValueError(f"a peer's host is a numeric IPv4 or IPv6 address, not {host!r}") from None
+    flowinfo, scope_id = address[2:] if len(address) == 4 else (0, 0)
+    for name, value in (("flowinfo", flowinfo), ("scope_id", scope_id)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+            raise ValueError(f"a peer's {name} is an int between 0 and 2**32 - 1, not {value!r}")
+    peer.in6.sin6_family = AF_INET6
+    peer.in6.sin6_port = socket.htons(port)
+    peer.in6.sin6_flowinfo = socket.htonl(flowinfo)
+    memcpy(&peer.in6.sin6_addr, <char *>packed, 16)
+    peer.in6.sin6_scope_id = scope_id
     return 0
 
 
@@ -387,9 +541,9 @@ def slot_size_for(mtu, superframes=False, mode="tap"):
     arrive (``IFF_VNET_HDR`` with TSO/USO negotiated by ``TUNSETOFFLOAD``): then up to 64 KiB,
     ``MAX_SLOT_SIZE``. Otherwise the MTU plus what precedes the IP packet: nothing on a tun
     (``mode="tun"``, IFF_NO_PI), an Ethernet header and up to two VLAN tags on a tap
-    (``mode="tap"``, ``TAP_L2_OVERHEAD`` bytes). The virtio-net header has its own array and
-    needs no room in the slot. A frame longer than this is still dropped and counted
-    (``PacketRing.truncated``), never cut.
+    (``mode="tap"``, ``TAP_L2_OVERHEAD`` bytes). The virtio-net header and the headroom sit in
+    front of the frame (``FRAME_OFFSET``) and need none of this room. A frame longer than this
+    is still dropped and counted (``PacketRing.truncated``), never cut.
     """
     if isinstance(mtu, bool) or not isinstance(mtu, int):
         raise TypeError(f"mtu must be an int, not {type(mtu).__name__}")

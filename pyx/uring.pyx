@@ -37,7 +37,9 @@ from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WR
 from posix.unistd cimport close
 
 from tapengine._batchio cimport BatchIO, ReadvIO
-from tapengine._ring cimport PacketRing, ring_frame, ring_free, ring_hdr, ring_len
+from tapengine._ring cimport (
+    PacketRing, ring_frame, ring_free, ring_fresh, ring_hdr, ring_len, ring_slot_ok,
+)
 from tapengine.includes.atomics cimport te_atomic_cas_u64, te_atomic_load_u64
 from tapengine.includes.consts cimport VNET_HDR_LEN
 from tapengine.includes.system cimport ECANCELED, iovec
@@ -320,6 +322,8 @@ cdef inline void _queue_rw(UringIO io, uint32_t k, bint write, int fd, PacketRin
     cdef te_sqe *sqe = &io.sqes[io.local_tail & io.sq_mask]
     cdef iovec *iov
     io.local_tail += 1
+    if not write:
+        ring_fresh(ring, index)     # a receive puts the frame at FRAME_OFFSET, with no peer
     if vnet_hdr:
         iov = &io.iovs[2 * k]
         iov[0].iov_base = ring_hdr(ring, index)
@@ -414,8 +418,8 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
         if chunk > io.entries:
             chunk = io.entries
         for k in range(chunk):
-            if ring_len(ring, first + n + k)[0] > ring.slot_size:
-                chunk = k       # a length past the slot (see ring.pxd): refused, never read
+            if not ring_slot_ok(ring, first + n + k):
+                chunk = k       # a length or offset past the slot (see ring.pxd): never read
                 refused = True
                 break
         for k in range(chunk):

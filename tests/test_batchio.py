@@ -9,6 +9,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import select
 import socket
 import struct
 import termios
@@ -37,7 +38,7 @@ from tapengine import (
     send_batch,
 )
 from tapengine import _uring as uring
-from tapengine._batchio import BatchIO
+from tapengine._batchio import BatchIO, UdpPortIO
 from tapengine.errors import DeviceGoneError
 
 LOCAL_IP, PEER_IP = "10.77.0.1", "10.77.0.2"
@@ -594,3 +595,187 @@ def test_without_io_uring_the_readv_backend_is_used(privileged: None, prefix: st
     if uring.available():
         with open_batch_io(8) as backend:
             assert backend.backend == "io_uring"
+
+
+# -- UDP sockets: recvmmsg/sendmmsg, a peer per slot (the kernel's own UDP sockets on loopback) --
+
+LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+
+
+def udp_socket(family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK[family], 0))
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    return sock
+
+
+def recv_all(sock: socket.socket, count: int) -> list[tuple[bytes, tuple[str, int]]]:
+    """``count`` datagrams from a kernel socket, with their source (host, port)."""
+    got: list[tuple[bytes, tuple[str, int]]] = []
+
+    def more() -> bool:
+        try:
+            data, address = sock.recvfrom(65536)
+        except BlockingIOError:
+            return False
+        got.append((data, (address[0], address[1])))
+        return len(got) >= count
+
+    wait_until(lambda: len(got) >= count or more(), 30, f"{count} datagrams")
+    return got
+
+
+def digest(payloads: list[bytes]) -> bytes:
+    return hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in payloads)).digest()
+
+
+@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def family(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+@pytest.mark.parametrize("via", ["recv_batch", "UdpPortIO"])
+def test_udp_datagrams_arrive_with_their_senders_as_peers(family: int, via: str) -> None:
+    ring = PacketRing(64, 2048)
+    with udp_socket(family) as ours, udp_socket(family) as s1, udp_socket(family) as s2, \
+            UdpPortIO(ours) as port:
+        sent = []
+        for i in range(40):
+            payload = os.urandom(1 + i * 37 % 1400)
+            sender = (s1, s2)[i % 2]
+            sender.sendto(payload, ours.getsockname()[:2])
+            sent.append((payload, sender.getsockname()[:2]))
+        got = []
+        while len(got) < len(sent):
+            wait_until(lambda: select_readable(ours), 30, "a datagram")
+            first = ring.tail
+            n = recv_batch(ours, ring, 16) if via == "recv_batch" else port.recv_batch(ring, 16)
+            assert 0 < n <= 16
+            got += [(ring.packet(first + k), ring.peer(first + k)) for k in range(n)]
+            assert (ring.offsets[[(first + k) & ring.mask for k in range(n)]] == 80).all()
+            ring.consume(n)
+        assert digest([p for p, _ in got]) == digest([p for p, _ in sent])
+        assert got == sent
+
+
+def select_readable(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+@pytest.mark.parametrize("via", ["send_batch", "UdpPortIO"])
+def test_udp_slots_go_to_their_peers_or_the_connected_one(family: int, via: str) -> None:
+    ring = PacketRing(64, 2048)
+    with udp_socket(family) as ours, udp_socket(family) as r1, udp_socket(family) as r2, \
+            UdpPortIO(ours) as port:
+        ours.connect(r2.getsockname())
+        sent: dict[str, list[bytes]] = {"r1": [], "r2": []}
+        for i in range(30):
+            payload = os.urandom(1 + i * 53 % 1400)
+            index = ring.push(payload)
+            if i % 3 == 0:
+                ring.set_peer(index, r1.getsockname()[:2])
+                sent["r1"].append(payload)
+            else:
+                sent["r2"].append(payload)  # family 0: the connected peer
+        send = send_batch if via == "send_batch" else None
+        n = send(ours, ring, ring.head, 30) if send else port.send_batch(ring, ring.head, 30)
+        assert n == 30
+        ours_name = ours.getsockname()[:2]
+        for name, receiver in (("r1", r1), ("r2", r2)):
+            got = recv_all(receiver, len(sent[name]))
+            assert digest([p for p, _ in got]) == digest(sent[name])
+            assert {source for _, source in got} == {ours_name}
+
+
+def test_udp_datagram_longer_than_its_slot_is_dropped_counted_never_cut(family: int) -> None:
+    ring = PacketRing(16, 2048)
+    sizes = [100, 3000, 2048, 2049, 60000, 200]
+    payloads = [os.urandom(size) for size in sizes]
+    with udp_socket(family) as ours, udp_socket(family) as sender:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        for payload in payloads:
+            sender.sendto(payload, ours.getsockname())
+        wait_until(lambda: select_readable(ours), 30, "a datagram")
+        n = 0
+        while n < 3:
+            n += recv_batch(ours, ring, 16)
+        assert n == 3, "the datagrams that fit, none of them cut, in contiguous slots"
+        assert [ring.packet(k) for k in range(n)] == [p for p in payloads if len(p) <= 2048]
+        assert all(ring.peer(k) == sender.getsockname()[:2] for k in range(n))
+        assert ring.truncated == 3
+        assert recv_batch(ours, ring, 16) == 0
+
+
+def test_udp_send_refuses_bad_offsets_and_peers_before_anything_moves(family: int) -> None:
+    ring = PacketRing(8, 256)
+    with udp_socket(family) as ours, udp_socket(family) as receiver, \
+            UdpPortIO(ours) as port:
+        for i in range(3):
+            ring.set_peer(ring.push(bytes([i]) * 10), receiver.getsockname()[:2])
+        ring.peers[1]["family"] = socket.AF_UNIX
+        for send in (lambda: send_batch(ours, ring, 0, 3), lambda: port.send_batch(ring, 0, 3)):
+            with pytest.raises(ValueError, match="slot 1 holds a peer of address family"):
+                send()
+        ring.set_peer(1, receiver.getsockname()[:2])
+        ring.offsets[2] = 5
+        for send in (lambda: send_batch(ours, ring, 0, 3), lambda: port.send_batch(ring, 0, 3)):
+            with pytest.raises(ValueError, match="slot 2 holds a length of 10 bytes at offset 5"):
+                send()
+        with pytest.raises(BlockingIOError):
+            receiver.recv(65536)    # not even the slots before the bad one went out
+        ring.offsets[2] = 80 + 256 - 10     # the end of the slot: valid
+        assert send_batch(ours, ring, 0, 3) == 3
+        assert [len(p) for p, _ in recv_all(receiver, 3)] == [10, 10, 10]
+
+
+def test_udp_port_io_refuses_what_is_not_a_udp_socket() -> None:
+    a, b = datagram_pair()
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with a, b, tcp:
+        for sock in (a, tcp):
+            with pytest.raises(ValueError, match="not a UDP socket"):
+                UdpPortIO(sock)
+    with udp_socket(socket.AF_INET) as sock:
+        with pytest.raises(ValueError, match="carry no virtio-net header"):
+            recv_batch(sock, PacketRing(4, 256), 4, vnet_hdr=True)
+        port = UdpPortIO(sock)
+    port.recv_batch(PacketRing(4, 256), 4)     # its own dup() outlives the caller's socket
+    port.close()
+    port.close()
+    with pytest.raises(ValueError, match="closed"):
+        port.recv_batch(PacketRing(4, 256), 4)
+
+
+def test_a_forwarder_moves_datagrams_between_two_udp_port_ios(family: int) -> None:
+    """Forwarder.add_port(..., port_io=...): the wire between two UDP sockets, the kernel's own
+    socket on the other side. A datagram keeps its source as its slot's peer (a stage may change
+    it), so out of the other port it goes back to its sender, from that port's address."""
+    from tapengine import Forwarder
+    from tapengine._forward import COUNTER_NAMES
+
+    with udp_socket(family) as a, udp_socket(family) as b, udp_socket(family) as sender:
+        forwarder = Forwarder("wire", budget=32)
+        ports = [UdpPortIO(a), UdpPortIO(b)]
+        for port in ports:
+            forwarder.add_port(None, PacketRing(64, 2048), l2=False, port_io=port)
+        with pytest.raises(BufferError, match="C loop uses it"):
+            ports[0].close()
+        thread = threading.Thread(target=forwarder.run)
+        thread.start()
+        try:
+            sent = [os.urandom(1 + i * 61 % 1400) for i in range(50)]
+            for payload in sent:
+                sender.sendto(payload, a.getsockname())
+            got = recv_all(sender, len(sent))
+        finally:
+            forwarder.stop()
+            thread.join(timeout=30)
+            forwarder.close()
+        assert digest([p for p, _ in got]) == digest(sent)
+        assert {source for _, source in got} == {b.getsockname()[:2]}
+        counters = forwarder.counters
+        rx, tx = COUNTER_NAMES.index("rx_packets"), COUNTER_NAMES.index("tx_packets")
+        assert counters[0, rx] == counters[1, tx] == 50
+        for port in ports:
+            port.close()

@@ -44,7 +44,7 @@ from tapengine._batchio import ReadvIO, recv_batch, send_batch
 from tapengine._forward import Forwarder, MacTable, format_mac, parse_mac
 from tapengine._gso import complete_checksum, segment, segment_batch, validate
 from tapengine._pktgen import Generator, Sink
-from tapengine._ring import MAX_SLOT_SIZE, MAX_SLOTS, PacketRing
+from tapengine._ring import FRAME_OFFSET, MAX_SLOT_SIZE, MAX_SLOTS, PacketRing
 from tapengine._uring import UringIO, unavailable_reason
 
 DERANDOMIZE = any(os.environ.get(name, "") not in ("", "0")
@@ -132,8 +132,21 @@ any_int = near(0, 64, 1 << 16, 1 << 31, U32, 1 << 63)
 small_pow2 = st.sampled_from([1, 2, 4, 8, 16, 32, 64])
 slot_sizes = st.sampled_from([64, 100, 128, 2048, 9216, MAX_SLOT_SIZE])
 u32_values = near(0, 60, 2048, 9216, MAX_SLOT_SIZE, U32 - 1).map(lambda v: v % U32)
+u16_values = near(0, VNET_HDR_LEN, FRAME_OFFSET, 2048, 9216, 1 << 16).map(lambda v: v % (1 << 16))
 headers = st.one_of(st.binary(min_size=VNET_HDR_LEN, max_size=VNET_HDR_LEN),
                     st.binary(max_size=16), st.none())  # fmt: skip
+
+
+def slot_ok(ring: PacketRing, slot: int) -> bool:
+    """The ring's safety invariant (pyx/ring.pxd), computed here from the views."""
+    off, length = int(ring.offsets[slot]), int(ring.lengths[slot])
+    return off >= VNET_HDR_LEN and length <= ring.slot_size and \
+        off + length <= FRAME_OFFSET + ring.slot_size
+
+
+def slot_frame(ring: PacketRing, slot: int) -> bytes:
+    off = int(ring.offsets[slot])
+    return ring.slots[slot, off:off + int(ring.lengths[slot])].tobytes()
 
 
 def small_ring(nslots: int = 8, slot_size: int = 2048) -> PacketRing:
@@ -179,7 +192,7 @@ def test_ring_constructor_takes_any_int(nslots: int, slot_size: int) -> None:
 @fuzz
 @given(nslots=small_pow2, slot_size=slot_sizes, start=indices,
        ops=st.lists(st.tuples(st.sampled_from(["store", "packet", "header", "consume", "push",
-                                               "length", "head", "tail"]),
+                                               "length", "offset", "head", "tail"]),
                               indices, st.binary(max_size=2100), headers, u32_values),
                     max_size=20))  # fmt: skip
 def test_ring_indices_wrap_and_lengths_are_checked(nslots: int, slot_size: int, start: int,
@@ -200,9 +213,10 @@ def test_ring_indices_wrap_and_lengths_are_checked(nslots: int, slot_size: int, 
                 assert ring.header(index) == (header or bytes(VNET_HDR_LEN))
             elif op == "packet":
                 got = ring.packet(index)
-                assert got == ring.frames[slot, :lengths[slot]].tobytes()
+                assert slot_ok(ring, slot) and got == slot_frame(ring, slot)
             elif op == "header":
-                assert len(ring.header(index)) == VNET_HDR_LEN
+                off = int(ring.offsets[slot])
+                assert ring.header(index) == ring.slots[slot, off - VNET_HDR_LEN:off].tobytes()
             elif op == "consume":
                 pending = ring.pending
                 ring.consume(index)
@@ -211,13 +225,15 @@ def test_ring_indices_wrap_and_lengths_are_checked(nslots: int, slot_size: int, 
                 ring.push(data, header)
             elif op == "length":
                 lengths[slot] = value
+            elif op == "offset":
+                ring.offsets[slot] = value % (1 << 16)
             elif op == "head":
                 ring.head = index
             else:
                 ring.tail = index
         except ValueError:
-            if op == "packet":
-                assert lengths[slot] > slot_size
+            if op in ("packet", "header"):
+                assert not slot_ok(ring, slot)
             elif op == "store":
                 assert len(data) > slot_size or (header is not None and len(header) != 10)
         except BufferError:
@@ -272,19 +288,23 @@ def test_batch_io_with_any_lengths_and_indices(backend: str) -> None:
     @fuzz
     @given(nslots=small_pow2, slot_size=st.sampled_from([64, 128, 2048]), start=indices,
            first=indices, count=any_int, budget=any_int, vnet_hdr=st.booleans(),
-           lengths=st.lists(u32_values, min_size=64, max_size=64))  # fmt: skip
+           lengths=st.lists(u32_values, min_size=64, max_size=64),
+           offsets=st.lists(st.one_of(st.just(FRAME_OFFSET), u16_values), min_size=64,
+                            max_size=64))  # fmt: skip
     def prop(nslots: int, slot_size: int, start: int, first: int, count: int, budget: int,
-             vnet_hdr: bool, lengths: list[int]) -> None:  # fmt: skip
-        note(backend, nslots, slot_size, start, first, count, budget, vnet_hdr, lengths[:nslots])
+             vnet_hdr: bool, lengths: list[int], offsets: list[int]) -> None:  # fmt: skip
+        note(backend, nslots, slot_size, start, first, count, budget, vnet_hdr, lengths[:nslots],
+             offsets[:nslots])
         a, b = socket_pair()
         tx, rx = PacketRing(nslots, slot_size), PacketRing(nslots, slot_size)
         rx.head = rx.tail = start
         with open_backend(backend) as io, a, b:
-            tx.frames[...] = np.arange(tx.frames.size, dtype=np.uint64).reshape(
-                tx.frames.shape).astype(np.uint8)  # fmt: skip
+            tx.slots[...] = np.arange(tx.slots.size, dtype=np.uint64).reshape(
+                tx.slots.shape).astype(np.uint8)  # fmt: skip
             tx.lengths[...] = lengths[:nslots]
+            tx.offsets[...] = offsets[:nslots]
             batch = range(max(min(count, nslots), 0))
-            fits = all(tx.lengths[(first + k) % nslots] <= slot_size for k in batch)
+            fits = all(slot_ok(tx, (first + k) % nslots) for k in batch)
             try:
                 sent = send_batch(a, tx, first, count, vnet_hdr=vnet_hdr, io=io)
             except ValueError:
@@ -302,7 +322,8 @@ def test_batch_io_with_any_lengths_and_indices(backend: str) -> None:
                 budget >= nslots
             for k in range(got):
                 slot = (first + k) % nslots
-                frame = tx.frames[slot, :tx.lengths[slot]].tobytes()
+                frame = slot_frame(tx, slot)
+                assert rx.offsets[(start + k) % nslots] == FRAME_OFFSET
                 if vnet_hdr:
                     assert rx.header(start + k) == tx.header(first + k)
                 assert rx.packet(start + k) == frame
@@ -341,6 +362,56 @@ def test_recv_batch_of_any_datagrams(backend: str) -> None:
             assert [ring.packet(start + k) for k in range(got)] == fitting
 
     prop()
+
+
+@in_child
+@fuzz
+@given(first=indices, count=st.integers(-2, 18), lengths=st.lists(u32_values, min_size=16,
+                                                                   max_size=16),
+       offsets=st.lists(st.one_of(st.just(FRAME_OFFSET), u16_values), min_size=16, max_size=16),
+       families=st.lists(st.sampled_from([0, 0, socket.AF_INET, socket.AF_INET6, 1, 17, 0xFFFF]),
+                         min_size=16, max_size=16))  # fmt: skip
+def test_udp_send_batch_with_any_lengths_offsets_and_peers(first: int, count: int,
+                                                          lengths: list[int], offsets: list[int],
+                                                          families: list[int]) -> None:
+    """send_batch on a connected UDP socket: a batch with a slot outside the invariant or a peer
+    of a family UDP cannot take is refused (ValueError) before anything moves; otherwise the
+    receiver gets exactly the frames (a peer of the other family: the kernel's error)."""
+    note(first, count, lengths, offsets, families)
+    nslots, slot_size = 16, 128
+    ring = PacketRing(nslots, slot_size)
+    ring.slots[...] = np.arange(ring.slots.size, dtype=np.uint64).reshape(
+        ring.slots.shape).astype(np.uint8)  # fmt: skip
+    ring.lengths[...] = lengths
+    ring.offsets[...] = offsets
+    ours, receiver = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    with ours, receiver:
+        for sock in (ours, receiver):
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+        ours.connect(receiver.getsockname())
+        for k, family in enumerate(families):
+            ring.peers[k]["family"] = family
+            if family == socket.AF_INET:
+                ring.set_peer(k, receiver.getsockname())
+        batch = [(first + k) % nslots for k in range(max(min(count, nslots), 0))]
+        valid = all(slot_ok(ring, slot) and families[slot] in (0, socket.AF_INET, socket.AF_INET6)
+                    for slot in batch)  # fmt: skip
+        try:
+            sent = send_batch(ours, ring, first, count)
+        except ValueError:
+            assert not 0 <= count <= nslots or not valid
+            with pytest.raises(BlockingIOError):
+                receiver.recv(65536)
+            return
+        except OSError as error:    # an AF_INET6 peer on an IPv4 socket
+            sent = error.completed
+            assert families[batch[sent]] == socket.AF_INET6
+        assert valid
+        got = []
+        while len(got) < sent:
+            got.append(receiver.recv(65536))  # loopback: already queued
+        assert got == [slot_frame(ring, slot) for slot in batch[:sent]]
 
 
 @in_child

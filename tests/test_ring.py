@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import socket
 
 import numpy as np
 import pytest
@@ -10,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tapengine import VNET_HDR_DTYPE, PacketRing
-from tapengine._ring import MAX_SLOT_SIZE, MIN_SLOT_SIZE, TAP_L2_OVERHEAD, slot_size_for
+from tapengine._ring import (
+    FRAME_OFFSET,
+    HEADROOM,
+    MAX_SLOT_SIZE,
+    MIN_SLOT_SIZE,
+    PEER_DTYPE,
+    TAP_L2_OVERHEAD,
+    slot_size_for,
+)
 
 WRAP = 1 << 32
 
@@ -18,11 +27,16 @@ WRAP = 1 << 32
 def test_geometry_and_alignment() -> None:
     ring = PacketRing(16, 1514)
     assert (ring.nslots, ring.slot_size, ring.mask) == (16, 1514, 15)
-    assert ring.stride % 64 == 0 and ring.stride >= 1514
+    assert ring.stride % 64 == 0 and ring.stride >= FRAME_OFFSET + 1514 + 1
+    slots = ring.slots
+    assert slots.shape == (16, ring.stride) and slots.strides == (ring.stride, 1)
+    assert slots.ctypes.data % 4096 == 0, "the slab is page aligned"
     frames = ring.frames
     assert frames.shape == (16, 1514)
     assert frames.strides == (ring.stride, 1)
-    assert frames.ctypes.data % 4096 == 0, "the slab is page aligned"
+    assert frames.ctypes.data == slots.ctypes.data + FRAME_OFFSET
+    assert (FRAME_OFFSET, HEADROOM) == (80, 70)
+    assert ring.offsets.tolist() == [FRAME_OFFSET] * 16
 
 
 @pytest.mark.parametrize("nslots", [0, 3, 12, -4, 1 << 21])
@@ -162,7 +176,7 @@ def test_a_length_past_the_slot_is_refused_not_read() -> None:
 def test_every_slot_has_a_spare_byte_for_oversize_detection() -> None:
     for slot_size in (64, 1514, 2048, 2049, MAX_SLOT_SIZE):
         ring = PacketRing(2, slot_size)
-        assert ring.stride % 64 == 0 and ring.stride >= slot_size + 1
+        assert ring.stride % 64 == 0 and ring.stride >= FRAME_OFFSET + slot_size + 1
         assert ring.truncated == 0
         ring.close()
 
@@ -235,3 +249,94 @@ def test_slot_size_for_refuses_impossible_devices(args: tuple[object, bool, str]
                                                   error: type[Exception]) -> None:
     with pytest.raises(error):
         slot_size_for(*args)  # type: ignore[arg-type]
+
+
+# -- ring v2: the header in front of the frame, offsets, peers ------------------------------------
+
+def test_the_header_sits_right_in_front_of_the_frame() -> None:
+    ring = PacketRing(4, 256)
+    index = ring.push(b"frame", b"0123456789")
+    assert bytes(ring.slots[index, FRAME_OFFSET - 10:FRAME_OFFSET + 5]) == b"0123456789frame"
+    assert ring.headers.strides == (ring.stride,)
+    assert ring.headers[index].tobytes() == b"0123456789"
+
+
+def test_an_offset_moves_the_frame_and_its_header_without_a_copy() -> None:
+    ring = PacketRing(4, 256)
+    index = ring.push(b"payload", b"H" * 10)
+    ring.slots[index, FRAME_OFFSET - 8 - 10:FRAME_OFFSET - 8] = np.frombuffer(b"h" * 10, np.uint8)
+    ring.slots[index, FRAME_OFFSET - 8:FRAME_OFFSET] = np.frombuffer(b"ENCAPHDR", np.uint8)
+    ring.offsets[index] -= 8        # prepend: off -= h, len += h
+    ring.lengths[index] += 8
+    assert ring.packet(index) == b"ENCAPHDRpayload"
+    assert ring.header(index) == b"h" * 10
+    ring.offsets[index] += 8 + 3    # strip 8 + 3
+    ring.lengths[index] -= 8 + 3
+    assert ring.packet(index) == b"load"
+    ring.store(index, b"new")       # a new frame goes back to FRAME_OFFSET
+    assert ring.offsets[index] == FRAME_OFFSET and ring.packet(index) == b"new"
+
+
+@pytest.mark.parametrize(("offset", "length"), [
+    (9, 10),                        # the header would start before the slot
+    (0, 0),
+    (FRAME_OFFSET + 1, 256),        # one byte past the frame area
+    (FRAME_OFFSET + 256, 1),
+    (10, 257),                      # inside the slot, but longer than slot_size
+    (65535, 0),
+])
+def test_an_offset_or_length_outside_the_slot_is_refused(offset: int, length: int) -> None:
+    ring = PacketRing(4, 256)
+    index = ring.push(b"x")
+    ring.offsets[index] = offset
+    ring.lengths[index] = length
+    with pytest.raises(ValueError, match=f"slot {index} holds a length of {length} bytes at "
+                                         f"offset {offset}"):
+        ring.packet(index)
+    with pytest.raises(ValueError, match="does not fit the slot"):
+        ring.header(index)
+
+
+@pytest.mark.parametrize(("offset", "length"), [
+    (10, 0), (10, 256), (FRAME_OFFSET + 256, 0), (FRAME_OFFSET, 256), (20, 256 + 60),
+])
+def test_an_offset_and_length_inside_the_slot_are_taken(offset: int, length: int) -> None:
+    ring = PacketRing(4, 256)
+    index = ring.push(b"x")
+    ring.offsets[index] = offset
+    ring.lengths[index] = length if length <= 256 else 256
+    assert len(ring.packet(index)) == min(length, 256)
+
+
+def test_peers_round_trip_through_the_view_and_the_helpers() -> None:
+    ring = PacketRing(4, 256)
+    assert ring.peers.dtype == PEER_DTYPE and PEER_DTYPE.itemsize == 28
+    assert ring.peer(0) is None
+    ring.set_peer(0, ("192.0.2.7", 4789))
+    ring.set_peer(1, ("2001:db8::1", 53, 0, 7))
+    assert ring.peer(0) == ("192.0.2.7", 4789)
+    assert ring.peer(1) == ("2001:db8::1", 53)
+    peers = ring.peers
+    assert peers[0]["family"] == socket.AF_INET and peers[0]["port"] == 4789
+    assert bytes(peers[0]["addr4"]) == socket.inet_pton(socket.AF_INET, "192.0.2.7")
+    assert peers[1]["family"] == socket.AF_INET6 and peers[1]["scope_id"] == 7
+    assert bytes(peers[1]["addr6"]) == socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    peers[2]["family"] = socket.AF_INET
+    peers[2]["port"] = 9
+    peers[2]["addr4"] = [127, 0, 0, 1]
+    assert ring.peer(2) == ("127.0.0.1", 9)
+    ring.set_peer(0, None)
+    assert ring.peer(0) is None
+    peers[3]["family"] = 1      # AF_UNIX: not a peer a UDP port takes
+    with pytest.raises(ValueError, match="address family 1"):
+        ring.peer(3)
+    del peers
+
+
+@pytest.mark.parametrize("bad", [("host.example", 1), ("10.0.0.1", 65536), ("10.0.0.1", -1),
+                                 ("10.0.0.1",), "10.0.0.1:53", ("::1", 1, -1, 0)])
+def test_set_peer_refuses_what_is_not_a_numeric_address(bad: object) -> None:
+    ring = PacketRing(2, 64)
+    with pytest.raises((ValueError, TypeError)):
+        ring.set_peer(0, bad)
+    assert ring.peer(0) is None

@@ -36,6 +36,55 @@ cdef extern from "<arpa/inet.h>" nogil:
     uint16_t htons(uint16_t)
 
 
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    struct sockaddr:
+        sa_family_t sa_family
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    # ``timeout`` is a struct timespec *; the data plane passes NULL (non-blocking calls)
+    int recvmmsg(int fd, mmsghdr *msgvec, unsigned int vlen, int flags, void *timeout)
+    int sendmmsg(int fd, mmsghdr *msgvec, unsigned int vlen, int flags)
+    int getsockopt(int fd, int level, int optname, void *optval, socklen_t *optlen)
+    enum:
+        AF_UNSPEC
+        AF_INET
+        AF_INET6
+        SOL_SOCKET
+        SO_TYPE
+        SO_DOMAIN
+        SOCK_DGRAM
+        MSG_DONTWAIT
+        MSG_TRUNC
+
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    struct in6_addr:
+        unsigned char s6_addr[16]
+    struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+
+
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
         int fd

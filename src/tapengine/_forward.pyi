@@ -5,7 +5,7 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import disjoint_base
 
-from tapengine._batchio import BatchIO
+from tapengine._batchio import BatchIO, PortIO
 from tapengine._ring import PacketRing
 
 COUNTER_NAMES: tuple[str, ...]
@@ -46,8 +46,8 @@ class Forwarder:
         spin: int = 0,
         io: BatchIO | None = None,
     ) -> Self: ...
-    def add_port(self, fd: int, ring: PacketRing, *, vnet_hdr: bool = False,
-                 l2: bool = True) -> int: ...
+    def add_port(self, fd: int | None, ring: PacketRing, *, vnet_hdr: bool = False,
+                 l2: bool = True, port_io: PortIO | None = None) -> int: ...
     def run(self) -> None: ...
     def stop(self) -> None: ...
     def close(self) -> None: ...
