@@ -33,7 +33,7 @@ from tapengine._pktgen cimport (
     bucket_admit, bucket_set, bucket_spend, bucket_wait_ns, monotonic_ns, sleep_until,
     wait_or_stop,
 )
-from tapengine._ring cimport PacketRing, ring_frame, ring_hdr, ring_len
+from tapengine._ring cimport PacketRing, ring_frame, ring_fresh, ring_hdr, ring_len, ring_slot_ok
 from tapengine.includes.atomics cimport (
     te_atomic_exchange_int, te_atomic_fence, te_atomic_load_int, te_atomic_load_u64,
     te_atomic_store_int, te_atomic_store_u64,
@@ -205,7 +205,7 @@ cdef uint32_t capture_batch(PcapngWriter w, uint32_t ifidx, PacketRing ring, uin
     tail = te_atomic_load_u64(&w.tail)
     for k in range(n):
         length = ring_len(ring, first + k)[0]
-        if length > ring.slot_size:          # the ring's safety boundary: never read past
+        if not ring_slot_ok(ring, first + k):   # the ring's safety boundary: never read past
             c.dropped += 1
             continue
         if w.vnet[ifidx]:
@@ -977,7 +977,7 @@ cdef int replay_fill(Replayer rp) noexcept nogil:
             rp.counters.too_long += 1
             continue
         slot = rp.ring.tail
-        memcpy(ring_frame(rp.ring, slot), pkt.data, pkt.caplen)
+        memcpy(ring_fresh(rp.ring, slot), pkt.data, pkt.caplen)
         memset(ring_hdr(rp.ring, slot), 0, VNET_HDR_LEN)
         ring_len(rp.ring, slot)[0] = pkt.caplen
         if rp.speed > 0:
