@@ -81,9 +81,11 @@ class Batch:
         return [(self.first + k) & mask for k in range(self.count)]
 
     def frames(self) -> list[npt.NDArray[np.uint8]]:
-        """Each packet as a writable numpy view of its slot, exactly its length long."""
-        frames, lengths = self.ring.frames, self.ring.lengths
-        return [frames[k, : int(lengths[k])] for k in self.indices()]
+        """Each packet as a writable numpy view of its slot, exactly its length long (from
+        the slot's offset: where a receive put it, or a stage moved it)."""
+        slots, offsets, lengths = self.ring.slots, self.ring.offsets, self.ring.lengths
+        return [slots[k, int(offsets[k]):int(offsets[k]) + int(lengths[k])]
+                for k in self.indices()]
 
     def packets(self) -> list[bytes]:
         """Each packet, copied."""
