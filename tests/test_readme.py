@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 
 from tapengine.netns import run_in_netns
 
@@ -39,6 +40,15 @@ def test_the_batched_io_example_runs_on_a_tap(make_netns: Callable[[str], str]) 
     netns = make_netns("r")
     code = python_block("### Batched I/O on tun/tap queues")
     run_in_netns(netns, exec, code, {})  # creates tap0 there, gone with its fd
+
+
+def test_the_udp_port_example_sends_a_tun_packet_as_one_datagram(
+        make_netns: Callable[[str], str]) -> None:
+    netns = make_netns("u")
+    with IPRoute(netns=netns) as ipr:     # the example's sockets talk over the loopback
+        ipr.link("set", index=1, state="up")
+    code = python_block("### UDP socket ports")
+    run_in_netns(netns, exec, code, {})  # tun0 and the sockets live there; gone with the fds
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["default", "TAPENGINE_NO_URING"])

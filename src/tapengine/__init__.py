@@ -50,6 +50,7 @@ _LAZY = {
         ("IfFlag", "Offload", "TunQueue", "features", "open_queue", "open_queues"),
         "tapengine.tun",
     ),
+    **dict.fromkeys(("UdpPort", "open_udp_port"), "tapengine.udpport"),
 }
 
 if TYPE_CHECKING:  # what a type checker sees is what __getattr__ provides
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # what a type checker sees is what __getattr__ provides
     from tapengine.topology import Topology
     from tapengine.traffic import GenConfig, GenResult, SinkResult, parse_rate, parse_size
     from tapengine.tun import IfFlag, Offload, TunQueue, features, open_queue, open_queues
+    from tapengine.udpport import UdpPort, open_udp_port
 
 
 def _version() -> str:
@@ -113,6 +115,7 @@ __all__ = [
     "TapengineError",
     "Topology",
     "TunQueue",
+    "UdpPort",
     "UringIO",
     "__version__",
     "complete_checksum",
@@ -128,6 +131,7 @@ __all__ = [
     "open_ports",
     "open_queue",
     "open_queues",
+    "open_udp_port",
     "parse_rate",
     "parse_size",
     "rates",

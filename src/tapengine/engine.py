@@ -594,7 +594,7 @@ class Engine:
                     self._rings[index] = ring_memory(ring)
                     self._ring_objects.append((index, ring))
                     io = {"port_io": port.port_io(k)} if isinstance(port, UdpPort) else {}
-                    forwarder.add_port(port.queues[k].fileno(), ring,
+                    forwarder.add_port(None if io else port.queues[k].fileno(), ring,
                                        vnet_hdr=port.vnet_hdr, l2=self._l2, **io)
                 self._forwarders.append(forwarder)
         except BaseException:

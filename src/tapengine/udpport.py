@@ -25,6 +25,7 @@ import socket
 from types import TracebackType
 from typing import Any, Self
 
+from tapengine._batchio import UdpPortIO
 from tapengine.errors import AddressError, InvalidValueError
 from tapengine.netns import run_in_netns
 from tapengine.tun import Offload
@@ -104,10 +105,8 @@ class UdpPort:
         counted as ``truncated``, never cut."""
         return self.max_payload
 
-    def port_io(self, queue: int) -> Any:
+    def port_io(self, queue: int) -> UdpPortIO:
         """The forwarder's reader and writer of queue ``queue`` (recvmmsg/sendmmsg)."""
-        from tapengine._batchio import UdpPortIO  # type: ignore[attr-defined]
-
         return UdpPortIO(self.queues[queue])
 
     def addresses(self) -> dict[str, str | None]:

@@ -1,0 +1,293 @@
+"""UDP socket ports (``tapengine.udpport``, ``forward DEVICE --udp``): a flannel-UDP-style tunnel
+between two namespaces, checked with the kernel's own sockets, and every bad address refused.
+
+The tunnel: namespaces A and B joined by a veth (the underlay, IPv4 or IPv6). In each, a
+``tapengine forward TUN --tun --udp LOCAL --peer REMOTE --netns NS`` carries every IP packet of
+its tun as the payload of one datagram to the other engine, which writes it to its own tun. The
+overlay (10.78.0.0/24 on the tuns) has no other way between the namespaces, so what the kernel's
+TCP and UDP sockets deliver there crossed both engines and the underlay as UDP datagrams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from pyroute2 import IPRoute
+
+from fwdnet import Host, in_netns, tcp_transfer
+from netutil import wait_until
+from tapengine.cli import main
+from tapengine.engine import Engine
+from tapengine.errors import AddressError, InvalidValueError
+from tapengine.udpport import open_udp_port
+from tapengine.validate import check_endpoint, format_endpoint
+from test_cli_forward import tcp_is_quiet
+
+MB = 1 << 20
+IFA_F_NODAD = 0x02
+TUN_MTU = 1400
+UNDERLAY = {4: ("10.77.0.1", "10.77.0.2", 24), 6: ("fd77::1", "fd77::2", 64)}
+OVERLAY = ("10.78.0.1", "10.78.0.2")
+PORT = 4789
+
+
+# -- bad addresses and ports are refused before anything is opened ---------------------------
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("10.77.0.1", "expected ADDRESS:PORT"),
+    ("fd77::1:4789", "IPv6 address goes in brackets"),
+    ("[10.77.0.1]:4789", "only an IPv6 address goes in brackets"),
+    ("10.77.0.1:65536", "port must be a number from 1 to 65535"),
+    ("10.77.0.1:0", "port must be a number from 1 to 65535"),
+    ("10.77.0.1:+80", "port must be a number"),
+    ("10.77.0.1: 80", "port must be a number"),
+    ("localhost:80", "not an IP address (host names are not looked up)"),
+    ("[fe80::1%eth0]:80", "scope"),
+    ("10.77.0.256:80", "not an IP address"),
+    ("", "expected ADDRESS:PORT"),
+    (("10.77.0.1", 70000), "expected an integer from 1 to 65535"),
+    (("10.77.0.1", True), "expected an integer"),
+    (("nowhere", 80), "not an IP address"),
+    (4789, "expected ADDRESS:PORT"),
+])
+def test_a_bad_endpoint_is_refused_naming_it(text: object, fragment: str) -> None:
+    with pytest.raises(InvalidValueError, match="invalid peer address") as err:
+        check_endpoint(text, "peer address")
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_good_endpoints_read_back_as_written() -> None:
+    assert check_endpoint("10.77.0.1:4789") == ("10.77.0.1", 4789)
+    assert check_endpoint("[FD77:0::1]:80") == ("fd77::1", 80)
+    assert check_endpoint(("::1", 1)) == ("::1", 1)
+    assert check_endpoint("0.0.0.0:0", allow_zero_port=True) == ("0.0.0.0", 0)
+    for endpoint in (("fd77::1", 4789), ("10.77.0.1", 65535)):
+        assert check_endpoint(format_endpoint(endpoint)) == endpoint
+
+
+@pytest.mark.parametrize("args, kwargs, fragment", [
+    (("127.0.0.1:0", "[::1]:4789"), {}, "both be IPv4 or both IPv6"),
+    (("127.0.0.1:0", "0.0.0.0:4789"), {}, "unspecified address"),
+    (("127.0.0.1:0",), {"name": ""}, "invalid UDP port name"),
+    (("127.0.0.1:0",), {"buffer_size": 10}, "socket buffer size"),
+    (("127.0.0.1:0",), {"max_payload": 70000}, "largest UDP payload"),
+    (("127.0.0.1:0",), {"netns": "a/b"}, "invalid namespace name"),
+])
+def test_open_udp_port_refuses_bad_values(args: tuple, kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        open_udp_port(*args, **kwargs)
+
+
+def test_an_address_in_use_or_missing_is_an_address_error() -> None:
+    with open_udp_port("127.0.0.1:0") as first:
+        assert first.local[1] != 0 and first.name == f"udp:127.0.0.1:{first.local[1]}"
+        with pytest.raises(AddressError, match="another socket is bound to it"):
+            open_udp_port(first.local)
+    with pytest.raises(AddressError, match="no interface of the namespace has this address"):
+        open_udp_port("192.0.2.1:0")
+
+
+def test_a_udp_port_joins_a_wire_not_a_switch() -> None:
+    with (open_udp_port("127.0.0.1:0") as one, open_udp_port("127.0.0.1:0") as two,
+          pytest.raises(ValueError, match="a UDP port joins a wire, not a switch")):
+        Engine([one, two], "switch")
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["T", "--udp", "10.77.0.1"], 2, "expected ADDRESS:PORT"),
+    (["T", "--udp", "127.0.0.1:0", "--peer", "127.0.0.1:0"], 2, "port must be a number"),
+    (["T", "U", "--udp", "127.0.0.1:0"], 1, "with --udp, forward takes one device"),
+    (["T"], 1, "forward joins two devices, or one device and --udp"),
+    (["T", "U", "--peer", "127.0.0.1:9"], 1, "--peer needs --udp"),
+    (["T", "--udp", "127.0.0.1:0", "--peer", "[::1]:9"], 1, "both must be IPv4 or both IPv6"),
+    (["T", "--udp", "127.0.0.1:0", "--queues", "2"], 1, "a UDP port serves one worker"),
+    (["T", "--udp", "127.0.0.1:0", "--netns", "te-no-such-ns"], 1, "does not exist"),
+])
+def test_forward_refuses_a_bad_udp_invocation_with_one_line(
+        capsys: pytest.CaptureFixture[str], args: list[str], code: int, fragment: str) -> None:
+    # Each is refused before any device is opened: the devices named here are never created.
+    try:
+        result = main(["forward", *args])
+    except SystemExit as exit_:     # argparse: a usage error
+        result = exit_.code
+    out, err = capsys.readouterr()
+    assert result == code and out == ""
+    assert fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+# -- the tunnel ------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    netns: str
+    tun: str
+    underlay: str       # this side's underlay address
+    overlay: Host       # the tun, addressed in the overlay
+    proc: subprocess.Popen[str] | None = None
+    ready: str = ""
+
+
+def _address(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
+    ipr.addr("add", index=index, address=address, prefixlen=prefixlen,
+             **({"flags": IFA_F_NODAD} if ":" in address else {}))  # fmt: skip
+
+
+def build_underlay(a: str, b: str, prefix: str, family: int) -> None:
+    """A veth between namespaces ``a`` and ``b``, addressed from ``UNDERLAY[family]``, up."""
+    addr_a, addr_b, prefixlen = UNDERLAY[family]
+    with IPRoute(netns=a) as ipr:
+        ipr.link("add", ifname=prefix + "ua", kind="veth", peer=prefix + "ub")
+        (peer,) = ipr.link_lookup(ifname=prefix + "ub")
+        ipr.link("set", index=peer, net_ns_fd=b)
+        (index,) = ipr.link_lookup(ifname=prefix + "ua")
+        _address(ipr, index, addr_a, prefixlen)
+        ipr.link("set", index=index, state="up")
+    with IPRoute(netns=b) as ipr:
+        (index,) = ipr.link_lookup(ifname=prefix + "ub")
+        _address(ipr, index, addr_b, prefixlen)
+        ipr.link("set", index=index, state="up")
+
+
+def start_engine(side: Side, peer: str, *options: str) -> None:
+    local, remote = (format_endpoint((address, PORT)) for address in (side.underlay, peer))
+    side.proc = subprocess.Popen(
+        [sys.executable, "-m", "tapengine", "forward", side.tun, "--tun", "--udp", local,
+         "--peer", remote, "--netns", side.netns, "--json", *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert side.proc.stdout is not None
+    ready, _, _ = select.select([side.proc.stdout], [], [], 60)
+    if not ready:
+        side.proc.kill()
+        pytest.fail(f"no ready line within 60 s: {side.proc.communicate()[1]}")
+    side.ready = side.proc.stdout.readline()
+
+
+def _no_ipv6(name: str) -> None:
+    with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as file:
+        file.write("1")
+
+
+def bring_up_tun(side: Side) -> None:
+    """The engine made the tun inside the namespace; address it in the overlay (IPv4 only: no
+    router solicitations of its own) and bring it up."""
+    in_netns(side.netns, _no_ipv6, side.tun)
+    with IPRoute(netns=side.netns) as ipr:
+        (index,) = ipr.link_lookup(ifname=side.tun)
+        ipr.link("set", index=index, mtu=TUN_MTU)
+        ipr.addr("add", index=index, address=side.overlay.ip, prefixlen=24)
+        ipr.link("set", index=index, state="up")
+
+
+@pytest.fixture
+def tunnel(make_netns: Callable[[str], str], prefix: str,
+           request: pytest.FixtureRequest) -> Iterator[tuple[Side, Side]]:  # fmt: skip
+    family, options = request.param
+    a, b = make_netns("a"), make_netns("b")
+    build_underlay(a, b, prefix, family)
+    addr_a, addr_b, _ = UNDERLAY[family]
+    sides = (Side(a, prefix + "ta", addr_a, Host(a, prefix + "ta", OVERLAY[0])),
+             Side(b, prefix + "tb", addr_b, Host(b, prefix + "tb", OVERLAY[1])))
+    try:
+        start_engine(sides[0], addr_b, *options)
+        start_engine(sides[1], addr_a, *options)
+        for side in sides:
+            bring_up_tun(side)
+        yield sides
+    finally:
+        for side in sides:
+            if side.proc is not None and side.proc.poll() is None:
+                side.proc.kill()
+                side.proc.communicate()
+
+
+def udp_exchange(src: Host, dst: Host, count: int, window: int = 32) -> tuple[str, str]:
+    """``count`` datagrams of random sizes (up to what the tun's MTU carries) from ``src`` to
+    ``dst`` over the overlay, ``window`` at a time, each window waited for before the next (so
+    no queue on the way can overflow); the SHA-256 of the payloads sent and of those received,
+    in order."""
+    receiver = in_netns(dst.netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    sender = in_netns(src.netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    sent, received = hashlib.sha256(), hashlib.sha256()
+    with receiver, sender:
+        receiver.bind((dst.ip, 0))
+        receiver.setblocking(False)
+        target = (dst.ip, receiver.getsockname()[1])
+        got = 0
+        for first in range(0, count, window):
+            batch = range(first, min(first + window, count))
+            for k in batch:
+                payload = k.to_bytes(4, "big") + os.urandom(int.from_bytes(os.urandom(2)) %
+                                                            (TUN_MTU - 28 - 4 + 1))
+                sender.sendto(payload, target)
+                sent.update(payload)
+
+            def drained(goal: int = batch.stop) -> bool:
+                nonlocal got
+                while got < goal:
+                    try:
+                        received.update(receiver.recv(65536))
+                    except BlockingIOError:
+                        return False
+                    got += 1
+                return True
+
+            wait_until(drained, 30, f"datagrams {batch.start}..{batch.stop - 1} to arrive")
+    return sent.hexdigest(), received.hexdigest()
+
+
+def stop_engine(side: Side) -> dict:
+    assert side.proc is not None
+    side.proc.send_signal(signal.SIGTERM)
+    out, err = side.proc.communicate(timeout=60)
+    assert side.proc.returncode == 0, err
+    assert "stopped by SIGTERM" in err
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("tunnel", [(4, ()), (6, ("--no-offload",))], indirect=True,
+                         ids=["ipv4-underlay", "ipv6-underlay-no-offload"])
+def test_two_namespaces_exchange_tcp_and_udp_through_a_udp_tunnel(
+        tunnel: tuple[Side, Side]) -> None:
+    a, b = tunnel
+    for side, peer in ((a, b), (b, a)):
+        local = format_endpoint((side.underlay, PORT))
+        assert side.ready.startswith(f"forwarding {side.tun} <-> udp:{local} (peer "
+                                     f"{format_endpoint((peer.underlay, PORT))})"), side.ready
+    for src, dst in ((a, b), (b, a)):
+        sent, received = udp_exchange(src.overlay, dst.overlay, 256)
+        assert received == sent
+        sent, received, nbytes = tcp_transfer(src.overlay, dst.overlay, 8 * MB)
+        assert (received, nbytes) == (sent, 8 * MB)
+    wait_until(lambda: tcp_is_quiet(a.netns) and tcp_is_quiet(b.netns), 60,
+               "the transfers' connections to finish closing")
+    final = {side.netns: stop_engine(side) for side in (a, b)}
+    for side, peer in ((a, b), (b, a)):
+        tun, udp = final[side.netns]["ports"]
+        assert tun["ifname"] == side.tun and "udp" not in tun
+        assert udp["udp"] == {"local": format_endpoint((side.underlay, PORT)),
+                              "remote": format_endpoint((peer.underlay, PORT)),
+                              "netns": side.netns}
+        # Every datagram one engine sent, the other received: nothing lost on the underlay,
+        # and nothing else reached the connected sockets.
+        other = final[peer.netns]["ports"][1]
+        assert udp["stats64"]["tx"]["packets"] == other["stats64"]["rx"]["packets"] > 256
+        assert udp["stats64"]["rx"]["dropped"] == udp["stats64"]["tx"]["dropped"] == 0
+        # With offloads the tun hands over TCP superframes: segmented in software, each segment
+        # one datagram (no bigger than the tun's MTU).
+        assert (udp["segmented"] > 0) == ("offload off" not in side.ready), (udp, side.ready)
+    # The engines' tuns went with them.
+    for side in (a, b):
+        with IPRoute(netns=side.netns) as ipr:
+            assert not ipr.link_lookup(ifname=side.tun)
