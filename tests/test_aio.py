@@ -221,6 +221,33 @@ def test_a_cancelled_send_says_how_many_went_out() -> None:
         run(main())
 
 
+def test_a_udp_socket_echoes_each_datagram_to_its_sender() -> None:
+    """Any fd recv_batch takes: a UDP socket's batch keeps each datagram's sender in its slot,
+    and send_batch answers each one there (loopback only)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        server.bind(("127.0.0.1", 0))
+        client.bind(("127.0.0.1", 0))
+        payloads = [os.urandom(20 + k) for k in range(5)]
+
+        async def main() -> None:
+            async with AsyncQueue(server, close_queue=False) as queue:
+                batches = aiter(queue)
+                for payload in payloads:
+                    client.sendto(payload, server.getsockname())
+                echoed = 0
+                while echoed < len(payloads):
+                    batch = await anext(batches)
+                    assert all(queue.ring.peer(k) == client.getsockname()
+                               for k in batch.indices())
+                    echoed += await queue.send_batch(batch.ring, batch.first, batch.count)
+
+        run(main())
+        client.settimeout(30)
+        assert [client.recvfrom(2048) for _ in payloads] == \
+            [(payload, server.getsockname()) for payload in payloads]
+
+
 # -- batches ---------------------------------------------------------------------------------
 
 
