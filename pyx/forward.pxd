@@ -18,6 +18,14 @@ cdef enum:
     HIST_BUCKETS = 9        # batch sizes 1, 2-3, 4-7, ..., 256-511
     MAC_WAYS = 4            # the MAC table is set-associative: 4 entries per bucket
 
+# Columns of Forwarder._loop_stats (Python: passes, sleeps, coalesced, coalesced_idle).
+cdef enum:                  # LoopStat
+    STAT_PASSES             # passes over the ports
+    STAT_SLEEPS             # blocking epoll_waits (nothing to do)
+    STAT_COALESCED          # coalescing waits (a pass found little: wait for a batch to build)
+    STAT_COALESCED_IDLE     # coalescing waits after which nothing had arrived
+    LOOP_STATS
+
 cdef enum ForwardMode:
     MODE_WIRE = 0
     MODE_SWITCH = 1
@@ -111,6 +119,7 @@ cdef class Forwarder:
     cdef int stopfd
     cdef int stopping               # atomic: set by stop() from any thread
     cdef uint32_t spin             # empty passes before sleeping in epoll_wait
+    cdef uint64_t coalesce_ns       # wait this long for a batch after a pass that found little
     cdef bint ran
     cdef bint running
     cdef MacTable table
@@ -119,7 +128,7 @@ cdef class Forwarder:
     cdef list _port_ios             # the PortIO of each port that has one
     cdef object _counters           # numpy uint64[MAX_PORTS, N_COUNTERS], written by the loop
     cdef object _hist               # numpy uint64[MAX_PORTS, HIST_BUCKETS]
-    cdef object _loop_stats         # numpy uint64[2]: passes, epoll waits
+    cdef object _loop_stats         # numpy uint64[LOOP_STATS], see the LoopStat enum
     cdef uint64_t *loop_stats
     cdef object _gso_drops          # numpy uint64[GSO_REASON_COUNT]
     cdef uint64_t *gso_drops

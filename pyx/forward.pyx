@@ -34,7 +34,8 @@ from libc.errno cimport EBADFD, EINTR, EIO, ENODEV, ENXIO, EPIPE, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from posix.fcntl cimport F_DUPFD_CLOEXEC, fcntl
-from posix.time cimport clock_gettime, timespec
+from libc.string cimport memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, clock_nanosleep, timespec
 from posix.unistd cimport close, write
 
 from tapengine._batchio cimport BatchIO, PortIO, ring_recv_via, ring_send_via
@@ -47,9 +48,9 @@ from tapengine.includes.atomics cimport te_atomic_load_int, te_atomic_store_int
 from tapengine.includes.consts cimport ETH_HLEN
 from tapengine.includes.system cimport (
     CLOCK_MONOTONIC_COARSE, EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD,
-    EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, __builtin_clz, epoll_create1, epoll_ctl,
-    epoll_event, epoll_wait, eventfd, pthread_mutex_destroy, pthread_mutex_init,
-    pthread_mutex_lock, pthread_mutex_unlock,
+    EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, PR_GET_TIMERSLACK, PR_SET_TIMERSLACK,
+    __builtin_clz, epoll_create1, epoll_ctl, epoll_event, epoll_wait, eventfd, prctl,
+    pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_unlock,
 )
 from tapengine.syscall cimport fd_of, raise_errno
 
@@ -77,12 +78,18 @@ HISTOGRAM_BUCKETS = tuple(
 
 MODES = ("wire", "switch")
 
+#: The longest ``coalesce_usecs`` a forwarder takes (1 ms).
+MAX_COALESCE_USECS = 1000
+
 cdef enum:
     SCRATCH_SLOTS = 128         # segments of one superframe: 64 KiB / 536-byte MSS fits
     SCRATCH_SLOT_SIZE = 16384
     STOP_TAG = MAX_PORTS        # epoll tag of the stop eventfd; ports are tagged 0..nports-1
     ENTRIES_CHUNK = 1024        # MacTable.entries() copies this many slots per hold of the lock
     ALL_DOWN = -1               # _loop's return once no port is up
+    COALESCE_BELOW = 8          # a pass that moved fewer packets "found little"
+    COALESCE_BACKOFF_MAX = 63   # most coalescing waits skipped after idle ones
+    COALESCE_SLACK_NS = 1000    # the worker's timer slack while it coalesces (default 50 us)
 
 #: How long a port's reads may fail with the same errno, nothing read in between, before the port
 #: is taken down (ns).
@@ -377,11 +384,14 @@ cdef class Forwarder:
     other workers of the same switch; one is made if none is given). ``budget`` is the most
     packets taken from one port per pass; each port's ring needs at least that many slots.
     ``io`` is the I/O backend (``open_batch_io()``; None: readv/writev); the forwarder's
-    ``close()`` closes it. A forwarder runs once: make a new one to run again.
+    ``close()`` closes it. ``coalesce_usecs`` (0: off) is interrupt moderation for a userspace
+    loop: after a wakeup that found only a few packets, the worker waits that long before it
+    looks again, so that the next look finds a batch instead of one packet per wakeup (see
+    ``_loop``). A forwarder runs once: make a new one to run again.
     """
 
     def __cinit__(self, str mode="wire", int budget=64, MacTable table=None, int spin=0,
-                  BatchIO io=None):
+                  BatchIO io=None, int coalesce_usecs=0):
         self.epfd = -1
         self.stopfd = -1
         if mode not in MODES:
@@ -393,6 +403,10 @@ cdef class Forwarder:
         if spin < 0:
             raise ValueError(f"spin must be >= 0, not {spin}")
         self.spin = spin
+        if not 0 <= coalesce_usecs <= MAX_COALESCE_USECS:
+            raise ValueError(f"coalesce_usecs must be between 0 and {MAX_COALESCE_USECS}, "
+                             f"not {coalesce_usecs}")
+        self.coalesce_ns = <uint64_t>coalesce_usecs * 1000
         self.io = io
         if self.mode == MODE_SWITCH:
             self.table = table if table is not None else MacTable()
@@ -402,7 +416,7 @@ cdef class Forwarder:
         self._port_ios = []
         self._counters = np.zeros((MAX_PORTS, N_COUNTERS), dtype=np.uint64)
         self._hist = np.zeros((MAX_PORTS, HIST_BUCKETS), dtype=np.uint64)
-        self._loop_stats = np.zeros(2, dtype=np.uint64)
+        self._loop_stats = np.zeros(LOOP_STATS, dtype=np.uint64)
         self._gso_drops = np.zeros(GSO_REASON_COUNT, dtype=np.uint64)
         cdef uint64_t[::1] gso_view = self._gso_drops
         self.gso_drops = &gso_view[0]
@@ -619,12 +633,22 @@ cdef class Forwarder:
     @property
     def passes(self):
         """Passes of the loop over all ports so far."""
-        return int(self._loop_stats[0])
+        return int(self._loop_stats[STAT_PASSES])
 
     @property
     def sleeps(self):
         """Times the loop found nothing to do and slept in epoll_wait."""
-        return int(self._loop_stats[1])
+        return int(self._loop_stats[STAT_SLEEPS])
+
+    @property
+    def coalesce_usecs(self):
+        """How long the loop waits for a batch after a wakeup that found little (0: never)."""
+        return self.coalesce_ns // 1000
+
+    @property
+    def coalesced(self):
+        """``(waits, idle)``: coalescing waits so far, and those after which nothing had come."""
+        return (int(self._loop_stats[STAT_COALESCED]), int(self._loop_stats[STAT_COALESCED_IDLE]))
 
     def port_up(self, int index):
         self._check_index(index)
@@ -653,40 +677,96 @@ cdef class Forwarder:
     # -- the loop ------------------------------------------------------------------------
 
     cdef int _loop(self) noexcept nogil:
+        # A pass serves the ports that may hold packets: those epoll_wait reported readable, and
+        # those whose last batch filled the budget or whose last read failed. A receive that
+        # stops short of the budget has seen EAGAIN (its queue is empty), so once no port filled
+        # its budget the loop goes back to epoll_wait instead of reading every port once more to
+        # find it empty: epoll is level-triggered and returns at once for anything that arrived
+        # meanwhile, so a busy worker never sleeps. ``spin`` adds that many passes over every
+        # port before sleeping.
+        #
+        # Coalescing (coalesce_ns > 0), a NIC's interrupt moderation for a userspace loop: at
+        # moderate rates each wakeup finds one packet and the wakeup, not the copy, is the cost.
+        # After a pass that moved fewer than COALESCE_BELOW packets the worker sleeps coalesce_ns
+        # (timer slack lowered so the sleep is that long), then looks without blocking. A wait
+        # that catches nothing says the traffic is sparse: the next waits are skipped, a number
+        # that doubles with each idle wait (to COALESCE_BACKOFF_MAX) and resets when one pays.
         cdef epoll_event events[MAX_PORTS + 1]
-        cdef uint32_t moved, idle = 0
-        cdef int i, n, k, tag, serving
+        cdef uint8_t ready[MAX_PORTS]
+        cdef uint32_t moved, got, idle = 0, skip = 0, backoff = 0
+        cdef int i, n, k, tag, serving = 1
+        cdef bint more, everyone = True
+        cdef int slack = 0
+        cdef timespec pause
+        if self.coalesce_ns:
+            slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
+            prctl(PR_SET_TIMERSLACK, COALESCE_SLACK_NS, 0, 0, 0)
+            pause.tv_sec = self.coalesce_ns // 1000000000
+            pause.tv_nsec = self.coalesce_ns % 1000000000
+        memset(ready, 0, sizeof(ready))
         while not te_atomic_load_int(&self.stopping):
             moved = 0
             serving = 0
+            more = False
             for i in range(self.nports):
                 if self.ports[i].up:
-                    moved += self._serve(i)
+                    if everyone or ready[i]:
+                        got = self._serve(i)
+                        moved += got
+                        # a full batch: there may be more; a failing read: try it again (it
+                        # goes down after FAILING_NS, instead of waiting for a wakeup forever)
+                        ready[i] = got >= self.budget or self.ports[i].failing_errno != 0
+                        more = more or ready[i]
                     serving += self.ports[i].up     # still up after this pass
+            everyone = False
             if serving == 0 and self.nports:
-                return ALL_DOWN     # nothing left to serve, ever
-            self.loop_stats[0] += 1
-            if moved:
+                break               # nothing left to serve, ever
+            self.loop_stats[STAT_PASSES] += 1
+            if more:
                 idle = 0
                 continue            # busy: keep draining, never sleep
-            idle += 1
-            if idle <= self.spin:
-                continue            # look again a few times before paying for a sleep
+            if moved == 0:
+                idle += 1
+                if idle <= self.spin:
+                    everyone = True
+                    continue        # look again a few times before paying for a sleep
             idle = 0
-            self.loop_stats[1] += 1
-            n = epoll_wait(self.epfd, events, MAX_PORTS + 1, -1)
+            n = 0
+            if moved and moved < COALESCE_BELOW and self.coalesce_ns:
+                if skip:
+                    skip -= 1
+                else:
+                    clock_nanosleep(CLOCK_MONOTONIC, 0, &pause, NULL)
+                    self.loop_stats[STAT_COALESCED] += 1
+                    n = epoll_wait(self.epfd, events, MAX_PORTS + 1, 0)
+                    if n == 0:
+                        self.loop_stats[STAT_COALESCED_IDLE] += 1
+                        if backoff < COALESCE_BACKOFF_MAX:
+                            backoff = 2 * backoff + 1
+                        skip = backoff
+                    else:
+                        backoff = 0
+            if n == 0:
+                self.loop_stats[STAT_SLEEPS] += 1
+                n = epoll_wait(self.epfd, events, MAX_PORTS + 1, -1)
             if n < 0:
                 if errno == EINTR:
                     continue
-                return errno
+                n = errno
+                if self.coalesce_ns:
+                    prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0)
+                return n
             for k in range(n):
                 tag = <int>events[k].data.u64
                 if tag == STOP_TAG or not self.ports[tag].up:
                     continue
+                ready[tag] = 1
                 if events[k].events & (EPOLLERR | EPOLLHUP):
                     self._serve(tag)        # reads the error the device reports, if any
                     self._port_down(tag, EPIPE)
-        return 0
+        if self.coalesce_ns:
+            prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0)
+        return ALL_DOWN if serving == 0 and self.nports else 0
 
     cdef uint32_t _serve(self, int i) noexcept nogil:
         return self._serve_ring(i, <PacketRing>self.ports[i].ring)

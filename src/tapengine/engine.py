@@ -41,6 +41,7 @@ from tapengine._forward import (
     COUNTER_NAMES,
     DROP_REASONS,
     HISTOGRAM_BUCKETS,
+    MAX_COALESCE_USECS,
     Forwarder,
     MacTable,
 )
@@ -70,6 +71,11 @@ SUPERFRAME_OFFLOADS = Offload.TSO4 | Offload.TSO6 | Offload.UFO | Offload.USO4 |
 #: bursts overflow 1000 and every overflow is a retransmit; 2000 and up removed them all
 #: (bench/RESULTS.md, "Larger queues").
 DEFAULT_TXQUEUELEN = 5000
+
+#: How long a worker waits for a batch after a wakeup that found only a few packets, in
+#: microseconds (``Forwarder(coalesce_usecs=)``; 0: never): fewer wakeups per frame at moderate
+#: rates, at most this much added latency (bench/RESULTS.md, "Wakeup coalescing").
+DEFAULT_COALESCE_USECS = 0
 
 #: Most ports of one switch (``MAX_PORTS`` of the forwarder, pyx/forward.pxd); a wire has two.
 MAX_SWITCH_PORTS = 64
@@ -519,7 +525,8 @@ class Engine:
     def __init__(self, ports: Sequence[Port | UdpPort], mode: EngineMode = "wire", *,
                  budget: int = 64,
                  table_size: int = 4096, ageing: float = 300.0, spin: int = 0,
-                 io: IoBackend = "readv") -> None:
+                 io: IoBackend = "readv",
+                 coalesce_usecs: int = DEFAULT_COALESCE_USECS) -> None:  # fmt: skip
         if mode not in ("wire", "switch"):
             raise ValueError(f"mode must be 'wire' or 'switch', not {mode!r}")
         names = [port.name for port in ports]
@@ -555,6 +562,8 @@ class Engine:
         if io not in ("readv", "uring"):
             raise ValueError(f"io must be 'readv' or 'uring', not {io!r}")
         self.io: IoBackend = io
+        check_int(coalesce_usecs, "coalesce time (microseconds)", 0, MAX_COALESCE_USECS)
+        self.coalesce_usecs = coalesce_usecs
         self.table = MacTable(table_size, ageing) if mode == "switch" else None
         self._forwarders: list[Forwarder] = []
         self._threads: list[threading.Thread] = []
@@ -588,7 +597,8 @@ class Engine:
         try:
             for k in range(self.workers):
                 uring = UringIO(uring_entries(self.budget)) if self.io == "uring" else None
-                forwarder = Forwarder(self.mode, self.budget, self.table, self.spin, uring)
+                forwarder = Forwarder(self.mode, self.budget, self.table, self.spin, uring,
+                                      self.coalesce_usecs)
                 for index, port in enumerate(self.ports):
                     ring = PacketRing(nslots, port.slot_size)
                     self._rings[index] = ring_memory(ring)
