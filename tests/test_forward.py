@@ -31,6 +31,7 @@ from tapengine._forward import (
     COUNTER_NAMES,
     DROP_REASONS,
     HISTOGRAM_BUCKETS,
+    MAX_COALESCE_USECS,
     Forwarder,
     MacTable,
 )
@@ -166,6 +167,25 @@ def test_wire_over_either_backend_forwards_the_same_bytes_and_closes_it(
         h.close()
     if isinstance(batch_io, UringIO):
         assert batch_io.closed
+
+
+def test_coalescing_waits_after_a_wakeup_that_found_little_and_loses_nothing(
+        batch_io: BatchIO) -> None:
+    with pytest.raises(ValueError, match="coalesce_usecs"):
+        Forwarder("wire", coalesce_usecs=MAX_COALESCE_USECS + 1)
+    frames = [frame(MAC[1], MAC[0], bytes([k]) * (60 + k)) for k in range(100)]
+    h = Harness(Forwarder("wire", io=batch_io, coalesce_usecs=200), 2)
+    assert h.forwarder.coalesce_usecs == 200
+    h.thread.start()
+    try:
+        h.send(0, frames[0])        # one frame after a sleep: a wakeup that found little
+        wait_until(lambda: h.forwarder.coalesced[0] >= 1, 30, "a coalescing wait")
+        for data in frames[1:]:
+            h.send(0, data)
+        assert h.recv_all(1) == frames
+        assert h.counter(1, "tx_packets") == len(frames) and drop_total(h, 1) == 0
+    finally:
+        h.close()
 
 
 def test_batch_histogram_counts_every_batch() -> None:
