@@ -83,10 +83,13 @@ _Static_assert(sizeof(struct te_probe_op) == 8, "io_uring_probe_op is 8 bytes");
 #define TE_OP_NOP        0
 #define TE_OP_READV      1
 #define TE_OP_WRITEV     2
+#define TE_OP_READ_FIXED 4      /* into a registered buffer: sqe->buf_index, addr inside it */
+#define TE_OP_WRITE_FIXED 5
 #define TE_OP_READ       22
 #define TE_OP_WRITE      23
 
 /* sqe->flags */
+#define TE_IOSQE_FIXED_FILE (1U << 0) /* sqe->fd is an index into the registered files */
 #define TE_IOSQE_IO_LINK (1U << 2)   /* the next sqe runs only if this one fully succeeds */
 
 /* sqe->rw_flags: fail with -EAGAIN rather than wait (the file needs FMODE_NOWAIT; tun has it) */
@@ -106,6 +109,10 @@ _Static_assert(sizeof(struct te_probe_op) == 8, "io_uring_probe_op is 8 bytes");
 #define TE_ENTER_GETEVENTS       (1U << 0)
 
 /* io_uring_register() opcodes */
+#define TE_REGISTER_BUFFERS      0  /* arg: struct iovec[nr_args]; pins the pages once */
+#define TE_UNREGISTER_BUFFERS    1
+#define TE_REGISTER_FILES        2  /* arg: int[nr_args]; one file reference held for all ops */
+#define TE_UNREGISTER_FILES      3
 #define TE_REGISTER_PROBE        8
 #define TE_REGISTER_ENABLE_RINGS 12
 
