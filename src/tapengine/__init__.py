@@ -13,12 +13,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 try:
-    from tapengine._batchio import ReadvIO, recv_batch, send_batch
+    from tapengine._batchio import PortIO, ReadvIO, UdpPortIO, recv_batch, send_batch
     from tapengine._forward import Forwarder, MacTable
     from tapengine._gso import GsoReason, complete_checksum, segment, segment_batch
     from tapengine._gso import validate as validate_vnet_header
     from tapengine._pktgen import Generator, Sink
-    from tapengine._ring import VNET_HDR_DTYPE, PacketRing, slot_size_for
+    from tapengine._ring import (
+        FRAME_OFFSET,
+        HEADROOM,
+        PEER_DTYPE,
+        VNET_HDR_DTYPE,
+        PacketRing,
+        slot_size_for,
+    )
     from tapengine._uring import UringIO, open_batch_io
 except ImportError as _err:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -91,6 +98,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "FRAME_OFFSET",
+    "HEADROOM",
+    "PEER_DTYPE",
     "VNET_HDR_DTYPE",
     "Bridge",
     "Engine",
@@ -108,6 +118,7 @@ __all__ = [
     "Offload",
     "PacketRing",
     "Port",
+    "PortIO",
     "PortStats",
     "ReadvIO",
     "Sink",
@@ -116,6 +127,7 @@ __all__ = [
     "Topology",
     "TunQueue",
     "UdpPort",
+    "UdpPortIO",
     "UringIO",
     "__version__",
     "complete_checksum",

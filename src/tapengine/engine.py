@@ -46,11 +46,11 @@ from tapengine._forward import (
     MacTable,
 )
 from tapengine._gso import REASONS as GSO_REASONS
-from tapengine._ring import MAX_SLOT_SIZE, PacketRing, slot_size_for
+from tapengine._ring import MAX_SLOT_SIZE, PEER_DTYPE, PacketRing, slot_size_for
 from tapengine._uring import UringIO
 from tapengine.errors import DeviceNotFoundError, FlagMismatchError
 from tapengine.netlink import IFF_UP, find_link, link_kind, netlink_errors, rtnl
-from tapengine.tun import VNET_HDR_LEN, Mode, Offload, TunQueue, open_queue, open_queues
+from tapengine.tun import Mode, Offload, TunQueue, open_queue, open_queues
 from tapengine.udpport import UdpPort
 from tapengine.validate import MAX_TAP_QUEUES, MAX_TXQUEUELEN, check_float, check_int
 
@@ -100,8 +100,9 @@ class StuckWorkerError(RuntimeError):
 
 
 def ring_memory(ring: PacketRing) -> dict[str, int]:
-    """What one receive ring takes: its slots, slot size and bytes (slab, lengths, headers)."""
-    per_slot = ring.stride + VNET_HDR_LEN + 4
+    """What one receive ring takes: its slots, slot size and bytes (slab with headroom and
+    headers, lengths, offsets, peers)."""
+    per_slot = ring.stride + 4 + 2 + PEER_DTYPE.itemsize  # uint32 length, uint16 offset, peer
     return {"slots": ring.nslots, "slot_size": ring.slot_size, "bytes": ring.nslots * per_slot}
 
 
