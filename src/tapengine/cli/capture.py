@@ -26,8 +26,11 @@ from tapengine.cli.common import (
     open_io,
     run_with_progress,
 )
+from tapengine.engine import DEFAULT_TXQUEUELEN, raise_txqueuelen
+from tapengine.netns import inside_netns
 from tapengine.pcap import DEFAULT_SNAPLEN, MAX_CAPLEN, MAX_FILE_MB, CaptureOptions, linktype_of
 from tapengine.traffic import MAX_COUNT, MAX_DURATION, format_pps, open_device, probe_device
+from tapengine.validate import MAX_TXQUEUELEN
 
 #: Frames read per batch, and the slots of the receive ring (each holds a 64 KiB frame).
 BUDGET = 64
@@ -71,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=FloatArg("duration", high=MAX_DURATION),
                         metavar="SECONDS", help="stop after this long")
     add_capture_file_options(parser)
+    parser.add_argument("--txqueuelen", type=IntArg("txqueuelen", 0, MAX_TXQUEUELEN),
+                        default=DEFAULT_TXQUEUELEN, metavar="N",
+                        help="raise DEV's txqueuelen to at least N, so that bursts wait in its "
+                             f"queue instead of being dropped (default: {DEFAULT_TXQUEUELEN}; "
+                             "0: leave it)")
     add_io_option(parser)
     add_json_option(parser, "print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -83,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     info = probe_device(args.device, args.netns)
     ring = PacketRing(BUDGET, SLOT_SIZE)
     with open_device(info) as queue, open_io(args.io) as io:
+        if args.txqueuelen:
+            with inside_netns(info.netns):
+                raise_txqueuelen(info.name, args.txqueuelen)
         writer = options.open([(info.name, linktype_of(info.mode), queue.vnet_hdr)],
                               command="capture")
         started = time.monotonic()
