@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,8 +117,8 @@ def forwarder_process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
 
 
 @contextlib.contextmanager
-def topology(setup: str, pin_cpu: int | None = None,
-             python_before: str | None = None) -> Iterator[tuple[Side, Side]]:
+def topology(setup: str, pin_cpu: int | None = None, python_before: str | None = None,
+             extra_args: Sequence[str] = ()) -> Iterator[tuple[Side, Side]]:
     python = sys.executable
     if setup.endswith("@before"):
         setup = setup.removesuffix("@before")
@@ -141,6 +141,7 @@ def topology(setup: str, pin_cpu: int | None = None,
                     argv.append("--no-offload")
                 if setup == "tapengine-uring":
                     argv += ["--io", "uring"]
+                argv += extra_args      # e.g. --pcap FILE (bench/capture_cost.py)
             if pin_cpu is not None:
                 argv = ["taskset", "-c", str(pin_cpu), *argv]
             pid = stack.enter_context(forwarder_process(argv)).pid
