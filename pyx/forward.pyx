@@ -18,7 +18,9 @@ Every packet read is forwarded or counted as dropped with its reason. A device t
 down for good; so does a port whose reads fail with the same errno for a second with nothing read
 in between (a dead io_uring, ``EBUSY``): its fd leaves the epoll set, so the worker sleeps instead
 of spinning on it. The loop keeps serving the others; once no port is up, ``run()`` raises (a
-worker that can never forward again must not look alive).
+worker that can never forward again must not look alive). On a ``port_io`` port (a socket)
+``EPOLLERR`` is an error queued on the socket, such as an ICMP port unreachable for a connected UDP
+socket whose peer restarts: the receive counts it (``rx_errors``) and the port stays up.
 
 The forwarder owns what its loop uses: ``add_port`` takes a ``dup()`` of the fd (closed by
 ``close()``), so the caller closing its fd cannot hand the number to an unrelated file under the
@@ -763,7 +765,11 @@ cdef class Forwarder:
                 ready[tag] = 1
                 if events[k].events & (EPOLLERR | EPOLLHUP):
                     self._serve(tag)        # reads the error the device reports, if any
-                    self._port_down(tag, EPIPE)
+                    if self.ports[tag].port_io == NULL:
+                        self._port_down(tag, EPIPE)
+                    # A socket's EPOLLERR is an error queued on it (an ICMP error for a
+                    # connected UDP socket, its peer restarting): the receive above counted
+                    # it and cleared it, and the port goes on.
         if self.coalesce_ns:
             prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0)
         return ALL_DOWN if serving == 0 and self.nports else 0

@@ -126,6 +126,72 @@ def test_forward_refuses_a_bad_udp_invocation_with_one_line(
     assert fragment in err and len(err.strip().splitlines()) == 1, err
 
 
+# -- one engine: tun <-> UDP port, against the kernel's sockets ------------------------------
+
+
+def icmp_port_unreachable(local: tuple[str, int], remote: tuple[str, int]) -> bytes:
+    """The ICMP error a host sends back when a datagram from ``local`` finds no socket at
+    ``remote``: type 3 code 3, quoting the datagram's IPv4 and UDP headers."""
+    from scapy.layers.inet import ICMP, IP, UDP
+
+    quoted = IP(src=local[0], dst=remote[0]) / UDP(sport=local[1], dport=remote[1])
+    return bytes(ICMP(type=3, code=3) / bytes(quoted)[:28])
+
+
+def test_a_udp_port_carries_both_ways_and_outlives_icmp_errors(
+        make_netns: Callable[[str], str]) -> None:
+    """A tun and a UDP port connected to a plain socket (the far end of a tunnel). An ICMP port
+    unreachable for the port's socket (its peer restarting), arriving while the worker sleeps,
+    is counted as a receive error, and the port keeps forwarding both ways."""
+    from scapy.layers.inet import IP, UDP
+
+    from tapengine.engine import open_port
+    from tapengine.netns import run_in_netns
+
+    netns = make_netns("i")
+    with IPRoute(netns=netns) as ipr:
+        ipr.link("set", index=1, state="up")
+    far = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    inner = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    raw = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    with far, inner, raw:
+        far.bind(("127.0.0.1", 0))
+        far.settimeout(30)
+        tun = run_in_netns(netns, open_port, "tun0", mode="tun", offload=False)
+        udp = open_udp_port("127.0.0.1:0", far.getsockname(), netns=netns)
+        with tun, udp, Engine([tun, udp]) as engine:
+            with IPRoute(netns=netns) as ipr:
+                (index,) = ipr.link_lookup(ifname="tun0")
+                ipr.addr("add", index=index, address="10.78.0.1", prefixlen=24)
+                ipr.link("set", index=index, state="up")
+            inner.bind(("10.78.0.1", 0))
+            inner.settimeout(30)
+
+            def errors() -> int:
+                return engine.stats().port(udp.name).counters["rx_errors"]
+
+            wait_until(lambda: engine.worker_states()[0]["sleeps"] > 0, 30,
+                       "the worker to sleep in epoll_wait")
+            raw.sendto(icmp_port_unreachable(udp.local, far.getsockname()), ("127.0.0.1", 0))
+            wait_until(lambda: errors() == 1, 30, "the ICMP error to reach the UDP port")
+            assert engine.events() == [] and engine.stats().port(udp.name).up
+            for k in range(3):
+                # tun -> datagram: the IP packet the kernel routed to tun0, whole
+                inner.sendto(b"out %d" % k, ("10.78.0.2", 7))
+                while not (packet := far.recv(2048)).endswith(b"out %d" % k):
+                    pass            # (the kernel's own packets on tun0 may come first)
+                sent = IP(packet)
+                assert (sent.src, sent.dst, sent[UDP].dport) == ("10.78.0.1", "10.78.0.2", 7)
+                # datagram -> tun: an IP packet as payload reaches the kernel's socket
+                back = IP(src="10.78.0.2", dst="10.78.0.1") / UDP(
+                    sport=7, dport=inner.getsockname()[1]) / (b"back %d" % k)
+                far.sendto(bytes(back), udp.local)
+                assert inner.recvfrom(2048) == (b"back %d" % k, ("10.78.0.2", 7))
+            assert errors() == 1 and engine.stats().port(udp.name).up
+            assert (f"{udp.name}: UDP, local {format_endpoint(udp.local)}, remote "
+                    f"{format_endpoint(far.getsockname())}") in engine.stats().format()
+
+
 # -- the tunnel ------------------------------------------------------------------------------
 
 
