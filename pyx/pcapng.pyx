@@ -33,7 +33,9 @@ from tapengine._pktgen cimport (
     bucket_admit, bucket_set, bucket_spend, bucket_wait_ns, monotonic_ns, sleep_until,
     wait_or_stop,
 )
-from tapengine._ring cimport PacketRing, ring_frame, ring_fresh, ring_hdr, ring_len, ring_slot_ok
+from tapengine._ring cimport (
+    PacketRing, ring_frame, ring_fresh, ring_hdr, ring_index, ring_len, ring_slot_ok,
+)
 from tapengine.includes.atomics cimport (
     te_atomic_exchange_int, te_atomic_fence, te_atomic_load_int, te_atomic_load_u64,
     te_atomic_store_int, te_atomic_store_u64,
@@ -583,7 +585,7 @@ cdef class PcapngWriter:
         if count < 0 or count > ring.nslots:
             raise ValueError(f"count must be 0 to {ring.nslots}, not {count}")
         cdef uint64_t ts = realtime_ns() if ts_ns is None else ts_ns
-        cdef uint32_t cfirst = <uint32_t>(first & 0xFFFFFFFF), ccount = count, got
+        cdef uint32_t cfirst = ring_index(first), ccount = count, got
         with nogil:
             got = capture_batch(self, interface, ring, cfirst, ccount, flags, ts)
         return got

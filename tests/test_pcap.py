@@ -35,6 +35,7 @@ from tapengine._pcapng import (
 )
 from tapengine._ring import PacketRing
 from tapengine.errors import PcapFormatError
+from tapengine.pcap import CaptureOptions
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None,
                                 reason="needs tshark (make system-deps)")
@@ -56,9 +57,9 @@ def fill(ring: PacketRing, frames: list[bytes]) -> None:
     del view, lengths
 
 
-def tshark(path: str | Path, *fields: str) -> list[list[str]]:
-    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|",
-                          *[arg for f in fields for arg in ("-e", f)]],
+def tshark(path: str | Path, *fields: str, options: tuple[str, ...] = ()) -> list[list[str]]:
+    out = subprocess.run(["tshark", "-r", str(path), *options, "-T", "fields", "-E",
+                          "separator=|", *[arg for f in fields for arg in ("-e", f)]],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return [line.split("|") for line in out.splitlines()]
 
@@ -161,6 +162,31 @@ def test_a_full_buffer_drops_and_counts_and_never_blocks(tmp_path: Path) -> None
     out.write_bytes(b"".join(chunks))
     with PcapReader(out) as check:
         assert check.scan()["packets"] == captured
+
+
+@pytest.mark.parametrize("segment", [True, False])
+def test_superframes_are_written_as_a_wire_carries_them_or_whole(tmp_path: Path,
+                                                                 segment: bool) -> None:
+    from test_gso import Shape, superframe
+
+    header, data = superframe(Shape(), os.urandom(3000), 1000)
+    ring = PacketRing(8, 65536)
+    ring.store(0, data, header)
+    path = tmp_path / "s.pcapng"
+    options = CaptureOptions(str(path), superframes=not segment)
+    with options.open([("p", LINKTYPE_ETHERNET, True)], command="test") as writer:
+        writer.capture(ring, 0, 1)
+    assert int(writer.counters[0]["superframes"]) == 1
+    rows = tshark(path, "frame.len", "ip.checksum.status", "tcp.checksum.status",
+                  "tcp.len", options=("-o", "ip.check_checksum:TRUE",
+                                      "-o", "tcp.check_checksum:TRUE"))
+    if segment:             # three segments, their checksums good (1), as on a wire
+        assert rows == [["1054", "1", "1", "1000"]] * 3
+    else:                   # the superframe as it came, its checksum left partial
+        assert [(int(r[0]), r[3]) for r in rows] == [(len(data), "3000")]
+    comment = subprocess.run(["capinfos", "-k", str(path)], capture_output=True, text=True,
+                             check=True).stdout
+    assert ("as the segments a wire would carry" in comment) == segment
 
 
 def test_writer_refuses_bad_values(tmp_path: Path) -> None:
