@@ -31,14 +31,15 @@ class TapPair:
 
 
 @contextlib.contextmanager
-def tap_pair() -> Iterator[TapPair]:
+def tap_pair(vnet_hdr: bool = False) -> Iterator[TapPair]:
     prefix = "te" + secrets.token_hex(3)
     name = prefix + "ns"
     netns.create(name)
     queues: list[TunQueue] = []
     try:
         _silence_namespace(name)
-        queues = [open_queue(prefix + "a"), open_queue(prefix + "b")]
+        queues = [open_queue(prefix + "a", vnet_hdr=vnet_hdr),
+                  open_queue(prefix + "b", vnet_hdr=vnet_hdr)]
         with IPRoute() as ipr:
             for queue in queues:
                 ipr.link("set", index=ipr.link_lookup(ifname=queue.name)[0], net_ns_fd=name)
