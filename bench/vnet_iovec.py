@@ -6,8 +6,12 @@ front of the frame, one read()/write() per packet) vs two iovecs (header, frame:
 Issue 14's first lever. Both taps have IFF_VNET_HDR; ``send_batch`` writes 64 frames into tap A,
 the kernel bridge (private namespace) floods them to tap B, ``recv_batch`` reads them back: a
 write and a read per packet, each side timed with the same ring code, only the syscall shape
-switched (``tapengine._batchio._measure_two_iovecs``, a switch that exists for this measurement
+switched (``tapengine._batchio._measure_two_iovecs``, a switch that existed for this measurement
 only). A B alternate, then B A; medians of packets/s and the median per-round ratio. Needs root.
+
+One buffer won (bench/RESULTS.md) and is the only code path now: the switch is gone. To rerun,
+check out the commit that added this script (``git log --diff-filter=A -- bench/vnet_iovec.py``)
+and build it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ import time
 
 from tap_pair import TapPair, make_rings, tap_pair
 from tapengine import PacketRing, recv_batch, send_batch
-from tapengine._batchio import _measure_two_iovecs  # type: ignore[attr-defined]
+
+try:
+    from tapengine._batchio import _measure_two_iovecs  # type: ignore[attr-defined]
+except ImportError:
+    sys.exit("the two-iovec switch is gone (one buffer won): run this script at the commit that "
+             "added it, see its docstring")
 
 BATCH = 64
 

@@ -40,19 +40,9 @@ from tapengine.includes.consts cimport VNET_HDR_LEN
 from tapengine.includes.system cimport (
     AF_INET, AF_INET6, AF_UNSPEC, MSG_DONTWAIT, MSG_TRUNC, SO_DOMAIN, SO_TYPE, SOCK_DGRAM,
     SOL_SOCKET, getsockopt, iovec, mmsghdr, read, recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6,
-    socklen_t, write, readv, writev,
+    socklen_t, write,
 )
 from tapengine.syscall cimport fd_of, raise_errno, would_block
-
-
-# MEASUREMENT ONLY (bench/vnet_iovec.py): readv/writev with the header and the frame as two
-# iovecs, the layout before ring v2. Removed with the measurement.
-cdef bint _two_iovecs = False
-
-
-def _measure_two_iovecs(bint on):
-    global _two_iovecs
-    _two_iovecs = on
 
 
 @cython.boundscheck(False)
@@ -62,7 +52,6 @@ cdef uint32_t ring_recv(int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
     cdef ssize_t got
     cdef size_t hdr_len = VNET_HDR_LEN if vnet_hdr else 0
     cdef uint8_t *buf
-    cdef iovec iov2[2]
     cdef uint32_t room = ring_free(ring)
     err[0] = 0
     if budget > room:
@@ -72,14 +61,7 @@ cdef uint32_t ring_recv(int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
         # header and frame in one buffer: the header sits right in front of the frame
         buf = ring_fresh(ring, index) - hdr_len
         # the stride's spare byte: see above
-        if _two_iovecs and hdr_len:
-            iov2[0].iov_base = buf
-            iov2[0].iov_len = hdr_len
-            iov2[1].iov_base = buf + hdr_len
-            iov2[1].iov_len = ring.slot_size + 1
-            got = readv(fd, iov2, 2)
-        else:
-            got = read(fd, buf, hdr_len + ring.slot_size + 1)
+        got = read(fd, buf, hdr_len + ring.slot_size + 1)
         if got < 0:
             if errno == EINTR:
                 continue
@@ -104,7 +86,6 @@ cdef uint32_t ring_send(int fd, PacketRing ring, uint32_t first, uint32_t count,
                         int *err) noexcept nogil:
     cdef uint32_t n = 0, index
     cdef ssize_t put
-    cdef iovec iov2[2]
     cdef size_t hdr_len = VNET_HDR_LEN if vnet_hdr else 0
     err[0] = 0
     while n < count:
@@ -113,15 +94,8 @@ cdef uint32_t ring_send(int fd, PacketRing ring, uint32_t first, uint32_t count,
             err[0] = EMSGSIZE   # a length or offset past the slot (see ring.pxd): never read
             break
         # header and frame in one buffer (ring_slot_ok: the header is inside the slot)
-        if _two_iovecs and hdr_len:
-            iov2[0].iov_base = ring_hdr(ring, index)
-            iov2[0].iov_len = hdr_len
-            iov2[1].iov_base = ring_hdr(ring, index) + hdr_len
-            iov2[1].iov_len = ring_len(ring, index)[0]
-            put = writev(fd, iov2, 2)
-        else:
-            put = write(fd, ring_hdr(ring, index) + VNET_HDR_LEN - hdr_len,
-                        hdr_len + ring_len(ring, index)[0])
+        put = write(fd, ring_hdr(ring, index) + VNET_HDR_LEN - hdr_len,
+                    hdr_len + ring_len(ring, index)[0])
         if put < 0:
             if errno == EINTR:
                 continue
@@ -294,7 +268,7 @@ cdef class BatchIO:
         return send_batch(fd, ring, first, count, vnet_hdr=vnet_hdr, io=self)
 
     def close(self):
-        """Release what the backend holds (nothing for readv/writev); closing twice is a no-op."""
+        """Release what the backend holds (nothing for read/write); closing twice is a no-op."""
 
     def __enter__(self):
         return self
@@ -304,7 +278,8 @@ cdef class BatchIO:
 
 
 cdef class ReadvIO(BatchIO):
-    """The readv/writev backend: one syscall per packet, no state, usable from any thread."""
+    """The read/write backend (named "readv"): one syscall per packet, no state, usable from any
+    thread."""
 
     @property
     def backend(self):
