@@ -9,6 +9,7 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
 from tapengine._batchio cimport BatchIO, PortIO
 from tapengine._ring cimport PacketRing
+from tapengine._stage cimport Stage
 from tapengine.includes.system cimport pthread_mutex_t
 
 
@@ -17,6 +18,7 @@ cdef enum:
     MAX_BUDGET = 256
     HIST_BUCKETS = 9        # batch sizes 1, 2-3, 4-7, ..., 256-511
     MAC_WAYS = 4            # the MAC table is set-associative: 4 entries per bucket
+    MAX_STAGES = 16         # user stages per forwarder (the built-in wire/switch comes last)
 
 # Columns of Forwarder._loop_stats (Python: passes, sleeps, coalesced, coalesced_idle).
 cdef enum:                  # LoopStat
@@ -30,14 +32,18 @@ cdef enum ForwardMode:
     MODE_WIRE = 0
     MODE_SWITCH = 1
 
-# Verdicts of Forwarder.egress[] other than a port index (>= 0).
+# Verdicts of Forwarder.egress[] other than a port index (>= 0): the stages' own
+# (VERDICT_DEFAULT, VERDICT_DROP, VERDICT_FLOOD: tapengine._stage) and these, which only the
+# forwarder and its built-in stages set (a user stage setting one is counted as misdirected).
 cdef enum:
-    VERDICT_FLOOD = -1
-    VERDICT_MALFORMED = -2
-    VERDICT_BAD_HEADER = -3
-    VERDICT_NO_EGRESS = -4
-    VERDICT_BAD_SRC_MAC = -5
-    VERDICT_RESERVED_GROUP = -6
+    VERDICT_MALFORMED = -4
+    VERDICT_BAD_HEADER = -5
+    VERDICT_NO_EGRESS = -6
+    VERDICT_BAD_SRC_MAC = -7
+    VERDICT_RESERVED_GROUP = -8
+    VERDICT_FILTERED = -9       # switch: the destination sits behind the ingress port
+    VERDICT_MISDIRECTED = -10   # a stage named a port that does not exist
+    VERDICT_INVALID = -11       # a stage left a length outside the slot
 
 # Columns of a port's counter row. Drops are counted on the port where the packet was lost:
 # the egress port for DROP_FULL .. DROP_NEEDS_SEGMENTATION, the ingress port for the others.
@@ -56,9 +62,9 @@ cdef enum:                   # Counter
     DROP_TX_ERROR            # any other write error, e.g. a header the kernel refuses (EINVAL)
     DROP_NEEDS_SEGMENTATION  # segmentation toward a port without vnet header failed (gso_drops)
     DROP_BAD_HEADER          # a virtio_net_hdr failed validation (gso_drops says why)
-    DROP_FILTERED            # switch: the destination sits behind the ingress port
-    DROP_NO_EGRESS           # no other port is up
-    DROP_MALFORMED           # shorter than an Ethernet header (switch)
+    DROP_FILTERED            # a stage dropped it; switch: the destination is behind the ingress
+    DROP_NO_EGRESS           # no other port is up, or a stage named a port that does not exist
+    DROP_MALFORMED           # shorter than an Ethernet header (switch), a stage's bad length
     DROP_BAD_SRC_MAC         # switch: source MAC multicast, broadcast or all-zero (never learned)
     DROP_RESERVED_GROUP      # switch: to 01:80:c2:00:00:01-0f, which a bridge never relays
     DROP_TRUNCATED           # longer than the ring's slot: dropped on receive (not in RX_PACKETS)
@@ -110,6 +116,17 @@ cdef class MacTable:
     cdef uint32_t count(self, uint64_t now) noexcept nogil
 
 
+# The built-in stages, always the last of a forwarder: they decide every verdict still DEFAULT.
+cdef class WireStage(Stage):
+    cdef int nports             # set by the forwarder before it runs
+
+
+cdef class SwitchStage(Stage):
+    cdef MacTable table
+    cdef Port *ports            # the forwarder's (which owns this stage): up or down
+    cdef int nports
+
+
 cdef class Forwarder:
     cdef Port ports[MAX_PORTS]
     cdef int nports
@@ -133,7 +150,17 @@ cdef class Forwarder:
     cdef object _gso_drops          # numpy uint64[GSO_REASON_COUNT]
     cdef uint64_t *gso_drops
     cdef PacketRing _scratch        # segments of one superframe on their way out
-    cdef int32_t egress[MAX_BUDGET]  # switch: egress port per packet of a batch, -1 = flood
+    cdef int32_t *egress            # the verdict per packet of a batch (_verdict's data)
+    cdef object _verdict            # numpy int32[MAX_BUDGET]: what Python stages see
+    cdef int32_t before[MAX_BUDGET]  # the verdicts before the stage that runs now
+    cdef PyObject *stages[MAX_STAGES]   # borrowed: _stages holds the references
+    cdef int nstages
+    cdef list _stages
+    cdef list _port_names
+    cdef Stage builtin              # WireStage or SwitchStage, run after the user's stages
+    cdef object _stage_counters     # numpy uint64[MAX_STAGES, N_STAGE_COUNTERS]
+    cdef uint64_t *stage_counters
+    cdef int failed_stage           # the stage that stopped the loop, or -1
 
     # _loop: returns 0 after stop(), an errno from epoll_wait, or ALL_DOWN once no port is up.
     cdef int _loop(self) noexcept nogil
@@ -141,7 +168,10 @@ cdef class Forwarder:
     cdef uint32_t _serve(self, int i) noexcept nogil
     cdef uint32_t _serve_ring(self, int i, PacketRing ring) noexcept nogil
     # The rest return nothing: every outcome lands in a counter.
-    cdef void _choose_egress(self, int i, PacketRing ring, uint32_t first,
+    # _run_stages: returns 0, or -1 once a stage asked to stop (failed_stage says which).
+    cdef int _run_stages(self, int i, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil
+    cdef void _check_stage(self, int s, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil
+    cdef void _check_headers(self, int i, PacketRing ring, uint32_t first,
                              uint32_t n) noexcept nogil
     cdef void _dispatch(self, int i, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil
     cdef void _deliver(self, int i, int o, PacketRing ring, uint32_t first,
@@ -152,3 +182,4 @@ cdef class Forwarder:
     cdef void _port_down(self, int i, int err) noexcept nogil
     cdef void _read_failed(self, int i, int err) noexcept nogil
     cdef void _release(self) noexcept
+    cdef _bind_stages(self)

@@ -35,6 +35,7 @@ cimport cython
 from libc.errno cimport EBADFD, EINTR, EIO, ENODEV, ENXIO, EPIPE, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy
 from posix.fcntl cimport F_DUPFD_CLOEXEC, fcntl
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, clock_nanosleep, timespec
@@ -45,7 +46,13 @@ from tapengine._gso cimport (
     GSO_OUT_FULL_CSUM, GSO_REASON_COUNT, VNET_F_NEEDS_CSUM, VNET_GSO_ECN, VNET_GSO_NONE, gso_info,
     gso_segment, gso_store_hdr_len, gso_validate,
 )
-from tapengine._ring cimport PacketRing, ring_frame, ring_hdr, ring_len
+from tapengine._ring cimport (
+    PacketRing, ring_frame, ring_hdr, ring_len, ring_lengths_ok, ring_slot_ok,
+)
+from tapengine._stage cimport (
+    N_STAGE_COUNTERS, STAGE_BATCHES, STAGE_DROPPED, STAGE_INVALID, STAGE_MISDIRECTED, STAGE_NS,
+    STAGE_REDIRECTED, STAGE_SEEN, VERDICT_DEFAULT, VERDICT_DROP, VERDICT_FLOOD, Stage,
+)
 from tapengine.includes.atomics cimport te_atomic_load_int, te_atomic_store_int
 from tapengine.includes.consts cimport ETH_HLEN
 from tapengine.includes.system cimport (
@@ -92,6 +99,7 @@ cdef enum:
     COALESCE_BELOW = 8          # a pass that moved fewer packets "found little"
     COALESCE_BACKOFF_MAX = 63   # most coalescing waits skipped after idle ones
     COALESCE_SLACK_NS = 1000    # the worker's timer slack while it coalesces (default 50 us)
+    STAGE_FAILED = -2           # _loop's return once a stage asked to stop
 
 #: How long a port's reads may fail with the same errno, nothing read in between, before the port
 #: is taken down (ns).
@@ -113,6 +121,19 @@ cdef inline uint64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
     return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef inline uint64_t _clock_ns() noexcept nogil:
+    # CLOCK_MONOTONIC (vDSO, ~20 ns): the time spent in a stage.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef inline int _process(Stage stage, int port, PacketRing ring, uint32_t first, uint32_t n,
+                         int32_t *verdict) noexcept nogil:
+    # Returns what the stage's process() returns (a borrowed stage, called without the GIL).
+    return stage.process(port, ring, first, n, verdict)
 
 
 cdef inline bint _aged(uint64_t now, uint64_t seen_ns, uint64_t ageing_ns) noexcept nogil:
@@ -377,6 +398,86 @@ cdef class MacTable:
         return f"<MacTable {len(self)}/{self.capacity} entries, ageing {self.ageing:g} s>"
 
 
+# -- the built-in stages ----------------------------------------------------------------------
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class WireStage(Stage):
+    """The wire, as a stage: every packet still DEFAULT goes out of the other port."""
+
+    def __init__(self):
+        super().__init__("wire")
+
+    cdef int process(self, int port, PacketRing ring, uint32_t first, uint32_t n,
+                     int32_t *verdict) noexcept nogil:
+        cdef int32_t other = 1 - port if self.nports == 2 else VERDICT_NO_EGRESS
+        cdef uint32_t k
+        for k in range(n):
+            if verdict[k] == VERDICT_DEFAULT:
+                verdict[k] = other
+        return 0
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class SwitchStage(Stage):
+    """The learning switch, as a stage: learns the source of every packet still DEFAULT and
+    sends it to the port its destination was learned on (flooded when unknown, broadcast,
+    multicast, or behind a port that is down)."""
+
+    def __init__(self, MacTable table not None):
+        super().__init__("switch")
+        self.table = table
+
+    @cython.boundscheck(False)
+    cdef int process(self, int i, PacketRing ring, uint32_t first, uint32_t n,
+                     int32_t *verdict) noexcept nogil:
+        cdef uint64_t now, src, dst
+        cdef const uint8_t *frame
+        cdef uint32_t k, index
+        cdef int32_t known
+        # One lock for the learning and lookups of the whole batch; no syscall held. ``now`` is
+        # read under the lock, so no worker stamps an entry earlier than the last one.
+        pthread_mutex_lock(&self.table.lock)
+        now = _now_ns()
+        for k in range(n):
+            if verdict[k] != VERDICT_DEFAULT:
+                continue
+            index = first + k
+            if ring_len(ring, index)[0] < ETH_HLEN:
+                verdict[k] = VERDICT_MALFORMED
+                continue
+            frame = ring_frame(ring, index)
+            src = _mac_at(frame + 6)
+            if (frame[6] & 1) or src == 0:
+                # Multicast, broadcast or all-zero: no station sends from it. The kernel bridge
+                # drops these (is_valid_ether_addr) before learning anything; so do we.
+                verdict[k] = VERDICT_BAD_SRC_MAC
+                continue
+            dst = _mac_at(frame)
+            if (dst & ~<uint64_t>0xF) == RESERVED_GROUP and dst != RESERVED_GROUP:
+                # 01:80:c2:00:00:01-0f (pause, LACP, 802.1X, LLDP, ...) are for the link, never
+                # relayed. The kernel bridge learns their source, except from a pause frame
+                # (dropped at once). 01:80:c2:00:00:00 (BPDUs) is flooded: with STP off the
+                # kernel relays it so that loops stay visible to the bridges around us.
+                if dst != RESERVED_GROUP + 1:
+                    self.table.learn(src, i, now)
+                verdict[k] = VERDICT_RESERVED_GROUP
+                continue
+            self.table.learn(src, i, now)
+            verdict[k] = VERDICT_FLOOD              # broadcast and multicast stay flooded
+            if not (frame[0] & 1):
+                known = self.table.lookup(dst, now)
+                # an entry for a port this forwarder lacks (learn_mac), or one that is down,
+                # is as good as unknown
+                if known == i:
+                    verdict[k] = VERDICT_FILTERED
+                elif 0 <= known < self.nports and te_atomic_load_int(&self.ports[known].up):
+                    verdict[k] = known
+        pthread_mutex_unlock(&self.table.lock)
+        return 0
+
+
 # -- the forwarder -----------------------------------------------------------------------------
 
 cdef class Forwarder:
@@ -390,6 +491,11 @@ cdef class Forwarder:
     loop: after a wakeup that found only a few packets, the worker waits that long before it
     looks again, so that the next look finds a batch instead of one packet per wakeup (see
     ``_loop``). A forwarder runs once: make a new one to run again.
+
+    ``add_stage()`` adds the user's stages (tapengine._stage), run in order on every batch
+    before the built-in wire or switch, which is the last stage and decides every packet the
+    others left at ``DEFAULT``. Each batch starts at slot 0 of its ring (the ring is emptied
+    after every batch), so a batch never wraps.
     """
 
     def __cinit__(self, str mode="wire", int budget=64, MacTable table=None, int spin=0,
@@ -416,6 +522,16 @@ cdef class Forwarder:
             raise ValueError("a MAC table is only used in switch mode")
         self._rings = []
         self._port_ios = []
+        self._stages = []
+        self._port_names = []
+        self.failed_stage = -1
+        self.builtin = WireStage() if self.mode == MODE_WIRE else SwitchStage(self.table)
+        self._verdict = np.full(MAX_BUDGET, VERDICT_DEFAULT, dtype=np.int32)
+        cdef int32_t[::1] verdict_view = self._verdict
+        self.egress = &verdict_view[0]
+        self._stage_counters = np.zeros((MAX_STAGES, N_STAGE_COUNTERS), dtype=np.uint64)
+        cdef uint64_t[:, ::1] stage_view = self._stage_counters
+        self.stage_counters = &stage_view[0, 0]
         self._counters = np.zeros((MAX_PORTS, N_COUNTERS), dtype=np.uint64)
         self._hist = np.zeros((MAX_PORTS, HIST_BUCKETS), dtype=np.uint64)
         self._loop_stats = np.zeros(LOOP_STATS, dtype=np.uint64)
@@ -450,6 +566,11 @@ cdef class Forwarder:
         cdef int k
         cdef PacketRing ring
         cdef PortIO port_io
+        cdef Stage stage
+        if self._stages is not None and self._rings is not None:
+            for stage in self._stages:      # Python stages let go of their views of the rings
+                for ring in self._rings:
+                    stage.unbind(ring)
         for k in range(self.nports):
             if self.ports[k].fd >= 0:
                 close(self.ports[k].fd)
@@ -547,12 +668,32 @@ cdef class Forwarder:
         self.nports += 1
         return index
 
+    def add_stage(self, Stage stage not None, port_names=None):
+        """Run ``stage`` on every batch, after the stages added before it and before the
+        built-in wire or switch; returns its index (its row of ``stage_counters``). A stage may
+        serve several forwarders (a Python stage is then called by one at a time).
+        ``port_names`` names the ports in index order for ``Batch.port_name`` (default
+        ``port0``, ``port1``, ...)."""
+        if self.ran:
+            raise ValueError("cannot add a stage to a forwarder that has run")
+        if self.nstages >= MAX_STAGES:
+            raise ValueError(f"a forwarder runs at most {MAX_STAGES} stages")
+        if port_names is not None:
+            self._port_names = [str(name) for name in port_names]
+        self._stages.append(stage)
+        self.stages[self.nstages] = <PyObject *>stage
+        self.nstages += 1
+        return self.nstages - 1
+
     def run(self):
-        """Forward until ``stop()``; releases the GIL for the whole time. Runs once."""
+        """Forward until ``stop()``; releases the GIL for the whole time. Runs once.
+
+        Raises ``StageError`` (the stage's exception as its cause) when a stage stopped it."""
         if self.ran:
             raise RuntimeError("this forwarder has already run; make a new one")
         if self.epfd < 0:
             raise ValueError("the forwarder is closed")
+        self._bind_stages()
         self.ran = True
         self.running = True
         cdef int err
@@ -566,12 +707,35 @@ cdef class Forwarder:
             self.running = False
             if io is not None:
                 io._users -= 1
+        if err == STAGE_FAILED:
+            stage = <Stage>self.stages[self.failed_stage]
+            error = stage.error()
+            error.first_batch = self._stage_counters[self.failed_stage, STAGE_BATCHES] == 0
+            raise error
         if err == ALL_DOWN:
             down = ", ".join(f"port {k}: {os.strerror(self.down_errno(k))}"
                              for k in range(self.nports))
             raise_errno(self.down_errno(self.nports - 1), f"every port is down ({down})")
         if err:
             raise_errno(err, "waiting for packets (epoll_wait)")
+
+    cdef _bind_stages(self):
+        # Tells every stage which ring serves which port (Python stages make views of them).
+        cdef Stage stage
+        cdef PacketRing ring
+        cdef int k
+        if isinstance(self.builtin, WireStage):
+            (<WireStage>self.builtin).nports = self.nports
+        else:
+            (<SwitchStage>self.builtin).nports = self.nports
+            (<SwitchStage>self.builtin).ports = &self.ports[0]
+        names = list(self._port_names) + [f"port{k}" for k in range(len(self._port_names),
+                                                                    self.nports)]
+        for stage in self._stages:
+            for k in range(self.nports):
+                ring = self._rings[k]
+                stage.bind(ring, k, names[k], self.ports[k].l2, self.ports[k].vnet_hdr,
+                           self._verdict)
 
     def stop(self):
         """Ask the loop to return; safe from any thread, before or while ``run()`` runs."""
@@ -631,6 +795,16 @@ cdef class Forwarder:
         """``uint64[GSO_REASON_COUNT]``: packets refused by header validation or segmentation,
         by ``tapengine._gso.REASONS``."""
         return self._gso_drops
+
+    @property
+    def stages(self):
+        """The user's stages, in the order they run (the built-in wire or switch after)."""
+        return tuple(self._stages)
+
+    @property
+    def stage_counters(self):
+        """``uint64[nstages, len(STAGE_COUNTER_NAMES)]``: the live counters of each stage."""
+        return self._stage_counters[:self.nstages]
 
     @property
     def passes(self):
@@ -721,6 +895,8 @@ cdef class Forwarder:
                         more = more or ready[i]
                     serving += self.ports[i].up     # still up after this pass
             everyone = False
+            if self.failed_stage >= 0:
+                break               # a stage asked to stop: run() raises its error
             if serving == 0 and self.nports:
                 break               # nothing left to serve, ever
             self.loop_stats[STAT_PASSES] += 1
@@ -772,6 +948,8 @@ cdef class Forwarder:
                     # it and cleared it, and the port goes on.
         if self.coalesce_ns:
             prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0)
+        if self.failed_stage >= 0:
+            return STAGE_FAILED
         return ALL_DOWN if serving == 0 and self.nports else 0
 
     cdef uint32_t _serve(self, int i) noexcept nogil:
@@ -800,9 +978,13 @@ cdef class Forwarder:
             port.counters[RX_BATCHES] += 1
             port.hist[_bucket(n)] += 1
             port.failing_errno = 0
-            self._choose_egress(i, ring, first, n)
-            self._dispatch(i, ring, first, n)
-            ring.head = ring.tail   # every packet was sent or counted as dropped
+            if self._run_stages(i, ring, first, n) == 0:
+                self._dispatch(i, ring, first, n)
+            else:                   # a stage failed: the engine stops, the batch is dropped
+                port.counters[DROP_FILTERED] += n
+            # Every packet was sent or counted as dropped: the next batch starts at slot 0, so
+            # no batch wraps the ring (a stage's views of it are plain slices).
+            ring.head = ring.tail = 0
         if err:
             if _device_gone(err) or err == EIO:
                 self._port_down(i, err)
@@ -826,69 +1008,75 @@ cdef class Forwarder:
         elif <int64_t>(now - port.failing_since_ns) >= <int64_t>FAILING_NS:
             self._port_down(i, err)
 
+    cdef int _run_stages(self, int i, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil:
+        # Every verdict starts DEFAULT; the user's stages run in order, each checked after its
+        # call; then the headers of what is still to be sent are validated, and the built-in
+        # wire or switch decides what is still DEFAULT.
+        cdef uint32_t k
+        cdef int s
+        cdef uint64_t start
+        cdef uint64_t *row
+        for k in range(n):
+            self.egress[k] = VERDICT_DEFAULT
+        for s in range(self.nstages):
+            row = self.stage_counters + s * N_STAGE_COUNTERS
+            memcpy(self.before, self.egress, n * sizeof(int32_t))
+            start = _clock_ns()
+            if _process(<Stage>self.stages[s], i, ring, first, n, self.egress) < 0:
+                self.failed_stage = s
+                return -1
+            row[STAGE_NS] += _clock_ns() - start
+            row[STAGE_BATCHES] += 1
+            row[STAGE_SEEN] += n
+            self._check_stage(s, ring, first, n)
+        if self.ports[i].vnet_hdr:
+            self._check_headers(i, ring, first, n)
+        return self.builtin.process(i, ring, first, n, self.egress)
+
+    cdef void _check_stage(self, int s, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil:
+        # Counts the verdicts stage s changed; one naming no port becomes MISDIRECTED, a length
+        # it left outside the slot makes the packet INVALID: both dropped, never sent elsewhere.
+        cdef uint64_t *row = self.stage_counters + s * N_STAGE_COUNTERS
+        cdef uint32_t k
+        cdef int32_t v
+        for k in range(n):
+            v = self.egress[k]
+            if v == self.before[k]:
+                continue
+            if v == VERDICT_DROP:
+                row[STAGE_DROPPED] += 1
+            elif v == VERDICT_FLOOD or 0 <= v < self.nports:
+                row[STAGE_REDIRECTED] += 1
+            elif v != VERDICT_DEFAULT:
+                self.egress[k] = VERDICT_MISDIRECTED
+                row[STAGE_MISDIRECTED] += 1
+        k = ring_lengths_ok(ring, first, n)
+        while k < n:
+            if not ring_slot_ok(ring, first + k) and self.egress[k] != VERDICT_DROP:
+                self.egress[k] = VERDICT_INVALID
+                row[STAGE_INVALID] += 1
+            k += 1
+
     @cython.boundscheck(False)
-    cdef void _choose_egress(self, int i, PacketRing ring, uint32_t first,
+    cdef void _check_headers(self, int i, PacketRing ring, uint32_t first,
                              uint32_t n) noexcept nogil:
-        cdef uint64_t now, src, dst
-        cdef const uint8_t *frame
+        # Headers the kernel gave us (or a stage rewrote) are checked before anything is written
+        # with them; an all-zero header (no GSO, no checksum to complete) needs nothing.
         cdef uint32_t k, index
-        cdef int32_t known
-        cdef bint check = self.ports[i].vnet_hdr
         cdef gso_info info
         cdef int reason
-        cdef int32_t default = VERDICT_FLOOD
-        if self.mode == MODE_WIRE:
-            default = 1 - i if self.nports == 2 else VERDICT_NO_EGRESS
         for k in range(n):
-            self.egress[k] = default
-            if check:
-                index = first + k
-                # Headers the kernel gave us are checked before anything is written with them;
-                # an all-zero header (no GSO, no checksum to complete) needs nothing.
-                if ring_hdr(ring, index)[0] or ring_hdr(ring, index)[1]:
-                    reason = gso_validate(ring_hdr(ring, index), ring_frame(ring, index),
-                                          ring_len(ring, index)[0], self.ports[i].l2, &info)
-                    if reason:
-                        self.egress[k] = VERDICT_BAD_HEADER
-                        self.gso_drops[reason] += 1
-                    elif info.gso_type != VNET_GSO_NONE:
-                        gso_store_hdr_len(ring_hdr(ring, index), info.hdr_len)
-        if self.mode == MODE_WIRE:
-            return
-        # Switch: one lock for the learning and lookups of the whole batch; no syscall held.
-        # ``now`` is read under the lock, so no worker stamps an entry earlier than the last one.
-        pthread_mutex_lock(&self.table.lock)
-        now = _now_ns()
-        for k in range(n):
-            if self.egress[k] != VERDICT_FLOOD:
-                continue
+            if self.egress[k] < VERDICT_FLOOD or self.egress[k] == VERDICT_DROP:
+                continue                            # dropped already
             index = first + k
-            if ring_len(ring, index)[0] < ETH_HLEN:
-                self.egress[k] = VERDICT_MALFORMED
-                continue
-            frame = ring_frame(ring, index)
-            src = _mac_at(frame + 6)
-            if (frame[6] & 1) or src == 0:
-                # Multicast, broadcast or all-zero: no station sends from it. The kernel bridge
-                # drops these (is_valid_ether_addr) before learning anything; so do we.
-                self.egress[k] = VERDICT_BAD_SRC_MAC
-                continue
-            dst = _mac_at(frame)
-            if (dst & ~<uint64_t>0xF) == RESERVED_GROUP and dst != RESERVED_GROUP:
-                # 01:80:c2:00:00:01-0f (pause, LACP, 802.1X, LLDP, ...) are for the link, never
-                # relayed. The kernel bridge learns their source, except from a pause frame
-                # (dropped at once). 01:80:c2:00:00:00 (BPDUs) is flooded: with STP off the
-                # kernel relays it so that loops stay visible to the bridges around us.
-                if dst != RESERVED_GROUP + 1:
-                    self.table.learn(src, i, now)
-                self.egress[k] = VERDICT_RESERVED_GROUP
-                continue
-            self.table.learn(src, i, now)
-            if not (frame[0] & 1):                  # broadcast and multicast stay flooded
-                known = self.table.lookup(dst, now)
-                # an entry for a port this forwarder lacks (learn_mac) is as good as unknown
-                self.egress[k] = known if known < self.nports else VERDICT_FLOOD
-        pthread_mutex_unlock(&self.table.lock)
+            if ring_hdr(ring, index)[0] or ring_hdr(ring, index)[1]:
+                reason = gso_validate(ring_hdr(ring, index), ring_frame(ring, index),
+                                      ring_len(ring, index)[0], self.ports[i].l2, &info)
+                if reason:
+                    self.egress[k] = VERDICT_BAD_HEADER
+                    self.gso_drops[reason] += 1
+                elif info.gso_type != VNET_GSO_NONE:
+                    gso_store_hdr_len(ring_hdr(ring, index), info.hdr_len)
 
     cdef void _dispatch(self, int i, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil:
         # Deliver the batch by verdict, runs of packets for the same port in one ring_send.
@@ -899,28 +1087,30 @@ cdef class Forwarder:
         cdef uint64_t *counters = self.ports[i].counters
         while k < n:
             e = self.egress[k]
-            if e >= 0 and e != i and self.ports[e].up:
+            if e >= 0 and self.ports[e].up:     # e < nports: checked after each stage
                 run = 1
                 while k + run < n and self.egress[k + run] == e:
                     run += 1
                 self._deliver(i, e, ring, first + k, run)
                 k += run
                 continue
-            if e == i:
+            if e >= 0:
+                self.ports[e].counters[DROP_PORT_DOWN] += 1
+            elif e == VERDICT_FILTERED or e == VERDICT_DROP:
                 counters[DROP_FILTERED] += 1
-            elif e == VERDICT_MALFORMED:
+            elif e == VERDICT_MALFORMED or e == VERDICT_INVALID:
                 counters[DROP_MALFORMED] += 1
             elif e == VERDICT_BAD_HEADER:
                 counters[DROP_BAD_HEADER] += 1
-            elif e == VERDICT_NO_EGRESS:
+            elif e == VERDICT_NO_EGRESS or e == VERDICT_MISDIRECTED:
                 counters[DROP_NO_EGRESS] += 1
             elif e == VERDICT_BAD_SRC_MAC:
                 counters[DROP_BAD_SRC_MAC] += 1
             elif e == VERDICT_RESERVED_GROUP:
                 counters[DROP_RESERVED_GROUP] += 1
-            elif e >= 0 and self.mode == MODE_WIRE:
-                self.ports[e].counters[DROP_PORT_DOWN] += 1
-            else:           # unknown unicast (or learned on a port now down), broadcast, multicast
+            else:
+                # FLOOD: unknown unicast (or learned on a port now down), broadcast, multicast,
+                # or a stage's wish
                 counters[FLOODED] += 1
                 sent = False
                 for o in range(self.nports):

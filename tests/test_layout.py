@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"tun"},
     {"aio"},
     {"devices", "kstats", "naive_forward", "nsexec", "udpport"},
-    {"cleanup", "traffic", "engine", "compat", "compat.pytun", "pcap"},
+    {"cleanup", "traffic", "engine", "compat", "compat.pytun", "pcap", "stages"},
     {"topology", "metrics"},
     {"benchrun"},
     {"benchplot"},

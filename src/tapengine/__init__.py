@@ -26,6 +26,7 @@ try:
         PacketRing,
         slot_size_for,
     )
+    from tapengine._stage import DEFAULT, DROP, FLOOD, Batch, FunctionStage, Stage
     from tapengine._uring import UringIO, open_batch_io
 except ImportError as _err:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -33,7 +34,7 @@ except ImportError as _err:  # pragma: no cover - exercised only on a broken ins
         f"({_err}); build them with 'make build' (or 'pip install -e .' in a checkout)"
     ) from _err
 
-from tapengine.errors import TapengineError
+from tapengine.errors import StageError, TapengineError
 
 #: Control-plane names and the module each comes from, imported on first access.
 _LAZY = {
@@ -98,14 +99,19 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "DEFAULT",
+    "DROP",
+    "FLOOD",
     "FRAME_OFFSET",
     "HEADROOM",
     "PEER_DTYPE",
     "VNET_HDR_DTYPE",
+    "Batch",
     "Bridge",
     "Engine",
     "EngineStats",
     "Forwarder",
+    "FunctionStage",
     "GenConfig",
     "GenResult",
     "Generator",
@@ -123,6 +129,8 @@ __all__ = [
     "ReadvIO",
     "Sink",
     "SinkResult",
+    "Stage",
+    "StageError",
     "TapengineError",
     "Topology",
     "TunQueue",

@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Literal, Self, final
 
@@ -7,6 +8,7 @@ from typing_extensions import disjoint_base
 
 from tapengine._batchio import BatchIO, PortIO
 from tapengine._ring import PacketRing
+from tapengine._stage import Stage
 
 COUNTER_NAMES: tuple[str, ...]
 DROP_REASONS: tuple[str, ...]
@@ -37,6 +39,14 @@ class MacTable:
     @property
     def stats(self) -> dict[str, int]: ...
 
+@final
+class WireStage(Stage):
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
+
+@final
+class SwitchStage(Stage):
+    def __init__(self, table: MacTable) -> None: ...
+
 @disjoint_base
 class Forwarder:
     def __new__(
@@ -50,6 +60,7 @@ class Forwarder:
     ) -> Self: ...
     def add_port(self, fd: int | None, ring: PacketRing, *, vnet_hdr: bool = False,
                  l2: bool = True, port_io: PortIO | None = None) -> int: ...
+    def add_stage(self, stage: Stage, port_names: Sequence[str] | None = None) -> int: ...
     def run(self) -> None: ...
     def stop(self) -> None: ...
     def close(self) -> None: ...
@@ -67,6 +78,10 @@ class Forwarder:
     def histogram(self) -> npt.NDArray[np.uint64]: ...
     @property
     def gso_drops(self) -> npt.NDArray[np.uint64]: ...
+    @property
+    def stages(self) -> tuple[Stage, ...]: ...
+    @property
+    def stage_counters(self) -> npt.NDArray[np.uint64]: ...
     @property
     def passes(self) -> int: ...
     @property

@@ -47,6 +47,7 @@ from tapengine._forward import (
 )
 from tapengine._gso import REASONS as GSO_REASONS
 from tapengine._ring import MAX_SLOT_SIZE, PEER_DTYPE, PacketRing, slot_size_for
+from tapengine._stage import STAGE_COUNTER_NAMES, Stage, as_stage
 from tapengine._uring import UringIO
 from tapengine.errors import DeviceNotFoundError, FlagMismatchError
 from tapengine.netlink import IFF_UP, find_link, link_kind, netlink_errors, rtnl
@@ -373,6 +374,25 @@ class PortStats:
 
 
 @dataclass(frozen=True)
+class StageStats:
+    """One stage's counters, summed over the engine's workers: batches and packets it saw,
+    verdicts it set (dropped, redirected), ones naming no port (misdirected) and lengths it
+    left outside the slot (invalid), both dropped; ``ns`` is the time spent in it."""
+
+    name: str
+    counters: dict[str, int]
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self.counters[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, **self.counters}
+
+
+@dataclass(frozen=True)
 class EngineStats:
     """A snapshot of the engine's counters; ``rates(earlier)`` compares two snapshots."""
 
@@ -384,6 +404,7 @@ class EngineStats:
     batch_sizes: dict[str, int]         # batches read, by size bucket, all ports and workers
     header_drops: dict[str, int]        # virtio-net header / segmentation refusals by reason
     mac_table: list[tuple[str, str, float]] | None = None   # (mac, port name, age s)
+    stages: tuple[StageStats, ...] = ()     # the user's stages, in the order they run
 
     def port(self, name: str) -> PortStats:
         for port in self.ports:
@@ -440,6 +461,7 @@ class EngineStats:
             **({"mac_table": [{"mac": mac, "port": name, "age": round(age, 1)}
                               for mac, name, age in self.mac_table]}
                if self.mac_table is not None else {}),
+            **({"stages": [stage.as_json() for stage in self.stages]} if self.stages else {}),
         }
 
     def format(self) -> str:
@@ -474,6 +496,10 @@ class EngineStats:
         batches = {size: n for size, n in self.batch_sizes.items() if n}
         if batches:
             lines.append("batch sizes: " + ", ".join(f"{size}: {n}" for size, n in batches.items()))
+        for stage in self.stages:
+            lines.append(f"stage {stage.name}: " + ", ".join(
+                f"{name} {n}" for name, n in stage.counters.items() if name != "ns")
+                + f", {stage.ns / max(stage.batches, 1):,.0f} ns/batch")
         if self.mac_table is not None:
             lines.append(f"MAC table: {len(self.mac_table)} entries")
             lines += [f"  {mac}  {name}" for mac, name, _ in self.mac_table]
@@ -521,13 +547,19 @@ class Engine:
     Every port must have the same number of queues; one worker thread serves queue *k* of every
     port. ``budget`` is the most packets read from a port per pass of a worker's loop. A context
     manager: ``with Engine(...) as engine:`` starts it and stops it on the way out.
+
+    ``stages`` run on every batch before the built-in wire or switch, in order: ``Stage``
+    objects (Python or C) or any callable taking a ``Batch``; each worker calls the same
+    objects. ``attach(port_names)`` of each is called once by ``start()``. A stage that raises
+    stops the engine: ``failure`` is then a ``StageError`` whose cause is the stage's exception.
     """
 
     def __init__(self, ports: Sequence[Port | UdpPort], mode: EngineMode = "wire", *,
                  budget: int = 64,
                  table_size: int = 4096, ageing: float = 300.0, spin: int = 0,
                  io: IoBackend = "readv",
-                 coalesce_usecs: int = DEFAULT_COALESCE_USECS) -> None:  # fmt: skip
+                 coalesce_usecs: int = DEFAULT_COALESCE_USECS,
+                 stages: Sequence[Any] = ()) -> None:  # fmt: skip
         if mode not in ("wire", "switch"):
             raise ValueError(f"mode must be 'wire' or 'switch', not {mode!r}")
         names = [port.name for port in ports]
@@ -566,6 +598,11 @@ class Engine:
         check_int(coalesce_usecs, "coalesce time (microseconds)", 0, MAX_COALESCE_USECS)
         self.coalesce_usecs = coalesce_usecs
         self.table = MacTable(table_size, ageing) if mode == "switch" else None
+        self.stages: list[Stage] = [as_stage(stage) for stage in stages]
+        stage_names = [stage.name for stage in self.stages]
+        if len(set(stage_names)) != len(stage_names):
+            raise ValueError(f"two stages have the same name: {', '.join(stage_names)}; "
+                             "give each its own (Stage(name=...))")
         self._forwarders: list[Forwarder] = []
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
@@ -595,6 +632,9 @@ class Engine:
         if self._forwarders:
             raise RuntimeError("the engine was already started")
         nslots = 1 << (self.budget - 1).bit_length()
+        names = [port.name for port in self.ports]
+        for stage in self.stages:
+            stage.attach(names)
         try:
             for k in range(self.workers):
                 uring = UringIO(uring_entries(self.budget)) if self.io == "uring" else None
@@ -607,6 +647,8 @@ class Engine:
                     io = {"port_io": port.port_io(k)} if isinstance(port, UdpPort) else {}
                     forwarder.add_port(None if io else port.queues[k].fileno(), ring,
                                        vnet_hdr=port.vnet_hdr, l2=self._l2, **io)
+                for stage in self.stages:
+                    forwarder.add_stage(stage, names)
                 self._forwarders.append(forwarder)
         except BaseException:
             for forwarder in self._forwarders:
@@ -682,7 +724,9 @@ class Engine:
         hist = np.zeros(len(HISTOGRAM_BUCKETS), dtype=np.uint64)
         header = np.zeros(len(GSO_REASONS), dtype=np.uint64)
         per_queue: list[np.ndarray] = []
+        staged = np.zeros((len(self.stages), len(STAGE_COUNTER_NAMES)), dtype=np.uint64)
         for forwarder in self._forwarders:
+            staged += forwarder.stage_counters
             live = np.array(forwarder.counters)      # one copy, then consistent sums
             per_queue.append(live)
             counters += live
@@ -717,6 +761,9 @@ class Engine:
             batch_sizes={label: int(n) for label, n in zip(HISTOGRAM_BUCKETS, hist, strict=True)},
             header_drops={GSO_REASONS[k]: int(n) for k, n in enumerate(header) if n},
             mac_table=table,
+            stages=tuple(StageStats(stage.name, {name: int(n) for name, n in
+                                                 zip(STAGE_COUNTER_NAMES, row, strict=True)})
+                         for stage, row in zip(self.stages, staged, strict=True)),
         )
 
     def worker_states(self) -> list[dict[str, Any]]:

@@ -120,3 +120,12 @@ class MalformedPacketError(TapengineError, ValueError):
 class PcapFormatError(TapengineError, ValueError):
     """A capture file that is not pcap/pcapng, is truncated or corrupt, or whose link type does
     not fit the device it is replayed into; the message names the file and the byte."""
+
+
+class StageError(TapengineError, RuntimeError):
+    """A stage stopped the engine: a Python stage raised (the exception, with its traceback, is
+    the ``__cause__``) or a C stage's ``process()`` returned -1. ``stage`` is its name;
+    ``first_batch`` says it failed on the first batch it was given."""
+
+    stage: str = ""
+    first_batch: bool = False

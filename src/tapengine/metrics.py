@@ -313,7 +313,8 @@ def _stage_metrics(stages: Any) -> Iterator[Metric]:
     if not stages:
         return
     rows = stages.items() if isinstance(stages, Mapping) else \
-        ((row["name"], row) for row in stages)
+        ((row["name"], row) if isinstance(row, Mapping) else (row.name, row.counters)
+         for row in stages)  # dicts, or the engine's StageStats
     families: dict[str, CounterMetricFamily] = {}
     for stage, counters in rows:
         for key, value in counters.items():

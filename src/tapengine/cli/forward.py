@@ -5,6 +5,11 @@ on exit), start the engine, print one line once it forwards, and run until a sto
 (SIGINT, SIGTERM, SIGHUP or SIGQUIT), then print final stats. SIGUSR1 prints a snapshot of the
 stats on stderr and forwarding goes on (as ``dd`` does). A failure before forwarding starts gives
 every device back the txqueuelen it had.
+
+``--stage PATH.py:NAME`` (or ``MODULE:NAME``) runs a Python stage on every batch before the wire or
+switch decides (tapengine.Stage). A stage that cannot be loaded is one line and exit code 1; a
+stage that raises stops forwarding with exit code STAGE_FAILED_EXIT (3): one line when it raised
+on its first batch, else the stage's traceback, then the line.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import json
 import signal
 import sys
 import threading
+import traceback
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tapengine.cli.common import (
+    ArgType,
     CommandError,
     FloatArg,
     IfnameArg,
@@ -46,6 +54,7 @@ from tapengine.engine import (
     close_ports,
     offload_names,
 )
+from tapengine.errors import InvalidValueError, StageError
 from tapengine.metrics import EngineCollector
 from tapengine.privileges import Identity
 from tapengine.signals import on_signal, signal_name, stop_signals
@@ -58,9 +67,28 @@ if TYPE_CHECKING:
 MAX_QUEUES = 64
 #: Longest --stats-interval: a day.
 MAX_STATS_INTERVAL = 86400.0
+#: The exit code when a stage raised and stopped forwarding.
+STAGE_FAILED_EXIT = 3
 
 SIGNALS_HELP = ("\n\nSIGINT (Ctrl-C), SIGTERM, SIGHUP or SIGQUIT stops it and prints the final "
-                "stats;\nSIGUSR1 prints a snapshot of the stats on stderr and forwarding goes on.")
+                "stats;\nSIGUSR1 prints a snapshot of the stats on stderr and forwarding goes on."
+                "\nA --stage that raises stops it with exit code "
+                f"{STAGE_FAILED_EXIT} (and its traceback).")
+
+
+class StageArg(ArgType):
+    """``PATH.py:NAME`` or ``MODULE:NAME``: its form is checked here, the stage loaded later."""
+
+    kind = "stage"
+
+    def convert(self, text: str) -> str:
+        from tapengine.stages import StageLoadError, split_spec
+
+        try:
+            split_spec(text)
+        except StageLoadError as err:
+            raise InvalidValueError(str(err)) from None
+        return text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=example_epilog("tapengine forward tap0 tap1 --stats-interval 1",
                               "tapengine forward tun0 tun1 --tun --queues 2 --json",
                               "tapengine forward tun0 --tun --udp 10.77.0.1:4789 "
-                              "--peer 10.77.0.2:4789"),
+                              "--peer 10.77.0.2:4789",
+
+"tapengine forward tap0 tap1 --stage "
+                              "examples/stages/drop_port.py:stage"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     forward.add_argument("ports", nargs="+", metavar="DEVICE", type=IfnameArg(),
@@ -133,6 +164,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_COALESCE_USECS}; 0: off; at most {MAX_COALESCE_USECS})")
     add_io_option(parser)
     add_metrics_option(parser)
+    parser.add_argument("--stage", action="append", type=StageArg(), default=[],
+                        metavar="PATH.py:NAME|MODULE:NAME",
+                        help="run this Python stage on every batch before the built-in "
+                             "wire/switch decides (repeat for several, run in order)")
     add_json_option(parser, "final stats as JSON")
 
 
@@ -159,6 +194,11 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("a switch forwards Ethernet frames: --tun is not possible here")
     if len(set(args.ports)) != len(args.ports):
         raise CommandError(f"a device is listed twice: {' '.join(args.ports)}")
+    stages = []
+    if args.stage:
+        from tapengine.stages import load_stage
+
+        stages = [load_stage(spec) for spec in args.stage]
     check_udp_options(args)
     check_metrics(args)
     with serving_metrics(args, EngineCollector()) as metrics:  # bound before any device opens
@@ -170,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         return serve(ports, args.mode, command=args.command_name, label=label,
                      budget=args.budget, io=args.io, coalesce_usecs=args.coalesce_usecs,
                      stats_interval=args.stats_interval, as_json=args.json, user=args.user,
-                     metrics=metrics,
+                     metrics=metrics, stages=stages,
                      **switch_options)  # fmt: skip
 
 
@@ -178,6 +218,7 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
           io: str = "readv", coalesce_usecs: int = DEFAULT_COALESCE_USECS,
           stats_interval: float = 0.0, as_json: bool = False,
           user: Identity | None = None, metrics: MetricsServer | None = None,
+          stages: Sequence[Any] = (),
           **switch_options: Any) -> int:  # fmt: skip
     """Forward between open ``ports`` until a stop signal, then print the final stats; the
     ports are closed on the way out (a failure gives back the txqueuelen they raised).
@@ -185,12 +226,15 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
     ``user`` the process drops every privilege before the workers start. ``metrics`` (the
     server of an ``EngineCollector``) is given the engine; its URL goes in the ready line. A
     worker that failed (and stopped the engine) or did not stop is a one-line error; in the
-    second case the ports stay open, since the worker may still use them."""
+    second case the ports stay open, since the worker may still use them. A stage that raised:
+    its traceback (unless on its first batch), the final stats, one line, and
+    STAGE_FAILED_EXIT."""
     done = False
     engine: Engine | None = None
+    failed: StageError | None = None
     try:
         engine = Engine(ports, mode, budget=budget, io=io, coalesce_usecs=coalesce_usecs,
-                        **switch_options)
+                        stages=stages, **switch_options)
         if metrics is not None:
             metrics.collector.engine = engine
         become(user)
@@ -204,7 +248,7 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
                       f"offload {offload}{served}; Ctrl-C or SIGTERM stops", flush=True)
                 _watch(engine, caught.event, snapshot, stats_interval)
             finally:
-                _close(engine)
+                failed = _close(engine)
         final = engine.stats()
         done = True
     finally:
@@ -213,23 +257,34 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
     if caught.first is not None:
         print(f"tapengine {command}: stopped by {signal_name(caught.first)}",
               file=sys.stderr, flush=True)  # fmt: skip
+    if failed is not None and not failed.first_batch and failed.__cause__ is not None:
+        traceback.print_exception(failed.__cause__, file=sys.stderr)
     if as_json:
         print(json.dumps(final.as_json(), indent=2))
     else:
         print(final.format())
+    if failed is not None:
+        when = "on its first batch" if failed.first_batch else "while forwarding"
+        print(f"tapengine {command}: {failed} ({when}); forwarding stopped",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return STAGE_FAILED_EXIT
     return 0
 
 
-def _close(engine: Engine) -> None:
-    """``engine.close()``, a failed or stuck worker said in one line."""
+def _close(engine: Engine) -> StageError | None:
+    """``engine.close()``, a failed or stuck worker said in one line; returns the StageError of
+    a stage that stopped the engine."""
     try:
         engine.close()
     except StuckWorkerError as err:
         raise CommandError(f"{err}; its devices stay open until this process exits") from None
+    except StageError as err:
+        return err
     except Exception as err:
         if engine.failure is None:
             raise
         raise CommandError(f"a forwarding worker failed and stopped the engine: {err}") from None
+    return None
 
 
 def _report(engine: Engine) -> None:

@@ -1,0 +1,385 @@
+"""Stages (pyx/stage.pyx): the user's logic between a forwarder's receive and its egress choice.
+
+The forwarder runs over SOCK_SEQPACKET socket pairs (tests/test_forward.py's Harness): what a stage
+sees is compared with the bytes sent in, what it decides with what comes out of each port and
+with the counters. The CLI test at the end runs ``tapengine forward --stage`` between two
+namespaces with the kernel's own UDP and TCP sockets as the independent peers; the C example
+(examples/stages/acl) is built against this install and run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import test_cli_forward as clitest
+from fwdnet import add_neighbor, in_netns, tcp_transfer
+from netutil import wait_until
+from tapengine import (
+    DEFAULT,
+    DROP,
+    FLOOD,
+    Batch,
+    Forwarder,
+    FunctionStage,
+    PacketRing,
+    Stage,
+    StageError,
+)
+from tapengine._stage import STAGE_COUNTER_NAMES
+from tapengine.stages import StageLoadError, load_stage
+from test_forward import MAC, Harness, frame
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "stages"
+
+
+def stage_counters(forwarder: Forwarder, index: int = 0) -> dict[str, int]:
+    return dict(zip(STAGE_COUNTER_NAMES, map(int, forwarder.stage_counters[index]), strict=True))
+
+
+@pytest.fixture
+def harness() -> Iterator[Callable[..., Harness]]:
+    """``harness(mode, nports, *stages)``: a running forwarder with these stages."""
+    made: list[Harness] = []
+
+    def make(mode: str, nports: int, *stages: Any) -> Harness:
+        h = Harness(Forwarder(mode), nports)
+        for stage in stages:
+            h.forwarder.add_stage(FunctionStage(stage) if not isinstance(stage, Stage) else stage,
+                                  [f"p{k}" for k in range(nports)])
+        h.thread.start()
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def test_a_python_stage_sees_exactly_the_batch_received(harness: Callable[..., Harness]) -> None:
+    seen: list[tuple[int, str, list[bytes], list[int]]] = []
+
+    def look(batch: Batch) -> None:
+        frames = [bytes(row[:length]) for row, length in zip(batch.frames, batch.lengths,
+                                                              strict=True)]
+        seen.append((batch.port, batch.port_name, frames, batch.verdict.tolist()))
+
+    h = harness("wire", 2, look)
+    sent = [frame(MAC[1], MAC[0], bytes([k]) * (46 + k)) for k in range(20)]
+    for data in sent:
+        h.send(0, data)
+    assert h.recv_all(1) == sent            # a stage that sets nothing changes nothing
+    assert [frames for _, _, frames, _ in seen for frames in frames] == sent
+    assert {(port, name) for port, name, _, _ in seen} == {(0, "p0")}
+    assert all(set(verdict) == {DEFAULT} for _, _, _, verdict in seen)
+    counters = stage_counters(h.forwarder)
+    assert counters["seen"] == 20 and counters["batches"] == len(seen)
+    assert counters["dropped"] == counters["redirected"] == 0
+
+
+def test_drop_verdicts_are_counted_under_the_stage_and_as_filtered(
+        harness: Callable[..., Harness]) -> None:
+    def drop_odd(batch: Batch) -> None:
+        batch.verdict[batch.frames[:, 14] % 2 == 1] = DROP
+
+    h = harness("wire", 2, drop_odd)
+    sent = [frame(MAC[1], MAC[0], bytes([k]) * 46) for k in range(30)]
+    for data in sent:
+        h.send(0, data)
+    assert h.recv_all(1) == sent[::2]
+    assert stage_counters(h.forwarder)["dropped"] == 15
+    assert h.counter(0, "drop_filtered") == 15
+
+
+def test_redirect_and_flood_verdicts_override_the_switch(harness: Callable[..., Harness]) -> None:
+    def steer(batch: Batch) -> None:
+        batch.verdict[batch.frames[:, 14] == 1] = 2
+        batch.verdict[batch.frames[:, 14] == 2] = FLOOD
+
+    h = harness("switch", 3, steer)
+    h.forwarder.table.learn_mac(MAC[1], 1)
+    to_port2 = frame(MAC[1], MAC[0], b"\x01" * 46)
+    flooded = frame(MAC[1], MAC[0], b"\x02" * 46)
+    normal = frame(MAC[1], MAC[0], b"\x03" * 46)
+    for data in (to_port2, flooded, normal):
+        h.send(0, data)
+    assert h.recv_all(1) == [flooded, normal]
+    assert h.recv_all(2) == [to_port2, flooded]
+    assert stage_counters(h.forwarder)["redirected"] == 2
+
+
+def test_a_verdict_naming_no_port_is_counted_and_sent_nowhere(
+        harness: Callable[..., Harness]) -> None:
+    def misdirect(batch: Batch) -> None:
+        batch.verdict[:] = 5                # a wire has ports 0 and 1
+        batch.verdict[0] = -7               # not a verdict at all
+
+    h = harness("wire", 2, misdirect)
+    for k in range(4):
+        h.send(0, frame(MAC[1], MAC[0], bytes([k]) * 46))
+    h.wait_rx(0, 4)
+    assert h.recv_all(1) == [] and h.recv_all(0) == []
+    assert stage_counters(h.forwarder)["misdirected"] == 4
+    assert h.counter(0, "drop_no_egress") == 4
+
+
+def test_a_redirect_to_a_port_that_is_down_is_counted_there() -> None:
+    # Port 2 is a listening seqpacket socket with a connection waiting: readable for ever, every
+    # read fails (ENOTCONN), so the forwarder takes it down after a second (test_forward.py).
+    def to_port2(batch: Batch) -> None:
+        batch.verdict[:] = 2
+
+    h = Harness(Forwarder("switch"), 2)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind("\0" + f"tapengine-stage-test-{os.getpid()}-{threading.get_native_id()}")
+    listener.listen(1)
+    caller = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    caller.connect(listener.getsockname())
+    listener.setblocking(False)
+    h.forwarder.add_port(listener.fileno(), PacketRing(64, 2048))
+    h.forwarder.add_stage(FunctionStage(to_port2))
+    h.thread.start()
+    try:
+        wait_until(lambda: not h.forwarder.port_up(2), 30, "port 2 to go down")
+        for k in range(3):
+            h.send(0, frame(MAC[1], MAC[0], bytes([k]) * 46))
+        assert h.recv_all(1) == []
+        assert h.counter(2, "drop_port_down") == 3
+        assert stage_counters(h.forwarder)["redirected"] == 3
+    finally:
+        h.close()
+        listener.close()
+        caller.close()
+
+
+def test_a_stage_rewrites_frames_and_lengths_in_place(harness: Callable[..., Harness]) -> None:
+    new_dst = np.frombuffer(bytes.fromhex("020000000009"), dtype=np.uint8)
+
+    def rewrite(batch: Batch) -> None:
+        batch.frames[:, 0:6] = new_dst
+        batch.lengths[:] -= 10
+
+    h = harness("wire", 2, rewrite)
+    sent = frame(MAC[1], MAC[0], b"z" * 60)
+    h.send(0, sent)
+    assert h.recv_all(1) == [new_dst.tobytes() + sent[6:-10]]
+
+
+def test_a_length_past_the_slot_drops_the_packet_and_counts_it(
+        harness: Callable[..., Harness]) -> None:
+    def overrun(batch: Batch) -> None:
+        batch.lengths[0] = batch.frames.shape[1] + 1
+
+    h = harness("wire", 2, overrun)
+    h.send(0, frame(MAC[1], MAC[0]))
+    h.wait_rx(0, 1)
+    assert h.recv_all(1) == []
+    assert stage_counters(h.forwarder)["invalid"] == 1
+    assert h.counter(0, "drop_malformed") == 1
+
+
+def test_stages_run_in_order_and_each_counts_its_own_verdicts(
+        harness: Callable[..., Harness]) -> None:
+    order: list[str] = []
+
+    def first(batch: Batch) -> None:
+        order.append("first")
+        batch.verdict[:] = DROP
+
+    def second(batch: Batch) -> None:
+        order.append("second")
+        assert (batch.verdict == DROP).all()    # sees the verdicts so far
+        batch.verdict[0] = DEFAULT              # and may take one back
+
+    h = harness("wire", 2, first, second)
+    sent = frame(MAC[1], MAC[0])
+    h.send(0, sent)
+    assert h.recv_all(1) == [sent]
+    assert order == ["first", "second"]
+    assert stage_counters(h.forwarder, 0)["dropped"] == 1
+
+
+@pytest.mark.parametrize("fail_on", [1, 3])
+def test_an_exception_in_a_stage_stops_the_forwarder_with_its_traceback(fail_on: int) -> None:
+    calls: list[int] = []
+
+    def flaky(batch: Batch) -> None:
+        calls.append(batch.n)
+        if len(calls) == fail_on:
+            raise ZeroDivisionError("the stage's own bug")
+
+    h = Harness(Forwarder("wire"), 2)
+    h.forwarder.add_stage(FunctionStage(flaky))
+    failure: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            h.forwarder.run()
+        except BaseException as exc:  # the point of the test
+            failure["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        for k in range(fail_on):            # one frame per batch: each read before the next
+            h.send(0, frame(MAC[1], MAC[0], bytes([k]) * 46))
+            wait_until(lambda k=k: len(calls) > k, 30, f"batch {k + 1} to reach the stage")
+        thread.join(30)
+        assert not thread.is_alive(), "the forwarder did not stop after the stage raised"
+    finally:
+        h.forwarder.stop()
+        thread.join(30)
+        h.forwarder.close()
+        for sock in h.inner + h.outer:
+            sock.close()
+    error = failure["error"]
+    assert isinstance(error, StageError) and error.stage == "flaky"
+    assert isinstance(error.__cause__, ZeroDivisionError)
+    assert error.__cause__.__traceback__ is not None
+    assert error.first_batch == (fail_on == 1)
+
+
+def test_stage_names_and_callables() -> None:
+    def my_filter(batch: Batch) -> None:
+        pass
+
+    assert FunctionStage(my_filter).name == "my_filter"
+    assert Stage(name="acl").name == "acl"
+    assert type(load_stage(f"{EXAMPLES / 'drop_port.py'}:stage")).__name__ == "DropPort"
+    with pytest.raises(TypeError, match="callable"):
+        FunctionStage(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="printable"):
+        Stage(name="")
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("nowhere.py:stage", "no file"),
+    ("examples/stages/drop_port.py:nothing", "has no 'nothing'"),
+    ("examples/stages/drop_port.py:DROP", "is not callable"),
+    ("tapengine_no_such_module:stage", "No module named"),
+    ("drop_port.py", "expected PATH.py:NAME or MODULE:NAME"),
+])
+def test_a_stage_that_cannot_be_loaded_is_one_line(spec: str, message: str) -> None:
+    with pytest.raises(StageLoadError, match=message):
+        load_stage(str(ROOT / spec) if spec.startswith("examples") else spec)
+
+
+def test_forward_refuses_a_stage_it_cannot_load_before_touching_a_device(prefix: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tapengine", "forward", f"{prefix}x0", f"{prefix}x1",
+         "--stage", str(EXAMPLES / "drop_port.py:nothing")],
+        capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "has no 'nothing'" in result.stderr
+
+
+# -- the command line, with the kernel's sockets in two namespaces ---------------------------
+
+
+forward_cli = clitest.cli      # tapengine on new taps, each in its own namespace (10.77.0.k)
+
+
+def udp_socket(netns: str, address: tuple[str, int]) -> socket.socket:
+    sock = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(address)
+    return sock
+
+
+def test_forward_with_drop_port_drops_exactly_the_blocked_udp_flow(
+        forward_cli: Callable[..., tuple]) -> None:
+    proc, line, (a, b) = forward_cli("forward", 2, "--stage",
+                                     str(EXAMPLES / "drop_port.py") + ":stage", "--json")
+    add_neighbor(a, b)
+    add_neighbor(b, a)
+    assert line.startswith("forwarding ")
+    count = 200
+    blocked = udp_socket(b.netns, (b.ip, 9))
+    other = udp_socket(b.netns, (b.ip, 10))
+    sender = in_netns(a.netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    with blocked, other, sender:
+        payloads = [os.urandom(100) for _ in range(count)]
+        for payload in payloads:            # the blocked flow first: it would arrive first
+            sender.sendto(payload, (b.ip, 9))
+        for payload in payloads:
+            sender.sendto(payload, (b.ip, 10))
+        other.settimeout(30)
+        assert [other.recv(2048) for _ in payloads] == payloads
+        blocked.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            blocked.recv(2048)
+    sent, received, nbytes = tcp_transfer(a, b, 1 << 20)
+    assert (received, nbytes) == (sent, 1 << 20)
+    code, out, err = clitest.stop(proc)
+    assert code == 0, err
+    final = json.loads(out)
+    (stage,) = final["stages"]
+    assert stage["name"] == "drop_port" and stage["dropped"] == count
+    ports = {port["ifname"]: port for port in final["ports"]}
+    assert ports[a.ifname]["drops"] == {"filtered": count}
+
+
+RAISES_LATER = """
+calls = 0
+
+def stage(batch):
+    global calls
+    calls += 1
+    if calls == CALLS:
+        raise RuntimeError("the stage gave up")
+"""
+
+
+@pytest.mark.parametrize("calls", [1, 2], ids=["first batch", "later"])
+def test_forward_stops_with_exit_code_3_when_a_stage_raises(
+        forward_cli: Callable[..., tuple], tmp_path: Path, calls: int) -> None:
+    path = tmp_path / "raises.py"
+    path.write_text(RAISES_LATER.replace("CALLS", str(calls)))
+    proc, _, (a, b) = forward_cli("forward", 2, "--stage", f"{path}:stage")
+    sender = in_netns(a.netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    with sender:
+        # a datagram every few ms until tapengine stops: the stage gets its batches one by one
+        # or together, and raises on the first or second call either way
+        def stopped() -> bool:
+            if proc.poll() is not None:
+                return True
+            with contextlib.suppress(OSError):  # the tap vanishes as tapengine exits
+                sender.sendto(b"x", (b.ip, 9))
+            return False
+
+        wait_until(stopped, 60, "tapengine to stop after the stage raised")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    last = err.strip().splitlines()[-1]
+    assert "stage 'stage' raised RuntimeError: the stage gave up" in last
+    if calls == 1:
+        assert "on its first batch" in last and "Traceback" not in err
+    else:
+        assert "Traceback" in err and "raises.py" in err
+
+
+# -- the C example, built against this install ---------------------------------------------
+
+
+def test_the_c_stage_example_builds_and_drops_without_the_gil(tmp_path: Path) -> None:
+    work = tmp_path / "acl"
+    shutil.copytree(EXAMPLES / "acl", work)
+    build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                           cwd=work, capture_output=True, text=True, timeout=300, check=False)
+    assert build.returncode == 0, build.stdout + build.stderr
+    check = subprocess.run([sys.executable, "acl_check.py"], cwd=work, capture_output=True,
+                           text=True, timeout=120, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "50 of 150 frames dropped" in check.stdout
