@@ -265,6 +265,15 @@ cdef class FunctionStage(Stage):
         self.function(batch)
 
 
+@cython.final
+cdef class NullStage(Stage):
+    """A C stage that does nothing: what the stage mechanism itself costs (bench/stage_cost.py)."""
+
+    cdef int process(self, int port, PacketRing ring, uint32_t first, uint32_t n,
+                     int32_t *verdict) noexcept nogil:
+        return 0
+
+
 def as_stage(obj, name=None):
     """``obj`` if it is a ``Stage``, else a ``FunctionStage`` calling it; TypeError otherwise."""
     if isinstance(obj, Stage):
