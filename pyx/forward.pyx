@@ -20,7 +20,8 @@ in between (a dead io_uring, ``EBUSY``): its fd leaves the epoll set, so the wor
 of spinning on it. The loop keeps serving the others; once no port is up, ``run()`` raises (a
 worker that can never forward again must not look alive). On a ``port_io`` port (a socket)
 ``EPOLLERR`` is an error queued on the socket, such as an ICMP port unreachable for a connected UDP
-socket whose peer restarts: the receive counts it (``rx_errors``) and the port stays up.
+socket whose peer restarts: the receive counts it (``rx_errors``) and the port stays up, however
+long such errors keep coming (they are not a failing read).
 
 The forwarder owns what its loop uses: ``add_port`` takes a ``dup()`` of the fd (closed by
 ``close()``), so the caller closing its fd cannot hand the number to an unrelated file under the
@@ -32,7 +33,10 @@ Python at any time without stopping anything (each 64-bit load is atomic on the 
 """
 
 cimport cython
-from libc.errno cimport EBADFD, EINTR, EIO, ENODEV, ENXIO, EPIPE, errno
+from libc.errno cimport (
+    EBADFD, ECONNREFUSED, EHOSTDOWN, EHOSTUNREACH, EINTR, EIO, EMSGSIZE, ENETDOWN, ENETUNREACH,
+    ENODEV, ENXIO, EPIPE, errno,
+)
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
@@ -149,6 +153,13 @@ cdef inline uint64_t _mac_at(const uint8_t *p) noexcept nogil:
 
 cdef inline bint _device_gone(int err) noexcept nogil:
     return err == EBADFD or err == ENODEV or err == ENXIO
+
+
+cdef inline bint _queued_socket_error(int err) noexcept nogil:
+    # An ICMP error queued on a socket (sk_err), reported once by the next receive: its peer or
+    # the path to it is away for now, nothing that failing again makes permanent.
+    return (err == ECONNREFUSED or err == EHOSTUNREACH or err == ENETUNREACH
+            or err == EHOSTDOWN or err == ENETDOWN or err == EMSGSIZE)
 
 
 cdef inline bint _needs_segmentation(const uint8_t *hdr) noexcept nogil:
@@ -991,7 +1002,10 @@ cdef class Forwarder:
             else:
                 port.counters[RX_ERRORS] += 1
                 port.counters[LAST_ERRNO] = err
-                self._read_failed(i, err)
+                # a socket's queued ICMP errors may keep coming while its peer is away (each
+                # send brings one back): counted, but never a read that takes the port down
+                if port.port_io == NULL or not _queued_socket_error(err):
+                    self._read_failed(i, err)
         elif n == 0:
             port.failing_errno = 0      # EAGAIN: the fd works, there is just nothing to read
         return n
