@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -101,6 +102,14 @@ def assert_matches_json(samples: Samples, final: dict) -> None:
     assert value(samples, "tapengine_engine_info", mode=final["mode"], workers=str(workers)) == 1
     if "mac_table" in final:
         assert value(samples, "tapengine_mac_table_entries") == len(final["mac_table"])
+    for stage in final.get("stages", []):
+        for key, count in stage.items():
+            if key == "ns":
+                assert value(samples, "tapengine_stage_seconds_total", stage=stage["name"]) == \
+                    count / 1e9
+            elif key != "name":
+                assert value(samples, f"tapengine_stage_{key}_total", stage=stage["name"]) == \
+                    count, key
 
 
 # -- the address ------------------------------------------------------------------------------
@@ -249,24 +258,22 @@ def test_an_engine_not_given_yet_scrapes_empty() -> None:
 
 
 def test_stage_counters_become_metrics() -> None:
-    from tapengine.metrics import engine_metrics
+    from dataclasses import replace
 
-    class WithStages:  # EngineStats gains per-stage counters under "stages"
-        def __init__(self, stats: EngineStats) -> None:
-            self.__dict__.update(stats.__dict__)
-            self.stages = {"acl": {"seen": 10, "dropped": 3, "redirected": 1, "ns": 2_000_000}}
+    from tapengine.engine import StageStats
 
+    stats = replace(fake_stats(), stages=(
+        StageStats("acl", {"batches": 4, "seen": 10, "dropped": 3, "redirected": 1,
+                           "ns": 2_000_000}),
+        StageStats("mirror", {"batches": 4, "seen": 7, "dropped": 0, "redirected": 7, "ns": 5}),
+    ))  # fmt: skip
     registry = CollectorRegistry(auto_describe=False)
-
-    class Collector:
-        def collect(self) -> Iterator:
-            return engine_metrics(WithStages(fake_stats()))  # type: ignore[arg-type]
-
-    registry.register(Collector())  # type: ignore[arg-type]
+    registry.register(EngineCollector(FakeEngine(stats)))  # type: ignore[arg-type]
     samples = parse(generate_latest(registry).decode())
+    assert_matches_json(samples, json.loads(json.dumps(stats.as_json())))
     assert value(samples, "tapengine_stage_seen_total", stage="acl") == 10
     assert value(samples, "tapengine_stage_dropped_total", stage="acl") == 3
-    assert value(samples, "tapengine_stage_redirected_total", stage="acl") == 1
+    assert value(samples, "tapengine_stage_redirected_total", stage="mirror") == 7
     assert value(samples, "tapengine_stage_seconds_total", stage="acl") == 0.002
 
 
@@ -322,12 +329,19 @@ def settled(url: str, hosts: list[Host]) -> Samples | None:
     return samples
 
 
-@pytest.mark.parametrize("command", ["forward", "switch"])
-def test_a_scrape_equals_the_final_json(command: str, make_netns: Callable[[str], str],
-                                        prefix: str, procs: list) -> None:  # fmt: skip
+DROP_PORT = str(Path(__file__).resolve().parent.parent / "examples/stages/drop_port.py")
+
+
+@pytest.mark.parametrize(("command", "stage"),
+                         [("forward", False), ("switch", False), ("forward", True)],
+                         ids=["forward", "switch", "forward-with-a-stage"])
+def test_a_scrape_equals_the_final_json(command: str, stage: bool,
+                                        make_netns: Callable[[str], str], prefix: str,
+                                        procs: list) -> None:  # fmt: skip
     n = 2 if command == "forward" else 3
     names = [f"{prefix}p{k}" for k in range(n)]
-    proc = start(command, *names, "--json", "--metrics", "0")
+    options = ["--stage", f"{DROP_PORT}:stage"] if stage else []
+    proc = start(command, *names, "--json", "--metrics", "0", *options)
     procs.append(proc)
     line = read_line(proc)
     url = metrics_url(line)
@@ -343,6 +357,8 @@ def test_a_scrape_equals_the_final_json(command: str, make_netns: Callable[[str]
     sizes = [18 + (37 * k) % 1400 for k in range(120)]
     for k, host in enumerate(hosts):
         udp_send(host, hosts[(k + 1) % n], [bytes(size) for size in sizes[k::n]])
+    if stage:                                   # dropped by the stage: UDP to port 9
+        udp_send(hosts[0], hosts[1], [bytes(40)] * 7, port=9)
     samples = wait_until(lambda: settled(url, hosts), 60, "the engine to forward every datagram")
     code, out, err = stop(proc)
     assert code == 0, err
@@ -353,6 +369,10 @@ def test_a_scrape_equals_the_final_json(command: str, make_netns: Callable[[str]
     assert total(samples, "tapengine_port_packets_total", direction="rx") >= len(sizes)
     assert value(samples, "tapengine_batch_size_packets_count") == \
         sum(port["batches"] for port in final["ports"])
+    if stage:
+        assert value(samples, "tapengine_stage_dropped_total", stage="drop_port") == 7
+        assert value(samples, "tapengine_stage_seen_total", stage="drop_port") == \
+            total(samples, "tapengine_port_packets_total", direction="rx")
 
 
 def send_frames(netns: str, ifname: str, frames: list[bytes]) -> None:

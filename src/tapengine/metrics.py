@@ -24,8 +24,8 @@ What is exported (every counter from the start, zeros included, so no series app
   ``tapengine_worker_sleeps_total{worker}``, ``tapengine_engine_failed``,
   ``tapengine_engine_elapsed_seconds``, ``tapengine_engine_info{mode}``,
   ``tapengine_mac_table_entries`` (switch).
-- ``tapengine_stage_<counter>_total{stage}`` for each per-stage counter, and
-  ``tapengine_stage_seconds_total{stage}`` for the time spent in it.
+- ``tapengine_stage_<counter>_total{stage}`` for each counter of each stage (``batches``,
+  ``seen``, ``dropped``, ``redirected``, ...), and ``tapengine_stage_seconds_total{stage}``.
 
 The listening address is parsed by ``parse_listen`` (``9464`` means ``127.0.0.1:9464``) and a
 non-loopback address is refused by ``check_bind`` unless asked for with ``public=True``: the
@@ -301,33 +301,38 @@ def engine_metrics(stats: EngineStats, *, workers: list[dict[str, Any]] | None =
     if stats.mac_table is not None:
         yield GaugeMetricFamily("tapengine_mac_table_entries", "MAC addresses the switch knows.",
                                 value=len(stats.mac_table))
-    yield from _stage_metrics(getattr(stats, "stages", None))
+    yield from _stage_metrics(stats.stages)
 
 
-def _stage_metrics(stages: Any) -> Iterator[Metric]:
-    """``tapengine_stage_<counter>_total{stage}`` for each counter of each stage, and the time
-    spent in it (``ns``) as ``tapengine_stage_seconds_total``. ``stages`` maps a stage name to
-    its counters (or is a list of dicts with a ``name``); None or empty: nothing."""
+#: What each per-stage counter (``StageStats.counters``) counts; others get a generic line.
+_STAGE_DOCS = {
+    "batches": "Batches the stage was called with.",
+    "seen": "Packets the stage saw.",
+    "dropped": "Packets the stage dropped (a DROP verdict).",
+    "redirected": "Packets the stage sent to another port or flooded.",
+    "misdirected": "Packets the stage sent to no port that exists (dropped).",
+    "invalid": "Packets the stage left with an offset or length outside the slot (dropped).",
+}
+
+
+def _stage_metrics(stages: Iterable[Any]) -> Iterator[Metric]:
+    """For each stage (a ``StageStats``: ``name`` and ``counters``) and each of its counters,
+    ``tapengine_stage_<counter>_total{stage}``; the time spent in it (``ns``) as
+    ``tapengine_stage_seconds_total``."""
     from prometheus_client.core import CounterMetricFamily
 
-    if not stages:
-        return
-    rows = stages.items() if isinstance(stages, Mapping) else \
-        ((row["name"], row) if isinstance(row, Mapping) else (row.name, row.counters)
-         for row in stages)  # dicts, or the engine's StageStats
     families: dict[str, CounterMetricFamily] = {}
-    for stage, counters in rows:
-        for key, value in counters.items():
-            if key == "name" or not isinstance(value, int | float):
-                continue
+    for stage in stages:
+        for key, value in stage.counters.items():
             if key == "ns":
                 metric, doc, value = "stage_seconds", "Time spent in the stage.", value / 1e9
             else:
-                metric, doc = f"stage_{key}", f"Packets the stage {key.replace('_', ' ')}."
+                metric = f"stage_{key}"
+                doc = _STAGE_DOCS.get(key, f"The stage's {key.replace('_', ' ')} counter.")
             if metric not in families:
                 families[metric] = CounterMetricFamily(f"tapengine_{metric}", doc,
                                                        labels=["stage"])
-            families[metric].add_metric([str(stage)], value)
+            families[metric].add_metric([stage.name], value)
     yield from families.values()
 
 
