@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
@@ -191,6 +192,71 @@ def test_a_udp_port_carries_both_ways_and_outlives_icmp_errors(
             assert errors() == 1 and engine.stats().port(udp.name).up
             assert (f"{udp.name}: UDP, local {format_endpoint(udp.local)}, remote "
                     f"{format_endpoint(far.getsockname())}") in engine.stats().format()
+
+
+def test_an_unconnected_udp_port_takes_anyone_and_sends_where_a_stage_says(
+        make_netns: Callable[[str], str]) -> None:
+    """Without a remote address the port takes datagrams from any sender; a packet of the tun
+    leaves only with a peer address, which a stage sets from the batch's ``peers`` view. With
+    none the send is refused by the kernel and counted as a transmit error, never sent."""
+    import errno
+
+    import numpy as np
+    from scapy.layers.inet import IP, UDP
+
+    from tapengine.engine import open_port
+    from tapengine.netns import run_in_netns
+
+    netns = make_netns("s")
+    with IPRoute(netns=netns) as ipr:
+        ipr.link("set", index=1, state="up")
+    far, stranger, inner = (in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+                            for _ in range(3))
+    address = {"on": False}
+
+    def to_far(batch: Any) -> None:      # packets from the tun go to the far socket, if asked
+        if batch.port_name == "tun0" and address["on"]:
+            peers = batch.peers
+            peers["family"] = socket.AF_INET
+            peers["port"] = far.getsockname()[1]
+            peers["addr4"] = np.frombuffer(socket.inet_aton("127.0.0.1"), np.uint8)
+
+    with far, stranger, inner:
+        for sock in (far, stranger):
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(30)
+        tun = run_in_netns(netns, open_port, "tun0", mode="tun", offload=False)
+        udp = open_udp_port("127.0.0.1:0", netns=netns)
+        assert udp.remote is None and udp.addresses()["remote"] is None
+        with tun, udp, Engine([tun, udp], stages=[to_far]) as engine:
+            with IPRoute(netns=netns) as ipr:
+                (index,) = ipr.link_lookup(ifname="tun0")
+                ipr.addr("add", index=index, address="10.78.0.1", prefixlen=24)
+                ipr.link("set", index=index, state="up")
+            inner.bind(("10.78.0.1", 0))
+            inner.settimeout(30)
+            # Anyone's datagram reaches the tun.
+            for k, sender in enumerate((far, stranger)):
+                back = IP(src="10.78.0.2", dst="10.78.0.1") / UDP(
+                    sport=7, dport=inner.getsockname()[1]) / (b"in %d" % k)
+                sender.sendto(bytes(back), udp.local)
+                assert inner.recvfrom(2048) == (b"in %d" % k, ("10.78.0.2", 7))
+
+            def port() -> Any:
+                return engine.stats().port(udp.name)
+
+            # No address: refused by the kernel (EDESTADDRREQ), counted, nothing sent.
+            inner.sendto(b"nowhere", ("10.78.0.2", 7))
+            wait_until(lambda: port().drops.get("tx_error", 0) >= 1, 30,
+                       "the packet without an address to be counted")
+            assert port().counters["last_errno"] == errno.EDESTADDRREQ
+            assert port().tx_packets == 0
+            # The stage gives every packet of the tun the far socket's address.
+            address["on"] = True
+            inner.sendto(b"out", ("10.78.0.2", 7))
+            while not (packet := far.recv(2048)).endswith(b"out"):
+                assert not packet.endswith(b"nowhere")
+            assert port().tx_packets >= 1
 
 
 # -- the tunnel ------------------------------------------------------------------------------
