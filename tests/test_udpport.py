@@ -131,6 +131,24 @@ def test_forward_refuses_a_bad_udp_invocation_with_one_line(
 # -- one engine: tun <-> UDP port, against the kernel's sockets ------------------------------
 
 
+def loopback_netns(make_netns: Callable[[str], str], suffix: str) -> str:
+    """A namespace of the test's, its loopback up."""
+    netns = make_netns(suffix)
+    with IPRoute(netns=netns) as ipr:
+        ipr.link("set", index=1, state="up")
+    return netns
+
+
+def address_up(netns: str, ifname: str, address: str, *, mtu: int | None = None) -> None:
+    """Give ``ifname`` (inside ``netns``) ``address``/24 (and ``mtu``) and bring it up."""
+    with IPRoute(netns=netns) as ipr:
+        (index,) = ipr.link_lookup(ifname=ifname)
+        if mtu is not None:
+            ipr.link("set", index=index, mtu=mtu)
+        ipr.addr("add", index=index, address=address, prefixlen=24)
+        ipr.link("set", index=index, state="up")
+
+
 def icmp_port_unreachable(local: tuple[str, int], remote: tuple[str, int]) -> bytes:
     """The ICMP error a host sends back when a datagram from ``local`` finds no socket at
     ``remote``: type 3 code 3, quoting the datagram's IPv4 and UDP headers."""
@@ -150,9 +168,7 @@ def test_a_udp_port_carries_both_ways_and_outlives_icmp_errors(
     from tapengine.engine import open_port
     from tapengine.netns import run_in_netns
 
-    netns = make_netns("i")
-    with IPRoute(netns=netns) as ipr:
-        ipr.link("set", index=1, state="up")
+    netns = loopback_netns(make_netns, "i")
     far = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
     inner = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
     raw = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -162,10 +178,7 @@ def test_a_udp_port_carries_both_ways_and_outlives_icmp_errors(
         tun = run_in_netns(netns, open_port, "tun0", mode="tun", offload=False)
         udp = open_udp_port("127.0.0.1:0", far.getsockname(), netns=netns)
         with tun, udp, Engine([tun, udp]) as engine:
-            with IPRoute(netns=netns) as ipr:
-                (index,) = ipr.link_lookup(ifname="tun0")
-                ipr.addr("add", index=index, address="10.78.0.1", prefixlen=24)
-                ipr.link("set", index=index, state="up")
+            address_up(netns, "tun0", "10.78.0.1")
             inner.bind(("10.78.0.1", 0))
             inner.settimeout(30)
 
@@ -207,9 +220,7 @@ def test_an_unconnected_udp_port_takes_anyone_and_sends_where_a_stage_says(
     from tapengine.engine import open_port
     from tapengine.netns import run_in_netns
 
-    netns = make_netns("s")
-    with IPRoute(netns=netns) as ipr:
-        ipr.link("set", index=1, state="up")
+    netns = loopback_netns(make_netns, "s")
     far, stranger, inner = (in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
                             for _ in range(3))
     address = {"on": False}
@@ -229,10 +240,7 @@ def test_an_unconnected_udp_port_takes_anyone_and_sends_where_a_stage_says(
         udp = open_udp_port("127.0.0.1:0", netns=netns)
         assert udp.remote is None and udp.addresses()["remote"] is None
         with tun, udp, Engine([tun, udp], stages=[to_far]) as engine:
-            with IPRoute(netns=netns) as ipr:
-                (index,) = ipr.link_lookup(ifname="tun0")
-                ipr.addr("add", index=index, address="10.78.0.1", prefixlen=24)
-                ipr.link("set", index=index, state="up")
+            address_up(netns, "tun0", "10.78.0.1")
             inner.bind(("10.78.0.1", 0))
             inner.settimeout(30)
             # Anyone's datagram reaches the tun.
@@ -316,11 +324,7 @@ def bring_up_tun(side: Side) -> None:
     """The engine made the tun (or tap) inside the namespace; address it in the overlay (IPv4
     only: no router solicitations of its own) and bring it up."""
     in_netns(side.netns, _no_ipv6, side.tun)
-    with IPRoute(netns=side.netns) as ipr:
-        (index,) = ipr.link_lookup(ifname=side.tun)
-        ipr.link("set", index=index, mtu=TUN_MTU)
-        ipr.addr("add", index=index, address=side.overlay.ip, prefixlen=24)
-        ipr.link("set", index=index, state="up")
+    address_up(side.netns, side.tun, side.overlay.ip, mtu=TUN_MTU)
 
 
 @pytest.fixture
