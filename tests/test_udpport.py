@@ -6,7 +6,8 @@ The tunnel: namespaces A and B joined by a veth (the underlay, IPv4 or IPv6). In
 its tun as the payload of one datagram to the other engine, which writes it to its own tun. The
 overlay (10.78.0.0/24 on the tuns) has no other way between the namespaces, so what the kernel's
 TCP and UDP sockets deliver there crossed both engines and the underlay as UDP datagrams. With taps
-instead of tuns, the datagrams carry Ethernet frames (ARP included): an L2 tunnel.
+instead of tuns, the datagrams carry Ethernet frames (ARP included): an L2 tunnel. And the same
+through two engines whose sockets live in a third namespace, apart from the hosts' taps.
 """
 
 from __future__ import annotations
@@ -265,6 +266,32 @@ def test_an_unconnected_udp_port_takes_anyone_and_sends_where_a_stage_says(
             while not (packet := far.recv(2048)).endswith(b"out"):
                 assert not packet.endswith(b"nowhere")
             assert port().tx_packets >= 1
+
+
+def test_two_engines_in_a_third_namespace_join_the_taps_of_two_others(
+        make_netns: Callable[[str], str], prefix: str) -> None:
+    """Hosts A and B each hold a tap; both engines run here, their UDP sockets in namespace E
+    (over its loopback): the tap and the socket of one port live in different namespaces."""
+    from tapengine.engine import open_port
+
+    engines_ns = loopback_netns(make_netns, "e")
+    hosts = [Host(make_netns(name), prefix + name, OVERLAY[k])
+             for k, name in enumerate(("ha", "hb"))]
+    # Each engine's tap: made here (its fd keeps working once the link moves), then moved.
+    taps = [open_port(host.ifname, offload=False, txqueuelen=0) for host in hosts]
+    ends = [("127.0.0.1", PORT), ("127.0.0.1", PORT + 1)]    # E's own loopback: ports are free
+    udps = [open_udp_port(ends[k], ends[1 - k], netns=engines_ns) for k in range(2)]
+    with taps[0], taps[1], udps[0], udps[1], Engine([taps[0], udps[0]]), \
+            Engine([taps[1], udps[1]]):
+        for host in hosts:
+            with IPRoute() as ipr:
+                (index,) = ipr.link_lookup(ifname=host.ifname)
+                ipr.link("set", index=index, net_ns_fd=host.netns)
+            in_netns(host.netns, _no_ipv6, host.ifname)
+            address_up(host.netns, host.ifname, host.ip)
+        for src, dst in ((hosts[0], hosts[1]), (hosts[1], hosts[0])):
+            sent, received = udp_exchange(src, dst, 64)
+            assert received == sent
 
 
 # -- the tunnel ------------------------------------------------------------------------------
