@@ -155,5 +155,6 @@ cdef class Replayer:
     cdef uint64_t file_t0               # timestamp of the first packet of this pass
     cdef uint64_t mono_t0               # when that packet was (or is) due
     cdef bint anchored
+    cdef uint64_t pass_packets          # packets of this pass put into the ring
     cdef volatile int stop_requested
     cdef readonly dict summary          # what PcapReader.scan() found

@@ -969,8 +969,9 @@ cdef int replay_fill(Replayer rp) noexcept nogil:
             return -1
         if rc == 0:
             rp.counters.loops += 1
-            if rp.loops and rp.counters.loops >= rp.loops:
-                return 1
+            if (rp.loops and rp.counters.loops >= rp.loops) or not rp.pass_packets:
+                return 1                    # the last pass, or one that had nothing to send
+            rp.pass_packets = 0
             rp.reader.pos = rp.reader.start
             rp.reader.nif = 0
             rp.anchored = False             # the next pass keeps its own timing
@@ -979,6 +980,7 @@ cdef int replay_fill(Replayer rp) noexcept nogil:
             rp.counters.too_long += 1
             continue
         slot = rp.ring.tail
+        rp.pass_packets += 1
         memcpy(ring_fresh(rp.ring, slot), pkt.data, pkt.caplen)
         memset(ring_hdr(rp.ring, slot), 0, VNET_HDR_LEN)
         ring_len(rp.ring, slot)[0] = pkt.caplen

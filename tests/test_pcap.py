@@ -32,6 +32,7 @@ from tapengine._pcapng import (
     MIN_BUFFER,
     PcapngWriter,
     PcapReader,
+    Replayer,
 )
 from tapengine._ring import PacketRing
 from tapengine.errors import PcapFormatError
@@ -226,6 +227,54 @@ def test_reader_reads_what_scapy_writes(tmp_path: Path, kind: str) -> None:
     assert [data for _, _, data, _ in got] == [bytes(p) for p in packets]
     assert [ts for ts, _, _, _ in got] == [1_700_000_000 * 10**9 + i * 125_000_000
                                            for i in range(25)]
+
+
+def _replay_into_a_socket(replayer: Replayer, expected: int) -> list[bytes]:
+    """Run ``replayer`` into one end of a datagram socketpair (one write, one datagram);
+    returns the datagrams read from the other end."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    got: list[bytes] = []
+
+    def read() -> None:
+        theirs.settimeout(30)
+        while len(got) < expected:
+            got.append(theirs.recv(65536))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with ours, theirs:
+        assert replayer.run(ours.fileno()) == expected
+        reader.join(60)
+    return got
+
+
+def test_replay_loops_over_the_file_and_skips_what_does_not_fit(tmp_path: Path) -> None:
+    ring = PacketRing(64, 2048)
+    frames = [frame(i, 110 + 50 * i) for i in range(10)]
+    fill(ring, frames)
+    path = tmp_path / "l.pcapng"
+    with PcapngWriter(path, [("p", LINKTYPE_ETHERNET, False)]) as writer:
+        writer.capture(ring, 0, 10)
+    replayer = Replayer(PcapReader(path), l2=True, speed=0, loops=3, slot_size=400)
+    fits = [f for f in frames if len(f) <= 400]
+    assert _replay_into_a_socket(replayer, 3 * len(fits)) == fits * 3
+    counters = replayer.counters[0]
+    assert (int(counters["loops"]), int(counters["too_long"])) == (3, 3 * (10 - len(fits)))
+    # nothing fits: even "forever" (loops=0) ends after one pass
+    nothing = Replayer(PcapReader(path), l2=True, speed=0, loops=0, slot_size=64)
+    assert _replay_into_a_socket(nothing, 0) == []
+    assert int(nothing.counters[0]["too_long"]) == 10
+
+
+def test_replay_at_a_rate_sends_every_packet_in_order(tmp_path: Path) -> None:
+    ring = PacketRing(64, 2048)
+    frames = [frame(i) for i in range(50)]
+    fill(ring, frames)
+    path = tmp_path / "r.pcapng"
+    with PcapngWriter(path, [("p", LINKTYPE_ETHERNET, False)]) as writer:
+        writer.capture(ring, 0, 50)
+    replayer = Replayer(PcapReader(path), l2=True, rate=100_000, loops=2)
+    assert _replay_into_a_socket(replayer, 100) == frames * 2
 
 
 def _pcap_header(linktype: int = 1) -> bytes:
