@@ -397,7 +397,9 @@ def test_a_sink_scrape_equals_its_final_json(make_netns: Callable[[str], str], p
     name = prefix + "s"
     with IPRoute(netns=netns) as ipr:
         ipr.link("add", ifname=name, kind="tuntap", mode="tap")
-        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+        # room for every frame even if the sink is starved of CPU
+        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up", txqlen=10000)
+    tap = Host(netns, name, "")
     proc = start("sink", name, "--netns", netns, "--json", "--metrics", "127.0.0.1:0")
     procs.append(proc)
     url = metrics_url(read_line(proc, "stderr"))
@@ -408,13 +410,26 @@ def test_a_sink_scrape_equals_its_final_json(make_netns: Callable[[str], str], p
     other = [bytes.fromhex("ffffffffffff020000000001") + b"\x88\xb5" + bytes(k + 50)
              for k in range(20)]  # local experimental ethertype: no stack answers it
     send_frames(netns, name, probes + other)
-    samples = wait_until(
-        lambda: (s := scrape(url))["tapengine_sink_packets_total", (("device", name),)] == 320
-        and s, 60, "the sink to read every frame")
+    seen: dict[str, object] = {}
+
+    def settled() -> Samples | None:
+        """A scrape counting every frame the kernel handed to the sink (a tap's tx_packets
+        count the frames its reader took), once the kernel handed over or dropped all 320."""
+        samples, kernel = scrape(url), kernel_stats(tap)
+        seen.update(kernel=kernel, sink=samples["tapengine_sink_packets_total",
+                                                (("device", name),)])
+        if kernel["tx_packets"] + kernel["tx_dropped"] < 320:
+            return None
+        return samples if seen["sink"] == kernel["tx_packets"] else None
+
+    try:
+        samples = wait_until(settled, 60, "the sink to read every frame")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}; last seen: {seen}") from None
     code, out, err = stop(proc)
     assert code == 0, err
     final = json.loads(out)
-    assert final["packets"] == 320 and final["probe_packets"] == 300
+    assert final["packets"] == 320 and final["probe_packets"] == 300, seen
     for key in ("packets", "bytes", "probe_packets", "probe_bytes", "other_packets",
                 "other_bytes", "untracked", "duplicates", "reordered", "stale",
                 "negative_latency"):
