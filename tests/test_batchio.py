@@ -779,3 +779,22 @@ def test_a_forwarder_moves_datagrams_between_two_udp_port_ios(family: int) -> No
         assert counters[0, rx] == counters[1, tx] == 50
         for port in ports:
             port.close()
+
+
+def test_a_connected_udp_socket_receives_from_its_peer_with_the_peer_in_each_slot(
+        family: int) -> None:
+    ring = PacketRing(16, 2048)
+    with udp_socket(family) as ours, udp_socket(family) as peer, udp_socket(family) as other:
+        ours.connect(peer.getsockname())
+        other.sendto(b"filtered by the kernel", ours.getsockname())
+        sent = [os.urandom(100 + k) for k in range(5)]
+        for payload in sent:
+            peer.sendto(payload, ours.getsockname())
+        got: list[bytes] = []
+        while len(got) < len(sent):
+            wait_until(lambda: select_readable(ours), 30, "a datagram")
+            first = ring.tail
+            n = recv_batch(ours, ring, 16)
+            got += [ring.packet(first + k) for k in range(n)]
+            assert all(ring.peer(first + k) == peer.getsockname()[:2] for k in range(n))
+        assert got == sent
