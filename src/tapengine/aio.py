@@ -95,10 +95,11 @@ class Batch:
 class AsyncQueue:
     """A non-blocking packet fd for asyncio (see the module's doc).
 
-    ``queue``: a ``TunQueue``, a socket, anything with ``fileno()``, or an int fd (made
-    non-blocking here). ``vnet_hdr``: whether each packet carries a virtio-net header; by default
-    what a ``TunQueue`` says, else False. ``ring``: the ring ``async for`` reads into (default:
-    one of its own). ``io``: a batch I/O backend (``tapengine.open_batch_io()``), None: readv.
+    ``queue``: a ``TunQueue``, a socket, anything with ``fileno()`` (a
+    ``tapengine.compat.pytun.TunTapDevice`` too), or an int fd; the fd is made non-blocking.
+    ``vnet_hdr``: whether each packet carries a virtio-net header; by default what a
+    ``TunQueue`` says, else False. ``ring``: the ring ``async for`` reads into (default: one of
+    its own). ``io``: a batch I/O backend (``tapengine.open_batch_io()``), None: readv.
     ``close()`` closes ``queue`` too when it has a ``close()`` (an int fd is left open: it is
     the caller's); ``close_queue=False`` leaves it open in any case.
     """
