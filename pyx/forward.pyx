@@ -57,6 +57,7 @@ from tapengine._stage cimport (
     N_STAGE_COUNTERS, STAGE_BATCHES, STAGE_DROPPED, STAGE_INVALID, STAGE_MISDIRECTED, STAGE_NS,
     STAGE_REDIRECTED, STAGE_SEEN, VERDICT_DEFAULT, VERDICT_DROP, VERDICT_FLOOD, Stage,
 )
+from tapengine._uring cimport UringIO
 from tapengine.includes.atomics cimport te_atomic_load_int, te_atomic_store_int
 from tapengine.includes.consts cimport ETH_HLEN
 from tapengine.includes.system cimport (
@@ -707,15 +708,28 @@ cdef class Forwarder:
         self._bind_stages()
         self.ran = True
         self.running = True
-        cdef int err
+        cdef int err, k
         cdef BatchIO io = self.io
         if io is not None:
             io._users += 1          # its io_uring cannot be closed under the loop
         try:
+            if isinstance(io, UringIO):
+                # This thread's io_uring knows the ports' fds and ring slabs for the run: no file
+                # lookup nor page pinning per operation. Best effort: what the kernel refuses
+                # (e.g. pinned memory past RLIMIT_MEMLOCK) goes through plain reads and writes,
+                # and an io_uring of another thread fails each batch, as it would anyway.
+                fd_ports = [k for k in range(self.nports) if self.ports[k].port_io == NULL]
+                try:
+                    (<UringIO>io).register([self.ports[k].fd for k in fd_ports],
+                                           [self._rings[k] for k in fd_ports])
+                except (OSError, RuntimeError):     # refused, or another thread's io_uring
+                    pass
             with nogil:
                 err = self._loop()
         finally:
             self.running = False
+            if isinstance(io, UringIO):
+                (<UringIO>io).unregister()
             if io is not None:
                 io._users -= 1
         if err == STAGE_FAILED:

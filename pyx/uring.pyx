@@ -1,9 +1,10 @@
 # cython: language_level=3, embedsignature=True
 """Batched tun/tap I/O through io_uring: one ``io_uring_enter`` carries a whole batch.
 
-The same reads and writes as ``tapengine._batchio`` (one packet per read or write; iovec[0] the
-virtio-net header when the fd has IFF_VNET_HDR, iovec[1] the frame slot), queued as SQEs and
-submitted together. Raw system calls and our own header (``pyx/includes/uring.h``); no liburing.
+The same reads and writes as ``tapengine._batchio`` (one packet per read or write, one buffer:
+the virtio-net header of a queue with IFF_VNET_HDR sits right in front of the frame in its slot),
+queued as SQEs and submitted together. Raw system calls and our own header
+(``pyx/includes/uring.h``); no liburing.
 
 What the kernel does with them, and what this module relies on (checked by ``available()``):
 
@@ -16,8 +17,19 @@ What the kernel does with them, and what this module relies on (checked by ``ava
   queue's packets in order. A read can find the queue empty (``-EAGAIN``) and the next one find a
   packet that arrived meanwhile: the packets after such a gap are moved down so the slots stay
   contiguous and ordered;
-- writes are linked (``IOSQE_IO_LINK``): when one fails, the kernel cancels every write after it,
-  so exactly the packets before the failure went out, as with a writev() loop.
+- writes are linked (``IOSQE_IO_LINK``, the default): when one fails, the kernel cancels every
+  write after it, so exactly the packets before the failure went out, as with a write() loop.
+  Links cost 6-13% of the send rate (bench/RESULTS.md): with ``linked_writes=False`` (what the
+  engine's workers use) every write of a batch is tried and reports its own result, and when one
+  fails and later ones went out, those are moved in front of the failed ones (slot contents
+  moved, order kept on both sides), so a send still returns exactly how many packets from
+  ``first`` on went out: the slots ``[first, first + n)``; the failed ones follow.
+
+``register(fds, rings)`` (the forwarder does it for its ports while it runs) registers the fds
+(``IORING_REGISTER_FILES``: no file reference taken and dropped per operation) and the rings'
+slabs (``IORING_REGISTER_BUFFERS``: their pages pinned once, so reads and writes into them are
+``READ_FIXED``/``WRITE_FIXED``, with no page pinning per operation). Anything not registered goes
+through plain ``READ``/``WRITE``: registration is an optimisation, never a requirement.
 
 Lengths as in ``tapengine._batchio``: a read asks for ``slot_size + 1`` frame bytes and a frame
 longer than the slot is dropped and counted in ``ring.truncated`` (its slot closed like a gap); a
@@ -29,8 +41,8 @@ readv/writev backend instead.
 """
 
 cimport cython
-from libc.errno cimport EAGAIN, EBADF, EBUSY, EINTR, EMSGSIZE, ENOSYS, EPROTO, errno
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.errno cimport EAGAIN, EBADF, EBUSY, EINTR, EMSGSIZE, ENOMEM, ENOSYS, EPROTO, errno
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memmove, memset
 from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -38,15 +50,19 @@ from posix.unistd cimport close
 
 from tapengine._batchio cimport BatchIO, ReadvIO
 from tapengine._ring cimport (
-    PacketRing, ring_frame, ring_free, ring_fresh, ring_hdr, ring_len, ring_slot_ok,
+    FRAME_OFFSET, PacketRing, ring_frame, ring_free, ring_fresh, ring_len, ring_off,
+    ring_peer, ring_slot, ring_slot_ok, te_sockaddr,
 )
 from tapengine.includes.atomics cimport te_atomic_cas_u64, te_atomic_load_u64
 from tapengine.includes.consts cimport VNET_HDR_LEN
 from tapengine.includes.system cimport ECANCELED, iovec
+from tapengine.syscall cimport fd_of
 from tapengine.includes.uring cimport (
     TE_ENTER_GETEVENTS, TE_FEAT_NODROP, TE_FEAT_SINGLE_MMAP, TE_IO_URING_OP_SUPPORTED,
-    TE_IOSQE_IO_LINK, TE_OFF_CQ_RING, TE_OFF_SQ_RING, TE_OFF_SQES, TE_OP_READ, TE_OP_READV,
-    TE_OP_WRITE, TE_OP_WRITEV, TE_PROBE_OPS, TE_REGISTER_ENABLE_RINGS, TE_REGISTER_PROBE,
+    TE_IOSQE_FIXED_FILE, TE_IOSQE_IO_LINK, TE_OFF_CQ_RING, TE_OFF_SQ_RING, TE_OFF_SQES,
+    TE_OP_READ, TE_OP_READ_FIXED, TE_OP_WRITE, TE_OP_WRITE_FIXED, TE_PROBE_OPS,
+    TE_REGISTER_BUFFERS, TE_REGISTER_ENABLE_RINGS, TE_REGISTER_FILES, TE_REGISTER_PROBE,
+    TE_UNREGISTER_BUFFERS, TE_UNREGISTER_FILES,
     TE_RWF_NOWAIT, TE_SETUP_COOP_TASKRUN, TE_SETUP_DEFER_TASKRUN, TE_SETUP_R_DISABLED,
     TE_SETUP_SINGLE_ISSUER, te_cqe, te_io_uring_enter, te_io_uring_register, te_io_uring_setup,
     te_load_acquire, te_probe, te_sqe, te_store_release, te_thread_id, te_uring_params,
@@ -66,26 +82,36 @@ _SETUP_CHOICES = (
     TE_SETUP_COOP_TASKRUN,
     0,
 )
-_NEEDED_OPS = {"READ": TE_OP_READ, "WRITE": TE_OP_WRITE, "READV": TE_OP_READV,
-               "WRITEV": TE_OP_WRITEV}
+_NEEDED_OPS = {"READ": TE_OP_READ, "WRITE": TE_OP_WRITE, "READ_FIXED": TE_OP_READ_FIXED,
+               "WRITE_FIXED": TE_OP_WRITE_FIXED}
+
+# The largest slot a ring has (tapengine._ring: FRAME_OFFSET + MAX_SLOT_SIZE + 1, to 64 bytes).
+cdef size_t SPARE_SIZE = (FRAME_OFFSET + 65536 + 128 + 64) // 64 * 64
 
 
 cdef class UringIO(BatchIO):
     """One io_uring for batched reads and writes on tun/tap fds; never shared between threads.
 
     ``entries`` (a power of two, at most 4096) bounds the SQEs of one submission; longer batches
-    go in several. Everything is allocated here; nothing per packet. The first thread that moves
-    packets through it owns it; any other thread is refused.
+    go in several. ``linked_writes`` (the default) stops a batch of writes at the first failure,
+    as a write() loop does; without it every write is tried and the ones that went out are moved
+    in front of the failed ones (see the module docstring): faster, same exact count, but a
+    packet after a failure may go out (the forwarder's choice: it counts what failed anyway).
+    Everything is allocated here; nothing per packet. The first thread that moves packets
+    through it owns it; any other thread is refused.
     """
 
     def __cinit__(self, *args, **kwargs):
         self.ring_fd = -1
         self.sq_map = self.cq_map = NULL
         self.sqes = NULL
-        self.iovs = NULL
         self.res = NULL
+        self.spare = NULL
+        self.nfiles = self.nbufs = 0
+        self._registered = []
+        self.register_error = ""
 
-    def __init__(self, entries=256):
+    def __init__(self, entries=256, *, bint linked_writes=True):
         if self.ring_fd >= 0:
             raise RuntimeError("UringIO is already set up")
         if not isinstance(entries, int) or entries < 1 or entries > MAX_ENTRIES \
@@ -95,6 +121,7 @@ cdef class UringIO(BatchIO):
         if not available():
             raise OSError(ENOSYS, f"io_uring cannot be used here: {unavailable_reason()}")
         self._setup_any(entries)
+        self._link_writes = linked_writes
 
     cdef int _setup_any(self, uint32_t entries) except -1:
         # Returns 0 with the first setup flags the kernel accepts; raises the last refusal.
@@ -148,9 +175,9 @@ cdef class UringIO(BatchIO):
             if m == MAP_FAILED:
                 raise_errno(errno, "mapping the io_uring submission entries")
             self.sqes = <te_sqe *>m
-            self.iovs = <iovec *>calloc(2 * p.sq_entries, sizeof(iovec))
             self.res = <int32_t *>calloc(p.sq_entries, sizeof(int32_t))
-            if self.iovs == NULL or self.res == NULL:
+            self.spare = <uint8_t *>calloc(1, SPARE_SIZE)
+            if self.res == NULL or self.spare == NULL:
                 raise MemoryError("cannot allocate the io_uring batch state")
         except BaseException:
             self._free()
@@ -177,6 +204,7 @@ cdef class UringIO(BatchIO):
         return 0
 
     cdef void _free(self) noexcept:
+        self._unregister()
         if self.sqes != NULL:
             munmap(self.sqes, self.sqes_len)
         if self.cq_map != NULL and self.cq_map != self.sq_map:
@@ -185,12 +213,12 @@ cdef class UringIO(BatchIO):
             munmap(self.sq_map, self.sq_map_len)
         if self.ring_fd >= 0:
             close(self.ring_fd)     # nothing is in flight: every batch completes before return
-        free(self.iovs)
         free(self.res)
+        free(self.spare)
         self.sqes = NULL
         self.sq_map = self.cq_map = NULL
-        self.iovs = NULL
         self.res = NULL
+        self.spare = NULL
         self.ring_fd = -1
 
     cdef int _own(self) noexcept nogil:
@@ -243,7 +271,103 @@ cdef class UringIO(BatchIO):
                 self.dead = errno
                 return errno
 
+    cdef int _file_of(self, int fd) noexcept nogil:
+        cdef int k
+        for k in range(self.nfiles):
+            if self.files[k] == fd:
+                return k
+        return -1
+
+    cdef int _buf_of(self, PacketRing ring) noexcept nogil:
+        cdef int k
+        for k in range(self.nbufs):
+            if self.bufs[k] == ring.slab:
+                return k
+        return -1
+
+    cdef void _unregister(self) noexcept:
+        # Forgets every registration (the kernel drops them with the ring fd anyway) and gives
+        # the rings back to their owners.
+        cdef PacketRing ring
+        if self.ring_fd >= 0 and not self.dead:
+            if self.nfiles:
+                te_io_uring_register(self.ring_fd, TE_UNREGISTER_FILES, NULL, 0)
+            if self.nbufs:
+                te_io_uring_register(self.ring_fd, TE_UNREGISTER_BUFFERS, NULL, 0)
+        self.nfiles = self.nbufs = 0
+        if self._registered is not None:    # None when the GC cleared a cycle first
+            for ring in self._registered:
+                ring._users -= 1
+            self._registered.clear()
+
     # -- Python API ---------------------------------------------------------------------------
+
+    def register(self, fds=(), rings=()):
+        """Register ``fds`` and the slabs of ``rings`` with the kernel, for this thread's batches.
+
+        Reads and writes of a registered fd skip the file lookup per operation
+        (``IOSQE_FIXED_FILE``); those into a registered ring's slots are ``READ_FIXED`` /
+        ``WRITE_FIXED`` (pages pinned once, not per operation). The calling thread takes the
+        io_uring, as its first batch would (the kernel wants registrations from the ring's single
+        issuer). Each ring stays in use (its ``close()``/``resize()`` raise) until
+        ``unregister()`` or ``close()``; the fds must stay open until then too (the kernel holds
+        the files, but the fd numbers name them here). Replaces the previous registration.
+
+        Returns ``{"files": n, "buffers": m, "error": why}``: what the kernel accepted. A refusal
+        (pinned memory past ``RLIMIT_MEMLOCK`` without ``CAP_IPC_LOCK``, an old kernel) leaves
+        that part out and says why in ``error`` (also ``register_error``); those operations then
+        go through plain ``READ``/``WRITE``. Raises when the io_uring is closed or another
+        thread's, or for bad arguments.
+        """
+        cdef int k, err
+        cdef PacketRing ring
+        cdef int cfds[MAX_REGISTERED]
+        cdef iovec iovs[MAX_REGISTERED]
+        numbers = [fd_of(fd) for fd in fds]
+        rings = list(rings)
+        if len(numbers) > MAX_REGISTERED or len(rings) > MAX_REGISTERED:
+            raise ValueError(f"at most {MAX_REGISTERED} fds and {MAX_REGISTERED} rings, not "
+                             f"{len(numbers)} and {len(rings)}")
+        for ring in rings:
+            if ring is None or ring.closed:
+                raise ValueError("cannot register a closed ring")
+        self.check()
+        err = self._own()
+        if err:
+            raise_errno(err, "taking the io_uring for this thread")
+        self._unregister()
+        errors = []
+        for k, fd in enumerate(numbers):
+            cfds[k] = fd
+        if numbers:
+            if te_io_uring_register(self.ring_fd, TE_REGISTER_FILES, cfds, len(numbers)) == 0:
+                for k in range(len(numbers)):
+                    self.files[k] = cfds[k]
+                self.nfiles = len(numbers)
+            else:
+                err = errno
+                errors.append(f"files: {os.strerror(err)}")
+        for k, ring in enumerate(rings):
+            iovs[k].iov_base = ring.slab
+            iovs[k].iov_len = <size_t>ring.nslots * ring.stride
+        if rings:
+            if te_io_uring_register(self.ring_fd, TE_REGISTER_BUFFERS, iovs, len(rings)) == 0:
+                for k, ring in enumerate(rings):
+                    self.bufs[k] = ring.slab
+                    ring._users += 1
+                    self._registered.append(ring)
+                self.nbufs = len(rings)
+            else:
+                err = errno
+                errors.append(f"buffers: {os.strerror(err)}"
+                              + (" (pinned memory is limited by RLIMIT_MEMLOCK without "
+                                 "CAP_IPC_LOCK)" if err == ENOMEM else ""))
+        self.register_error = "; ".join(errors)
+        return {"files": self.nfiles, "buffers": self.nbufs, "error": self.register_error}
+
+    def unregister(self):
+        """Undo ``register()``: the rings are free to close again. Safe to call at any time."""
+        self._unregister()
 
     @property
     def backend(self):
@@ -271,9 +395,12 @@ cdef class UringIO(BatchIO):
         self._free()
 
     def stats(self):
-        """Counters since creation: syscalls, SQEs, empty reads and packets moved to close gaps."""
+        """Counters since creation: syscalls, SQEs, empty reads, packets moved to close gaps or
+        in front of a failed write, SQEs on registered buffers; what is registered now."""
         return {"enters": self.enters, "submitted": self.submitted,
-                "empty_reads": self.empty_reads, "moved": self.moved}
+                "empty_reads": self.empty_reads, "moved": self.moved,
+                "reordered": self.reordered, "fixed_ops": self.fixed_ops,
+                "registered_files": self.nfiles, "registered_buffers": self.nbufs}
 
     # -- the BatchIO interface ------------------------------------------------------------------
 
@@ -298,7 +425,7 @@ cdef class UringIO(BatchIO):
 
 
 cdef inline void _prep(te_sqe *sqe, uint8_t opcode, int fd, void *addr, uint32_t length,
-                       uint8_t flags, uint64_t user_data) noexcept nogil:
+                       uint8_t flags, uint64_t user_data, uint16_t buf_index) noexcept nogil:
     sqe.opcode = opcode
     sqe.flags = flags
     sqe.ioprio = 0
@@ -308,32 +435,35 @@ cdef inline void _prep(te_sqe *sqe, uint8_t opcode, int fd, void *addr, uint32_t
     sqe.len = length
     sqe.rw_flags = TE_RWF_NOWAIT  # never park a request: see the module docstring
     sqe.user_data = user_data
-    sqe.buf_index = 0
+    sqe.buf_index = buf_index
     sqe.personality = 0
     sqe.file_index = 0
     sqe.addr3 = 0
     sqe.pad2 = 0
 
 
-cdef inline void _queue_rw(UringIO io, uint32_t k, bint write, int fd, PacketRing ring,
-                           uint32_t index, uint32_t length, bint vnet_hdr,
-                           uint8_t flags) noexcept nogil:
-    # Queues the k-th SQE of a batch: packet slot ``index`` of ``ring``, ``length`` frame bytes.
+cdef inline void _queue_rw(UringIO io, uint32_t k, bint write, int fd, int file_index,
+                           PacketRing ring, int buf_index, uint32_t index, uint32_t length,
+                           bint vnet_hdr, uint8_t flags) noexcept nogil:
+    # Queues the k-th SQE of a batch: packet slot ``index`` of ``ring``, ``length`` frame bytes,
+    # with the virtio-net header in front of them when ``vnet_hdr``: one buffer either way.
+    # ``file_index``/``buf_index``: the registered fd / ring slab, or -1 (not registered).
     cdef te_sqe *sqe = &io.sqes[io.local_tail & io.sq_mask]
-    cdef iovec *iov
+    cdef uint8_t *buf
+    cdef uint8_t opcode
+    cdef size_t hdr_len = VNET_HDR_LEN if vnet_hdr else 0
     io.local_tail += 1
-    if not write:
-        ring_fresh(ring, index)     # a receive puts the frame at FRAME_OFFSET, with no peer
-    if vnet_hdr:
-        iov = &io.iovs[2 * k]
-        iov[0].iov_base = ring_hdr(ring, index)
-        iov[0].iov_len = VNET_HDR_LEN
-        iov[1].iov_base = ring_frame(ring, index)
-        iov[1].iov_len = length
-        _prep(sqe, TE_OP_WRITEV if write else TE_OP_READV, fd, iov, 2, flags, k)
+    if write:
+        buf = ring_frame(ring, index) - hdr_len
+        opcode = TE_OP_WRITE if buf_index < 0 else TE_OP_WRITE_FIXED
     else:
-        _prep(sqe, TE_OP_WRITE if write else TE_OP_READ, fd, ring_frame(ring, index), length,
-              flags, k)
+        buf = ring_fresh(ring, index) - hdr_len   # at FRAME_OFFSET, with no peer
+        opcode = TE_OP_READ if buf_index < 0 else TE_OP_READ_FIXED
+    if file_index >= 0:
+        fd = file_index
+        flags |= TE_IOSQE_FIXED_FILE
+    _prep(sqe, opcode, fd, buf, <uint32_t>(hdr_len + length), flags, k,
+          <uint16_t>buf_index if buf_index >= 0 else 0)
 
 
 @cython.boundscheck(False)
@@ -341,15 +471,18 @@ cdef inline void _queue_rw(UringIO io, uint32_t k, bint write, int fd, PacketRin
 cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, bint vnet_hdr,
                          int *err) noexcept nogil:
     # Returns the packets read into [tail, tail + n) (tail advanced); *err = 0 or the errno.
-    cdef uint32_t n = 0, dropped = 0, wave, k, base, want, got
+    cdef uint32_t n = 0, dropped = 0, wave, k, base, want
     cdef int32_t r
     cdef size_t hdr_len = VNET_HDR_LEN if vnet_hdr else 0
     cdef uint32_t room = ring_free(ring)
     cdef bint stop = False
     cdef uint32_t *hint = &io.hint[<uint32_t>fd & (HINT_SLOTS - 1)]
+    cdef int file_index, buf_index
     err[0] = io._own()
     if err[0]:
         return 0
+    file_index = io._file_of(fd)
+    buf_index = io._buf_of(ring)
     if budget > room:
         budget = room
     # A read finding the queue empty costs an SQE, an extra enter costs a syscall: start with
@@ -364,9 +497,11 @@ cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, b
         base = n
         for k in range(wave):
             # one byte more than the slot (the stride's spare byte) shows a frame too long
-            _queue_rw(io, k, False, fd, ring, ring.tail + base + k, ring.slot_size + 1,
-                      vnet_hdr, 0)
+            _queue_rw(io, k, False, fd, file_index, ring, buf_index, ring.tail + base + k,
+                      ring.slot_size + 1, vnet_hdr, 0)
         io.submitted += wave
+        if buf_index >= 0:
+            io.fixed_ops += wave
         err[0] = io._run(wave)
         if err[0]:
             break       # the ring is unusable; these reads' results are unknown
@@ -380,11 +515,10 @@ cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, b
                 if base + k != n:
                     # A gap: an earlier read of this wave found the queue empty, this one a packet
                     # that arrived meanwhile. Move it down so the slots stay contiguous.
-                    got = <uint32_t>(r - hdr_len)
-                    memmove(ring_frame(ring, ring.tail + n), ring_frame(ring, ring.tail + base + k),
-                            got)
-                    memcpy(ring_hdr(ring, ring.tail + n), ring_hdr(ring, ring.tail + base + k),
-                           VNET_HDR_LEN)
+                    # Both slots were read at FRAME_OFFSET with no peer (_queue_rw): the header
+                    # and frame are one run of r bytes at the same place in each.
+                    memmove(ring_frame(ring, ring.tail + n) - hdr_len,
+                            ring_frame(ring, ring.tail + base + k) - hdr_len, <size_t>r)
                     io.moved += 1
                 ring_len(ring, ring.tail + n)[0] = <uint32_t>(r - hdr_len)
                 n += 1
@@ -403,16 +537,69 @@ cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, b
     return n
 
 
+cdef inline void _copy_slot(PacketRing ring, uint32_t dst, uint32_t src) noexcept nogil:
+    # Slot ``src``'s packet into slot ``dst``: header and frame at the same offset, length, peer.
+    cdef uint16_t off = ring_off(ring, src)[0]
+    memcpy(ring_slot(ring, dst) + off - VNET_HDR_LEN, ring_slot(ring, src) + off - VNET_HDR_LEN,
+           VNET_HDR_LEN + ring_len(ring, src)[0])
+    ring_off(ring, dst)[0] = off
+    ring_len(ring, dst)[0] = ring_len(ring, src)[0]
+    ring_peer(ring, dst)[0] = ring_peer(ring, src)[0]
+
+
+cdef uint32_t _sent_first(UringIO io, PacketRing ring, uint32_t first, uint32_t chunk,
+                          uint32_t failed) noexcept nogil:
+    # The writes of slots [first, first + chunk) ran unlinked and res[] holds their results;
+    # res[failed] is the first failure. Moves the packets that went out after it in front of the
+    # failed ones (order kept on both sides: a stable partition, slot contents moved through the
+    # spare slot) and returns how many went out in all. Rare: only a batch with a failed write.
+    cdef uint32_t w = failed, j, p
+    cdef uint16_t off
+    cdef uint32_t length
+    cdef te_sockaddr peer
+    cdef int32_t r
+    for j in range(failed + 1, chunk):
+        if io.res[j] < 0:
+            continue
+        # slot j went out: rotate [w, j] right by one, so it lands at w and the failed ones
+        # between move up by one
+        off = ring_off(ring, first + j)[0]
+        length = ring_len(ring, first + j)[0]
+        peer = ring_peer(ring, first + j)[0]
+        memcpy(io.spare + off - VNET_HDR_LEN,
+               ring_slot(ring, first + j) + off - VNET_HDR_LEN, VNET_HDR_LEN + length)
+        r = io.res[j]
+        p = j
+        while p > w:
+            _copy_slot(ring, first + p, first + p - 1)
+            io.res[p] = io.res[p - 1]
+            p -= 1
+        memcpy(ring_slot(ring, first + w) + off - VNET_HDR_LEN, io.spare + off - VNET_HDR_LEN,
+               VNET_HDR_LEN + length)
+        ring_off(ring, first + w)[0] = off
+        ring_len(ring, first + w)[0] = length
+        ring_peer(ring, first + w)[0] = peer
+        io.res[w] = r
+        io.reordered += 1
+        w += 1
+    return w
+
+
 @cython.boundscheck(False)
 cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, uint32_t count,
                          bint vnet_hdr, int *err) noexcept nogil:
     # Returns the packets written from slot ``first`` on; *err = 0 or the errno that stopped it.
-    cdef uint32_t n = 0, chunk, k
+    # The slots [first, first + n) are exactly the packets that went out: when a write failed
+    # and later ones of its batch did not, those are moved in front of it (_sent_first).
+    cdef uint32_t n = 0, chunk, k, went
     cdef int32_t r
     cdef bint refused = False
+    cdef int file_index, buf_index
     err[0] = io._own()
     if err[0]:
         return 0
+    file_index = io._file_of(fd)
+    buf_index = io._buf_of(ring)
     while n < count:
         chunk = count - n
         if chunk > io.entries:
@@ -423,11 +610,13 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
                 refused = True
                 break
         for k in range(chunk):
-            # linked: a failed write cancels the rest of the chain, so nothing after it goes out
-            _queue_rw(io, k, True, fd, ring, first + n + k, ring_len(ring, first + n + k)[0],
-                      vnet_hdr, TE_IOSQE_IO_LINK if k + 1 < chunk and io._link_writes else 0)
+            _queue_rw(io, k, True, fd, file_index, ring, buf_index, first + n + k,
+                      ring_len(ring, first + n + k)[0], vnet_hdr,
+                      TE_IOSQE_IO_LINK if k + 1 < chunk and io._link_writes else 0)
         if chunk:
             io.submitted += chunk
+            if buf_index >= 0:
+                io.fixed_ops += chunk
             err[0] = io._run(chunk)
             if err[0]:
                 return n    # the ring is unusable: report only what is known to be written
@@ -436,7 +625,8 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
             if r < 0:
                 if r != -EAGAIN and r != -EINTR and r != -ECANCELED:
                     err[0] = -r
-                return n + k
+                went = _sent_first(io, ring, first + n, chunk, k)
+                return n + went
         n += chunk
         if refused:
             err[0] = EMSGSIZE

@@ -1,8 +1,13 @@
-from typing import Literal
+from collections.abc import Iterable
+from typing import Literal, Protocol
 
 from typing_extensions import disjoint_base
 
 from tapengine._batchio import BatchIO, ReadvIO
+from tapengine._ring import PacketRing
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
 
 MAX_ENTRIES: int
 
@@ -15,7 +20,13 @@ class UringIO(BatchIO):
     submitted: int
     empty_reads: int
     moved: int
-    def __init__(self, entries: int = 256) -> None: ...
+    reordered: int
+    fixed_ops: int
+    register_error: str
+    def __init__(self, entries: int = 256, *, linked_writes: bool = True) -> None: ...
+    def register(self, fds: Iterable[int | _HasFileno] = (),
+                 rings: Iterable[PacketRing] = ()) -> dict[str, int | str]: ...
+    def unregister(self) -> None: ...
     @property
     def backend(self) -> Literal["io_uring"]: ...
     @property

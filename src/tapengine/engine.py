@@ -637,7 +637,8 @@ class Engine:
             stage.attach(names)
         try:
             for k in range(self.workers):
-                uring = UringIO(uring_entries(self.budget)) if self.io == "uring" else None
+                uring = UringIO(uring_entries(self.budget), linked_writes=False) \
+                    if self.io == "uring" else None
                 forwarder = Forwarder(self.mode, self.budget, self.table, self.spin, uring,
                                       self.coalesce_usecs)
                 for index, port in enumerate(self.ports):
