@@ -1,7 +1,7 @@
 """Interleaved: TCP through a flannel-UDP-style tunnel made of two ``tapengine forward TUN --udp``
 engines, with and without offloads, against the same tunnel made of a plain Python loop per side
-(``os.read`` of the tun, ``send`` on a connected UDP socket, and back: what flannel's UDP backend
-does in Go), on the same namespaces.
+(``os.read`` of the tun, ``send`` on a connected UDP socket, and back: flannel's UDP backend's
+loop, in Python), on the same namespaces.
 
     sudo .venv/bin/python bench/udp_tunnel.py [--rounds 5] [--seconds 3] [--json]
 

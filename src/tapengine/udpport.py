@@ -12,7 +12,8 @@ tap, the datagrams carry Ethernet frames.
 ``remote``: then the kernel accepts datagrams from ``remote`` only, and sends every packet
 without an address of its own there. Without ``remote`` the socket takes datagrams from anyone,
 and a packet is sent only where its slot's peer address says (a stage sets it); one without is
-counted as a transmit error.
+counted as a transmit error. An ICMP error for a connected socket (its peer not listening, say
+while it restarts) is counted as a receive error of the port, which keeps forwarding.
 
 A UDP port has one socket, so it serves one worker: an engine with a UDP port runs one queue
 per port.
