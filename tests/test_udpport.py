@@ -294,6 +294,36 @@ def test_two_engines_in_a_third_namespace_join_the_taps_of_two_others(
             assert received == sent
 
 
+def test_forward_netns_opens_the_devices_inside_the_namespace(
+        make_netns: Callable[[str], str], prefix: str) -> None:
+    """``--netns`` without ``--udp``: both taps are made inside the namespace, never here, and
+    vanish with the engine."""
+    netns = make_netns("n")
+    names = [prefix + "x", prefix + "y"]
+    proc = subprocess.Popen([sys.executable, "-m", "tapengine", "forward", *names, "--netns",
+                             netns], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(f"forwarding {names[0]} <-> {names[1]}:")
+        with IPRoute(netns=netns) as ipr:
+            assert all(ipr.link_lookup(ifname=name) for name in names)
+        with IPRoute() as ipr:
+            assert not any(ipr.link_lookup(ifname=name) for name in names)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+
+        def gone() -> bool:
+            with IPRoute(netns=netns) as ipr:
+                return not any(ipr.link_lookup(ifname=name) for name in names)
+
+        wait_until(gone, 30, "the engine's taps to vanish with it")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 # -- the tunnel ------------------------------------------------------------------------------
 
 
@@ -332,7 +362,8 @@ def start_engine(side: Side, peer: str, *options: str) -> None:
     local, remote = (format_endpoint((address, PORT)) for address in (side.underlay, peer))
     side.proc = subprocess.Popen(
         [sys.executable, "-m", "tapengine", "forward", side.tun, "--udp", local,
-         "--peer", remote, "--netns", side.netns, "--json", *options],
+         "--peer", remote, "--netns", side.netns, "--json", "--stats-interval", "0.2",
+         *options],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert side.proc.stdout is not None
     ready, _, _ = select.select([side.proc.stdout], [], [], 60)
@@ -419,6 +450,8 @@ def stop_engine(side: Side) -> dict:
     out, err = side.proc.communicate(timeout=60)
     assert side.proc.returncode == 0, err
     assert "stopped by SIGTERM" in err
+    local = format_endpoint((side.underlay, PORT))
+    assert f"udp:{local} rx " in err and " pps " in err     # live rates name the UDP port
     return json.loads(out)
 
 
