@@ -47,7 +47,7 @@ STUBBED := $(patsubst src/tapengine/%.pyi,tapengine.%,$(wildcard src/tapengine/_
 lint: build
 	$(VENV)/bin/ruff check src tests bench examples
 	$(PY) -m mypy.stubtest --allowlist pyx/stubtest-allowlist.txt $(STUBBED)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cython-lint pyx examples/capi
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cython-lint pyx examples/capi examples/stages/acl
 
 # The documentation (docs/), warnings as errors; -E rereads every page so none is skipped.
 docs: build

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Does tapengine's C-level API install? Builds the sdist and, from it, the wheel; installs each in
 # a fresh virtualenv (no checkout on the path: the sdist builds its extensions from .pyx there);
-# builds this directory's extension against the installed package and moves packets with it, and
+# builds this directory's extension against the installed package and moves packets with it, builds
+# the C stage example (examples/stages/acl) against the wheel and runs it inside a forwarder, and
 # runs 'tapengine bench' from the installed package.
 #
 # usage: check-install.sh BUILD_PYTHON
@@ -26,9 +27,10 @@ missing=$("$build_python" - "$wheel" <<'PY'
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 api = ["_ring.pxd", "_batchio.pxd", "_uring.pxd", "_forward.pxd", "_pktgen.pxd", "_gso.pxd",
+       "_stage.pxd",
        "syscall.pxd", "netorder.pxd", "__init__.pxd", "includes/__init__.pxd",
        "includes/system.pxd", "includes/consts.pxd", "includes/uring.pxd", "includes/uring.h"]
-modules = ["ring", "batchio", "uring", "forward", "pktgen", "gso"]
+modules = ["ring", "batchio", "uring", "forward", "pktgen", "gso", "stage"]
 missing = [name for name in api if "tapengine/" + name not in names]
 missing += [f"_{module}.*.so" for module in modules
             if not any(n.startswith(f"tapengine/_{module}.") and n.endswith(".so") for n in names)]
@@ -51,6 +53,12 @@ for kind in wheel sdist; do
     cp -r "$here" "$work/example-$kind"
     "$venv/bin/python" "${pip[@]}" install --no-build-isolation --no-deps "$work/example-$kind"
     (cd "$work" && "$venv/bin/python" -I "$work/example-$kind/relay_check.py")
+    if [ "$kind" = wheel ]; then
+        step "the C stage example (examples/stages/acl) against the wheel"
+        cp -r "$root/examples/stages/acl" "$work/stage-$kind"
+        "$venv/bin/python" "${pip[@]}" install --no-build-isolation --no-deps "$work/stage-$kind"
+        (cd "$work" && "$venv/bin/python" -I "$work/stage-$kind/acl_check.py" --installed)
+    fi
     # The benchmark harness and its naive baseline come from the installed package, too.
     if [ "$kind" = wheel ]; then
         bench=(--quick)
