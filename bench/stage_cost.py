@@ -102,6 +102,7 @@ def main() -> int:
     cpu_rates: dict[str, list[float]] = {name: [] for name in variants}
     cpu_ratios: dict[str, list[float]] = {name: [] for name in variants}
     stage_ns: dict[str, list[float]] = {name: [] for name in variants}
+    batch_sizes: dict[str, list[float]] = {name: [] for name in variants}
     loads: list[float] = []
     with contextlib.ExitStack() as stack:
         netns = _netns(stack, prefix + "sc")
@@ -125,6 +126,9 @@ def main() -> int:
                 stats = engine.stats()
                 measured[name] = run.pps
                 forwarded = sum(port.tx_packets for port in stats.ports)
+                batches = sum(port.rx_batches for port in stats.ports)
+                batch_sizes[name].append(sum(port.rx_packets for port in stats.ports)
+                                         / max(batches, 1))
                 per_cpu[name] = forwarded / cpu if cpu > 0 else 0.0
                 for stage in stats.stages:
                     stage_ns[name].append(stage.ns / max(stage.batches, 1))
@@ -144,18 +148,18 @@ def main() -> int:
           f"{args.rounds} rounds x {args.seconds:g} s, {args.size}-byte frames, budget "
           f"{args.budget}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| variant | worker: frames per CPU-s, median | ratio to none, median (min..max) | "
-          "end to end: pps, median | ratio to none, median (min..max) | ns per batch in the "
-          "stage, median |")
-    print("|---|---|---|---|---|---|")
+          "end to end: pps, median | ratio to none, median (min..max) | frames per batch, "
+          "median | ns per batch in the stage (wall), median |")
+    print("|---|---|---|---|---|---|---|")
     for name in variants:
         ns = f"{statistics.median(stage_ns[name]):,.0f}" if stage_ns[name] else "-"
         print(f"| {name} | {statistics.median(cpu_rates[name]):,.0f} | "
               f"{_spread(cpu_ratios[name])} | {statistics.median(rates[name]):,.0f} | "
-              f"{_spread(ratios[name])} | {ns} |")
+              f"{_spread(ratios[name])} | {statistics.median(batch_sizes[name]):.1f} | {ns} |")
     if args.json:
         print(json.dumps({"rates": rates, "ratios": ratios, "cpu_rates": cpu_rates,
                           "cpu_ratios": cpu_ratios, "stage_ns": stage_ns,
-                          "loads": loads}))  # fmt: skip
+                          "batch_sizes": batch_sizes, "loads": loads}))  # fmt: skip
     return 0
 
 

@@ -55,11 +55,11 @@ def harness() -> Iterator[Callable[..., Harness]]:
     """``harness(mode, nports, *stages)``: a running forwarder with these stages."""
     made: list[Harness] = []
 
-    def make(mode: str, nports: int, *stages: Any) -> Harness:
+    def make(mode: str, nports: int, *stages: Any, names: list[str] | None = None) -> Harness:
         h = Harness(Forwarder(mode), nports)
         for stage in stages:
             h.forwarder.add_stage(FunctionStage(stage) if not isinstance(stage, Stage) else stage,
-                                  [f"p{k}" for k in range(nports)])
+                                  names or [f"p{k}" for k in range(nports)])
         h.thread.start()
         made.append(h)
         return h
@@ -250,6 +250,43 @@ def test_an_exception_in_a_stage_stops_the_forwarder_with_its_traceback(fail_on:
     assert isinstance(error.__cause__, ZeroDivisionError)
     assert error.__cause__.__traceback__ is not None
     assert error.first_batch == (fail_on == 1)
+
+
+def udp_frame(dport: int, payload: bytes) -> bytes:
+    """An Ethernet/IPv4/UDP frame from MAC[0] to MAC[1] (checksums are not looked at here)."""
+    ip = bytes.fromhex("4500") + (28 + len(payload)).to_bytes(2, "big") + \
+        bytes.fromhex("000000004011" "0000" "0a000001" "0a000002")
+    udp = (40000).to_bytes(2, "big") + dport.to_bytes(2, "big") + \
+        (8 + len(payload)).to_bytes(2, "big") + bytes(2)
+    return frame(MAC[1], MAC[0], b"")[:12] + b"\x08\x00" + ip + udp + payload
+
+
+def test_the_rate_limit_example_passes_a_burst_of_the_flow_and_all_else(
+        harness: Callable[..., Harness]) -> None:
+    stage = load_stage(f"{EXAMPLES / 'rate_limit.py'}:stage")      # UDP 5201: 1000/s, burst 100
+    stage.rate = 1e-9                       # no refill during the test: exactly the burst passes
+    h = harness("wire", 2, stage)
+    limited = [udp_frame(5201, b"%03d" % k + bytes(20)) for k in range(150)]
+    other = [udp_frame(5202, b"%03d" % k + bytes(20)) for k in range(30)]
+    for data in limited + other:
+        h.send(0, data)
+    got = h.recv_all(1)
+    assert got == limited[:100] + other
+    assert stage_counters(h.forwarder)["dropped"] == 50
+
+
+def test_the_rewrite_mac_example_rewrites_what_comes_in_on_its_port(
+        harness: Callable[..., Harness]) -> None:
+    stage = load_stage(f"{EXAMPLES / 'rewrite_mac.py'}:stage")     # tap0 -> 02:00:00:00:00:01
+    h = harness("switch", 3, stage, names=["tap0", "tap1", "tap2"])
+    h.forwarder.table.learn_mac(MAC[1], 1)
+    h.forwarder.table.learn_mac(MAC[2], 2)
+    from_tap0 = frame(MAC[2], MAC[0], b"a" * 46)        # to MAC[2], steered to MAC[1] (port 1)
+    from_tap2 = frame(MAC[1], MAC[2], b"b" * 46)        # another port: untouched
+    h.send(0, from_tap0)
+    h.send(2, from_tap2)
+    assert h.recv_all(1) == [frame(MAC[1], MAC[0], b"a" * 46), from_tap2]
+    assert h.recv_all(2) == []
 
 
 def test_stage_names_and_callables() -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
-
 from tapengine import DROP, Batch, Stage
 from tapengine.stages import TCP, UDP, l4_ports
 
@@ -31,7 +29,9 @@ class DropPort(Stage):
         for protocol, ports in ((UDP, self.udp), (TCP, self.tcp)):
             for port in ports:
                 # a few numpy calls per port and batch, none per packet
-                np.copyto(batch.verdict, DROP, where=(dport == port) & (proto == protocol))
+                hit = dport == port
+                hit &= proto == protocol
+                batch.verdict[hit] = DROP
 
 
 stage = DropPort(udp=[9])

@@ -107,15 +107,14 @@ def l4_ports(batch: Any) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16],
     base = ETH_HLEN if batch.l2 else 0
     if batch.l2:    # ethertype, version and header length in one 24-bit word
         kind = frames[:, 12:16].view(">u4")[:, 0] >> 8
-        ipv4_plain, ipv6_kind = (ETH_P_IPV4 << 8) | 0x45, ETH_P_IPV6 << 8
-        ipv6 = (kind & 0xFFFFF0) == (ipv6_kind | 0x60)
+        ipv4_plain = (ETH_P_IPV4 << 8) | 0x45
     else:
         kind = frames[:, 0]
         ipv4_plain = 0x45
-        ipv6 = (kind >> 4) == 6
     if (kind == ipv4_plain).all():
         ports = frames[:, base + 20:base + 24].view(">u2")
         return frames[:, base + 9], ports[:, 0], ports[:, 1]
+    ipv6 = (kind >> 4 == (ETH_P_IPV6 << 4) | 6) if batch.l2 else (kind >> 4 == 6)
     if ipv6.all():
         ports = frames[:, base + 40:base + 44].view(">u2")
         return frames[:, base + 6], ports[:, 0], ports[:, 1]
