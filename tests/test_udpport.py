@@ -163,7 +163,8 @@ def test_a_udp_port_carries_both_ways_and_outlives_icmp_errors(
         make_netns: Callable[[str], str]) -> None:
     """A tun and a UDP port connected to a plain socket (the far end of a tunnel). An ICMP port
     unreachable for the port's socket (its peer restarting), arriving while the worker sleeps,
-    is counted as a receive error, and the port keeps forwarding both ways."""
+    is counted as a receive error, and the port keeps forwarding both ways. A datagram longer
+    than the port takes is dropped whole and counted as ``truncated``."""
     from scapy.layers.inet import IP, UDP
 
     from tapengine.engine import open_port
@@ -177,7 +178,7 @@ def test_a_udp_port_carries_both_ways_and_outlives_icmp_errors(
         far.bind(("127.0.0.1", 0))
         far.settimeout(30)
         tun = run_in_netns(netns, open_port, "tun0", mode="tun", offload=False)
-        udp = open_udp_port("127.0.0.1:0", far.getsockname(), netns=netns)
+        udp = open_udp_port("127.0.0.1:0", far.getsockname(), netns=netns, max_payload=512)
         with tun, udp, Engine([tun, udp]) as engine:
             address_up(netns, "tun0", "10.78.0.1")
             inner.bind(("10.78.0.1", 0))
@@ -191,7 +192,7 @@ def test_a_udp_port_carries_both_ways_and_outlives_icmp_errors(
             raw.sendto(icmp_port_unreachable(udp.local, far.getsockname()), ("127.0.0.1", 0))
             wait_until(lambda: errors() == 1, 30, "the ICMP error to reach the UDP port")
             assert engine.events() == [] and engine.stats().port(udp.name).up
-            for k in range(3):
+            for k, size in enumerate((0, 600, 0)):
                 # tun -> datagram: the IP packet the kernel routed to tun0, whole
                 inner.sendto(b"out %d" % k, ("10.78.0.2", 7))
                 while not (packet := far.recv(2048)).endswith(b"out %d" % k):
@@ -200,9 +201,13 @@ def test_a_udp_port_carries_both_ways_and_outlives_icmp_errors(
                 assert (sent.src, sent.dst, sent[UDP].dport) == ("10.78.0.1", "10.78.0.2", 7)
                 # datagram -> tun: an IP packet as payload reaches the kernel's socket
                 back = IP(src="10.78.0.2", dst="10.78.0.1") / UDP(
-                    sport=7, dport=inner.getsockname()[1]) / (b"back %d" % k)
+                    sport=7, dport=inner.getsockname()[1]) / (b"x" * size + b"back %d" % k)
                 far.sendto(bytes(back), udp.local)
-                assert inner.recvfrom(2048) == (b"back %d" % k, ("10.78.0.2", 7))
+                if size:        # over max_payload: never written to the tun, counted
+                    wait_until(lambda: engine.stats().port(udp.name).drops == {"truncated": 1},
+                               30, "the datagram over max_payload to be counted")
+                else:
+                    assert inner.recvfrom(2048) == (b"back %d" % k, ("10.78.0.2", 7))
             assert errors() == 1 and engine.stats().port(udp.name).up
             assert (f"{udp.name}: UDP, local {format_endpoint(udp.local)}, remote "
                     f"{format_endpoint(far.getsockname())}") in engine.stats().format()
