@@ -1,9 +1,10 @@
 # tapengine._ring: the packet ring, and its C-level API for other Cython code.
 #
-# One page-aligned slab of ``nslots`` slots (a power of two) of ``stride`` bytes each, and per
-# slot a uint32 length, a uint16 offset and a 28-byte peer address. ``head`` and ``tail`` run
-# freely and wrap at 2**32 (uint32 arithmetic, in Python as in C); they are masked on use: slots
-# [head, tail) hold packets, [tail, head + nslots) are free.
+# One page-aligned slab (anonymous mmap: zero, and untouched until used) of ``nslots`` slots (a
+# power of two) of ``stride`` bytes each, and per slot a uint32 length, a uint16 offset and a
+# 28-byte peer address. ``head`` and ``tail`` run freely and wrap at 2**32 (uint32 arithmetic, in
+# Python as in C); they are masked on use: slots [head, tail) hold packets, [tail, head + nslots)
+# are free.
 #
 # Slot layout (ring v2, /tmp/plan/CONTRACT.md section 1):
 #

@@ -25,9 +25,10 @@ from cpython.number cimport PyNumber_Index
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 
 from tapengine.includes.system cimport (
-    _SC_PAGESIZE, AF_INET, AF_INET6, AF_UNSPEC, posix_memalign, sysconf,
+    AF_INET, AF_INET6, AF_UNSPEC, posix_memalign,
 )
 
 import socket
@@ -157,17 +158,20 @@ cdef class PacketRing:
 
     cdef int _allocate(self, uint32_t nslots, uint32_t slot_size) except -1:
         # Returns 0; raises MemoryError when the slab cannot be had.
-        cdef size_t page = <size_t>sysconf(_SC_PAGESIZE)
         # One spare byte at least: receives read slot_size + 1 bytes to see a frame too long.
         cdef uint32_t stride = (FRAME_OFFSET + slot_size + CACHE_LINE) // CACHE_LINE * CACHE_LINE
-        cdef void *slab = NULL
+        cdef void *slab
         cdef void *meta = NULL
         cdef size_t meta_size = <size_t>nslots * (PEER_SIZE + sizeof(uint32_t) + sizeof(uint16_t))
         cdef uint32_t k
-        if posix_memalign(&slab, page, <size_t>nslots * stride) != 0:
+        # Anonymous pages: page aligned, and zero (headroom and headers of slots never written
+        # read as zero) without touching them, so a large ring costs nothing until it is used.
+        slab = mmap(NULL, <size_t>nslots * stride, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if slab == MAP_FAILED:
             raise MemoryError(f"cannot allocate a packet ring of {nslots} x {stride} bytes")
         if posix_memalign(&meta, CACHE_LINE, meta_size) != 0:
-            free(slab)
+            munmap(slab, <size_t>nslots * stride)
             raise MemoryError(f"cannot allocate the lengths, offsets and peers of {nslots} slots")
         memset(meta, 0, meta_size)
         self.slab = <uint8_t *>slab
@@ -176,8 +180,6 @@ cdef class PacketRing:
         self.offs = <uint16_t *>(self.lens + nslots)
         for k in range(nslots):
             self.offs[k] = FRAME_OFFSET
-            # headroom and header start zeroed (as the headers of slots never written read)
-            memset(self.slab + <size_t>k * stride, 0, FRAME_OFFSET)
         self.nslots = nslots
         self.mask = nslots - 1
         self.slot_size = slot_size
@@ -187,7 +189,8 @@ cdef class PacketRing:
         return 0
 
     cdef void _free(self) noexcept:
-        free(self.slab)
+        if self.slab != NULL:
+            munmap(self.slab, <size_t>self.nslots * self.stride)
         free(self.peers)    # peers, lengths and offsets share one allocation
         self.slab = NULL
         self.peers = NULL
