@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import test_cli_forward as clitest
-from fwdnet import add_neighbor, in_netns, tcp_transfer
+from fwdnet import add_neighbor, in_netns, link_exists, tcp_transfer
 from netutil import wait_until
 from tapengine import (
     DEFAULT,
@@ -178,6 +178,35 @@ def test_a_stage_rewrites_frames_and_lengths_in_place(harness: Callable[..., Har
     assert h.recv_all(1) == [new_dst.tobytes() + sent[6:-10]]
 
 
+def test_a_stage_prepends_a_header_in_the_headroom_without_a_copy(
+        harness: Callable[..., Harness]) -> None:
+    tag = np.frombuffer(b"TAG!", dtype=np.uint8)
+
+    def encapsulate(batch: Batch) -> None:
+        batch.offsets[:] -= 4                   # the frame now starts 4 bytes earlier
+        batch.lengths[:] += 4
+        for k in range(batch.n):                # the slots, headroom included, for the header
+            start = int(batch.offsets[k])
+            batch.ring.slots[batch.first + k, start:start + 4] = tag
+
+    h = harness("wire", 2, encapsulate)
+    sent = frame(MAC[1], MAC[0], b"p" * 46)
+    h.send(0, sent)
+    assert h.recv_all(1) == [b"TAG!" + sent]
+
+
+def test_an_offset_into_the_virtio_header_is_refused_as_invalid(
+        harness: Callable[..., Harness]) -> None:
+    def overrun(batch: Batch) -> None:
+        batch.offsets[0] = 0                    # below the 10 bytes of the virtio-net header
+
+    h = harness("wire", 2, overrun)
+    h.send(0, frame(MAC[1], MAC[0]))
+    h.wait_rx(0, 1)
+    assert h.recv_all(1) == []
+    assert stage_counters(h.forwarder)["invalid"] == 1
+
+
 def test_a_length_past_the_slot_drops_the_packet_and_counts_it(
         harness: Callable[..., Harness]) -> None:
     def overrun(batch: Batch) -> None:
@@ -314,13 +343,16 @@ def test_a_stage_that_cannot_be_loaded_is_one_line(spec: str, message: str) -> N
         load_stage(str(ROOT / spec) if spec.startswith("examples") else spec)
 
 
-def test_forward_refuses_a_stage_it_cannot_load_before_touching_a_device(prefix: str) -> None:
+@pytest.mark.parametrize("command", ["forward", "switch"])
+def test_a_stage_that_cannot_be_loaded_is_refused_before_touching_a_device(
+        prefix: str, command: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tapengine", "forward", f"{prefix}x0", f"{prefix}x1",
+        [sys.executable, "-m", "tapengine", command, f"{prefix}x0", f"{prefix}x1",
          "--stage", str(EXAMPLES / "drop_port.py:nothing")],
         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "has no 'nothing'" in result.stderr
+    assert not link_exists(f"{prefix}x0") and not link_exists(f"{prefix}x1")
 
 
 # -- the command line, with the kernel's sockets in two namespaces ---------------------------
@@ -335,10 +367,13 @@ def udp_socket(netns: str, address: tuple[str, int]) -> socket.socket:
     return sock
 
 
+@pytest.mark.parametrize("queues", [1, 2])
 def test_forward_with_drop_port_drops_exactly_the_blocked_udp_flow(
-        forward_cli: Callable[..., tuple]) -> None:
+        forward_cli: Callable[..., tuple], queues: int) -> None:
+    """Two workers (two queues) call the same Python stage object, one at a time."""
     proc, line, (a, b) = forward_cli("forward", 2, "--stage",
-                                     str(EXAMPLES / "drop_port.py") + ":stage", "--json")
+                                     str(EXAMPLES / "drop_port.py") + ":stage", "--json",
+                                     "--queues", str(queues))
     add_neighbor(a, b)
     add_neighbor(b, a)
     assert line.startswith("forwarding ")
