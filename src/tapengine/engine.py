@@ -466,11 +466,12 @@ class EngineStats:
 
     def format(self) -> str:
         """A human table: one line per port, then drops, batch sizes and the MAC table."""
-        lines = [f"{'port':<16} {'state':<6} {'rx packets':>12} {'rx bytes':>15} "
+        width = max([16, *(len(port.name) for port in self.ports)])   # udp:[fd77::1]:4789
+        lines = [f"{'port':<{width}} {'state':<6} {'rx packets':>12} {'rx bytes':>15} "
                  f"{'tx packets':>12} {'tx bytes':>15} {'dropped':>9}"]
         for port in self.ports:
             lines.append(
-                f"{port.name:<16} {port.operstate:<6} {port.rx_packets:>12} "
+                f"{port.name:<{width}} {port.operstate:<6} {port.rx_packets:>12} "
                 f"{port.rx_bytes:>15} {port.tx_packets:>12} {port.tx_bytes:>15} "
                 f"{port.rx_dropped + port.tx_dropped:>9}"
             )
