@@ -103,10 +103,14 @@ def test_an_address_in_use_or_missing_is_an_address_error() -> None:
         open_udp_port("192.0.2.1:0")
 
 
-def test_a_udp_port_joins_a_wire_not_a_switch() -> None:
-    with (open_udp_port("127.0.0.1:0") as one, open_udp_port("127.0.0.1:0") as two,
-          pytest.raises(ValueError, match="a UDP port joins a wire, not a switch")):
-        Engine([one, two], "switch")
+def test_a_udp_port_joins_a_wire_with_a_tun_or_tap() -> None:
+    # Not a switch, and not a wire of two UDP ports: a received datagram's slot keeps its
+    # sender's address, so the other port would send it straight back to its sender.
+    with open_udp_port("127.0.0.1:0") as one, open_udp_port("127.0.0.1:0") as two:
+        with pytest.raises(ValueError, match="a UDP port joins a wire, not a switch"):
+            Engine([one, two], "switch")
+        with pytest.raises(ValueError, match="not two UDP ports"):
+            Engine([one, two])
 
 
 @pytest.mark.parametrize("args, code, fragment", [

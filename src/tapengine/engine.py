@@ -579,6 +579,9 @@ class Engine:
         udp = [port.name for port in ports if isinstance(port, UdpPort)]
         if mode == "switch" and udp:
             raise ValueError(f"a UDP port joins a wire, not a switch: {', '.join(udp)}")
+        if len(udp) > 1:    # a received datagram's slot names its sender: it would go back there
+            raise ValueError(f"a wire joins a UDP port with a tun or tap, not two UDP ports: "
+                             f"{', '.join(udp)}")
         if mode == "switch" and any(port.mode != "tap" for port in ports):
             raise ValueError("a switch forwards Ethernet frames: every port must be a tap")
         if len({port.mode for port in ports} - {"udp"}) > 1:
