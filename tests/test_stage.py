@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pyroute2 import IPRoute
 
 import test_cli_forward as clitest
 from fwdnet import add_neighbor, in_netns, link_exists, tcp_transfer
@@ -37,6 +38,7 @@ from tapengine import (
     PacketRing,
     Stage,
     StageError,
+    open_queue,
 )
 from tapengine._stage import STAGE_COUNTER_NAMES
 from tapengine.stages import StageLoadError, load_stage
@@ -316,6 +318,36 @@ def test_the_rewrite_mac_example_rewrites_what_comes_in_on_its_port(
     h.send(2, from_tap2)
     assert h.recv_all(1) == [frame(MAC[1], MAC[0], b"a" * 46), from_tap2]
     assert h.recv_all(2) == []
+
+
+def test_the_mirror_example_copies_a_port_to_a_third_tap(
+        harness: Callable[..., Harness], make_netns: Callable[[str], str], prefix: str) -> None:
+    """Every frame in on tap0 also reaches the mirror tap: the kernel counts what it received
+    there (the tap lives in a namespace of the test, up, no address)."""
+    stage = load_stage(f"{EXAMPLES / 'mirror.py'}:stage")
+    netns = make_netns("mi")
+    stage.queue = in_netns(netns, lambda: open_queue(f"{prefix}mr", "tap", vnet_hdr=False))
+    try:
+        with IPRoute(netns=netns) as ipr:
+            (index,) = ipr.link_lookup(ifname=f"{prefix}mr")
+            ipr.link("set", index=index, state="up")
+            before = dict(ipr.link("get", index=index)[0].get("IFLA_STATS64"))["rx_packets"]
+        h = harness("wire", 2, stage, names=["tap0", "tap1"])
+        sent = [frame(MAC[1], MAC[0], bytes([k]) * 46) for k in range(40)]
+        for data in sent:
+            h.send(0, data)
+        h.send(1, frame(MAC[0], MAC[1]))        # from the other port: not mirrored
+        assert h.recv_all(1) == sent            # the frames themselves go on as usual
+
+        def mirrored() -> int:
+            with IPRoute(netns=netns) as ipr:
+                return int(dict(ipr.link("get", index=index)[0].get("IFLA_STATS64"))
+                           ["rx_packets"]) - before
+
+        wait_until(lambda: mirrored() >= 40, 30, "the mirror tap to receive 40 frames")
+        assert mirrored() == 40 and (stage.copied, stage.lost) == (40, 0)
+    finally:
+        stage.queue.close()
 
 
 def test_stage_names_and_callables() -> None:
