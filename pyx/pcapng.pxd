@@ -21,6 +21,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from tapengine._batchio cimport BatchIO
 from tapengine._pktgen cimport token_bucket_t
 from tapengine._ring cimport PacketRing
+from tapengine._stage cimport Stage
 from tapengine.includes.system cimport pthread_mutex_t
 
 
@@ -89,6 +90,13 @@ cdef uint32_t capture_batch(PcapngWriter w, uint32_t ifidx, PacketRing ring, uin
 
 # CLOCK_REALTIME in nanoseconds: the clock of capture timestamps.
 cdef uint64_t realtime_ns() noexcept nogil
+
+
+# A forwarding stage (tapengine._stage) capturing each received batch, inbound, as the
+# interface of its port index; verdicts untouched.
+cdef class CaptureStage(Stage):
+    cdef readonly PcapngWriter writer
+    cdef bint released                  # close() gave back its use of the writer
 
 
 # One packet of a read file; ``data`` points into the mapped file.

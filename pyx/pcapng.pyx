@@ -21,14 +21,14 @@ fast as the device takes them; ``loops`` passes over the file.
 
 cimport cython
 from libc.errno cimport EFAULT, EINTR, EINVAL, EMSGSIZE, errno
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, UINT64_MAX
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, UINT64_MAX
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 
 from tapengine._batchio cimport BatchIO, ring_recv_via, ring_send_via, use_begin, use_end
-from tapengine._gso cimport GSO_OUT_FULL_CSUM, VNET_GSO_NONE, gso_segment
+from tapengine._gso cimport GSO_OUT_FULL_CSUM, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, gso_segment
 from tapengine._pktgen cimport (
     bucket_admit, bucket_set, bucket_spend, bucket_wait_ns, monotonic_ns, sleep_until,
     wait_or_stop,
@@ -36,6 +36,7 @@ from tapengine._pktgen cimport (
 from tapengine._ring cimport (
     PacketRing, ring_frame, ring_fresh, ring_hdr, ring_index, ring_len, ring_slot_ok,
 )
+from tapengine._stage cimport Stage
 from tapengine.includes.atomics cimport (
     te_atomic_exchange_int, te_atomic_fence, te_atomic_load_int, te_atomic_load_u64,
     te_atomic_store_int, te_atomic_store_u64,
@@ -214,18 +215,21 @@ cdef uint32_t capture_batch(PcapngWriter w, uint32_t ifidx, PacketRing ring, uin
             hdr = ring_hdr(ring, first + k)
             if hdr[1] != VNET_GSO_NONE:
                 c.superframes += 1
-                if w.segment:
-                    w.scratch.head = 0
-                    w.scratch.tail = 0
-                    nseg = gso_segment(hdr, ring_frame(ring, first + k), length, w.l2[ifidx],
-                                       w.scratch, GSO_OUT_FULL_CSUM)
-                    if nseg > 0:
-                        for s in range(<uint32_t>nseg):
-                            if not put_epb(w, &head, tail, ifidx, ring_frame(w.scratch, s),
-                                           ring_len(w.scratch, s)[0], flags, ts_ns):
-                                c.dropped += 1
-                        captured += 1
-                        continue
+            # segmenting: a superframe becomes its segments, and a partial checksum (the
+            # kernel's NEEDS_CSUM) is completed, as on a wire
+            if w.segment and (hdr[1] != VNET_GSO_NONE or hdr[0] & VNET_F_NEEDS_CSUM):
+                w.scratch.head = 0
+                w.scratch.tail = 0
+                nseg = gso_segment(hdr, ring_frame(ring, first + k), length, w.l2[ifidx],
+                                   w.scratch, GSO_OUT_FULL_CSUM)
+                if nseg > 0:
+                    for s in range(<uint32_t>nseg):
+                        if not put_epb(w, &head, tail, ifidx, ring_frame(w.scratch, s),
+                                       ring_len(w.scratch, s)[0], flags, ts_ns):
+                            c.dropped += 1
+                    captured += 1
+                    continue
+                if hdr[1] != VNET_GSO_NONE:
                     c.whole += 1
         if put_epb(w, &head, tail, ifidx, ring_frame(ring, first + k), length, flags, ts_ns):
             captured += 1
@@ -672,6 +676,40 @@ cdef class PcapngWriter:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+@cython.auto_pickle(False)
+cdef class CaptureStage(Stage):
+    """A forwarding stage that captures every batch the engine receives into ``writer``: the
+    port's index is the interface, the direction inbound, the timestamp taken when the stage
+    sees the batch (right after it was read). It decides nothing (verdicts stay as they are);
+    place it first to capture frames as they arrived. ``close(stats)`` closes the writer."""
+
+    def __init__(self, PcapngWriter writer not None, name="pcap"):
+        Stage.__init__(self, name)
+        writer._check_interface(0)
+        self.writer = writer
+        writer._users += 1               # the writer cannot be closed under a running engine
+
+    def attach(self, port_names):
+        if len(port_names) > self.writer.ninterfaces:
+            raise ValueError(f"the capture describes {self.writer.ninterfaces} interfaces, the "
+                             f"engine has {len(port_names)} ports")
+
+    cdef int process(self, int port, PacketRing ring, uint32_t first, uint32_t n,
+                     int32_t *verdict) noexcept nogil:
+        if 0 <= port < <int>self.writer.ninterfaces:
+            capture_batch(self.writer, <uint32_t>port, ring, first, n, EPB_INBOUND,
+                          realtime_ns())
+        return 0
+
+    def close(self, stats=None):
+        """Close the writer (see PcapngWriter.close); returns the files written. Call it once
+        the engine has stopped."""
+        if self.writer._users and not self.released:
+            self.writer._users -= 1
+            self.released = True
+        return self.writer.close(stats)
 
 
 # -- reading -------------------------------------------------------------------------------------

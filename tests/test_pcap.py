@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from fwdnet import in_netns
+from fwdnet import Host, add_neighbor, attach, in_netns, quiet_ipv6, udp_send
 from netutil import wait_until
 from tapengine._pcapng import (
     INBOUND,
@@ -328,6 +329,16 @@ def net(make_netns: Callable[[str], str], prefix: str) -> Iterator[Net]:
     yield Net(netns, a, b, tun)
 
 
+def _incoming(listener: socket.socket, count: int) -> list[bytes]:
+    """The next ``count`` frames a packet socket sees arrive (what the kernel sends is left)."""
+    frames = []
+    while len(frames) < count:
+        data, address = listener.recvfrom(65536)
+        if address[2] != socket.PACKET_OUTGOING:
+            frames.append(data)
+    return frames
+
+
 def _send_udp(netns: str, payloads: list[bytes]) -> None:
     sock = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
@@ -372,7 +383,7 @@ def test_capture_then_replay_reproduce_the_kernels_frames(net: Net, tmp_path: Pa
                            "--json")
         assert replay.returncode == 0, replay.stderr
         assert json.loads(replay.stdout)["packets"] == 60
-        seen = [listener.recv(65536) for _ in range(60)]
+        seen = _incoming(listener, 60)
     assert [digest(f) for f in seen] == [digest(f) for f in frames]
 
 
@@ -391,3 +402,72 @@ def test_replay_refuses_a_link_type_the_device_cannot_take(net: Net, tmp_path: P
     bad.write_bytes(b"\0" * 100)
     result = tapengine("replay", str(bad), net.b, "--netns", net.netns)
     assert result.returncode == 1 and "not a pcap or pcapng file" in result.stderr
+
+
+def _receiver(host: Host, port: int = 47001) -> socket.socket:
+    sock = in_netns(host.netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host.ip, port))
+    sock.settimeout(30)
+    return sock
+
+
+@pytest.mark.privileged
+def test_forward_pcap_holds_what_the_kernel_sent_per_port_and_replays(
+        make_netns: Callable[[str], str], prefix: str, tmp_path: Path) -> None:
+    names = [prefix + "fa", prefix + "fb"]
+    path = tmp_path / "fwd.pcapng"
+    proc = subprocess.Popen([sys.executable, "-m", "tapengine", "forward", *names, "--pcap",
+                             str(path), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    sent = {names[0]: [os.urandom(20 + 7 * i) for i in range(40)],
+            names[1]: [os.urandom(30 + 5 * i) for i in range(25)]}
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("forwarding ")
+        hosts = []
+        for k, name in enumerate(names):
+            netns = make_netns(f"f{k}")
+            quiet_ipv6(netns)
+            hosts.append(attach(name, netns, f"10.77.0.{k + 1}"))
+        add_neighbor(hosts[0], hosts[1])        # no ARP: the frames are the datagrams alone
+        add_neighbor(hosts[1], hosts[0])
+        for src, dst in (hosts, hosts[::-1]):
+            with _receiver(dst) as sock:
+                udp_send(src, dst, sent[src.ifname])
+                assert [sock.recv(2048) for _ in sent[src.ifname]] == sent[src.ifname]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "captured 65 frames" in err
+    engine = {port["ifname"]: port["stats64"]["rx"]["packets"]
+              for port in json.loads(out)["ports"]}
+    rows = tshark(path, "frame.interface_name", "udp.payload", "frame.time_epoch",
+                  "frame.packet_flags_direction")
+    for name in names:
+        mine = [r for r in rows if r[0] == name]
+        assert len(mine) == engine[name] == len(sent[name])
+        assert [digest(bytes.fromhex(r[1])) for r in mine] == [digest(p) for p in sent[name]]
+        stamps = [tuple(map(int, r[2].split("."))) for r in mine]
+        assert stamps == sorted(stamps)
+        assert {int(r[3], 0) for r in mine} == {INBOUND}
+
+    with PcapReader(path) as reader:
+        frames = [data for _, _, data, _ in reader]
+    netns = make_netns("r")
+    quiet_ipv6(netns)
+    with IPRoute(netns=netns) as ipr:
+        ipr.link("add", ifname=prefix + "r", kind="tuntap", mode="tap")
+        ipr.link("set", index=ipr.link_lookup(ifname=prefix + "r")[0], state="up")
+    listener = in_netns(netns, socket.socket, socket.AF_PACKET, socket.SOCK_RAW,
+                        socket.htons(0x0003))
+    with listener:
+        listener.bind((prefix + "r", 0))
+        listener.settimeout(30)
+        replay = tapengine("replay", str(path), prefix + "r", "--netns", netns, "--pps", "20000")
+        assert replay.returncode == 0, replay.stderr
+        seen = _incoming(listener, len(frames))
+    assert [digest(f) for f in seen] == [digest(f) for f in frames]

@@ -3,9 +3,11 @@ from os import PathLike
 from typing import Any, Protocol, Self, final
 
 import numpy as np
+from typing_extensions import disjoint_base
 
 from tapengine._batchio import BatchIO
 from tapengine._ring import PacketRing
+from tapengine._stage import Stage
 
 CAPTURE_COUNTERS_DTYPE: np.dtype[np.void]
 REPLAY_COUNTERS_DTYPE: np.dtype[np.void]
@@ -98,6 +100,13 @@ class PcapngWriter:
     def close(self, stats: Mapping[int, Mapping[str, int]] | None = None) -> list[str]: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc_info: object) -> None: ...
+
+@disjoint_base
+class CaptureStage(Stage):
+    @property
+    def writer(self) -> PcapngWriter: ...
+    def __init__(self, writer: PcapngWriter, name: str = "pcap") -> None: ...
+    def close(self, stats: Mapping[int, Mapping[str, int]] | None = None) -> list[str]: ...
 
 @final
 class PcapReader:

@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from tapengine._ring import PacketRing
 from tapengine.cli.common import (
@@ -26,9 +28,16 @@ from tapengine.cli.common import (
     open_io,
     run_with_progress,
 )
-from tapengine.engine import DEFAULT_TXQUEUELEN, raise_txqueuelen
+from tapengine.engine import DEFAULT_TXQUEUELEN, EngineStats, raise_txqueuelen
 from tapengine.netns import inside_netns
-from tapengine.pcap import DEFAULT_SNAPLEN, MAX_CAPLEN, MAX_FILE_MB, CaptureOptions, linktype_of
+from tapengine.pcap import (
+    DEFAULT_SNAPLEN,
+    MAX_CAPLEN,
+    MAX_FILE_MB,
+    CaptureOptions,
+    CaptureStage,
+    linktype_of,
+)
 from tapengine.traffic import MAX_COUNT, MAX_DURATION, format_pps, open_device, probe_device
 from tapengine.validate import MAX_TXQUEUELEN
 
@@ -50,6 +59,40 @@ def add_capture_file_options(parser: argparse.ArgumentParser, *, prefix: str = "
     parser.add_argument("--pcap-superframes", action="store_true",
                         help="write GSO superframes as they are (up to 64 KiB) instead of the "
                              "segments a wire would carry")
+
+
+def add_pcap_options(parser: argparse.ArgumentParser) -> None:
+    """``--pcap FILE`` and its file options, for ``forward`` and ``switch``."""
+    parser.add_argument("--pcap", type=PathArg("capture"), metavar="FILE",
+                        help="capture every frame the engine receives into FILE (pcapng: an "
+                             "interface per port, inbound)")
+    add_capture_file_options(parser)
+
+
+def open_engine_capture(args: argparse.Namespace, ports: Sequence[Any]) -> CaptureStage | None:
+    """The capture stage ``--pcap`` asks for (None without it): an interface per port, in the
+    engine's port order, the link type of the ports' devices."""
+    if not args.pcap:
+        return None
+    options = CaptureOptions(args.pcap, snaplen=args.snaplen, size_mb=args.pcap_size,
+                             superframes=args.pcap_superframes)
+    linktype = linktype_of("tun" if args.tun else "tap")
+    writer = options.open([(port.name, linktype, port.vnet_hdr) for port in ports],
+                          command=args.command_name)
+    return CaptureStage(writer)
+
+
+def close_engine_capture(capture: CaptureStage, final: EngineStats | None, command: str) -> None:
+    """Close the capture once the engine stopped: each port's received packets and drops go
+    in its Interface Statistics Block; one line on stderr says what was written."""
+    stats = None if final is None else {
+        index: {"received": port.counters["rx_packets"], "if_dropped": sum(port.drops.values())}
+        for index, port in enumerate(final.ports)}
+    files = capture.close(stats)
+    counters = capture.writer.counters
+    print(f"tapengine {command}: captured {int(counters['packets'].sum()):,} frames into "
+          f"{', '.join(files)}; {int(counters['dropped'].sum()):,} dropped by the capture buffer",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

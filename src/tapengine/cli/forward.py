@@ -23,6 +23,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tapengine.cli.capture import add_pcap_options, close_engine_capture, open_engine_capture
 from tapengine.cli.common import (
     ArgType,
     CommandError,
@@ -56,6 +57,7 @@ from tapengine.engine import (
 )
 from tapengine.errors import InvalidValueError, StageError
 from tapengine.metrics import EngineCollector
+from tapengine.pcap import CaptureStage
 from tapengine.privileges import Identity
 from tapengine.signals import on_signal, signal_name, stop_signals
 from tapengine.validate import MAX_TXQUEUELEN
@@ -168,6 +170,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         metavar="PATH.py:NAME|MODULE:NAME",
                         help="run this Python stage on every batch before the built-in "
                              "wire/switch decides (repeat for several, run in order)")
+    add_pcap_options(parser)
     add_json_option(parser, "final stats as JSON")
 
 
@@ -207,7 +210,14 @@ def run(args: argparse.Namespace) -> int:
                                            txqueuelen=args.txqueuelen, share=args.share_queues)
         switch_options = {"table_size": args.table_size, "ageing": args.ageing} \
             if args.mode == "switch" else {}
-        return serve(ports, args.mode, command=args.command_name, label=label,
+        try:
+            capture = open_engine_capture(args, ports)
+        except BaseException:
+            close_ports(ports, restore=True)
+            raise
+        if capture is not None:         # first: it sees every frame as it arrived
+            stages = [capture, *stages]
+        return serve(ports, args.mode, command=args.command_name, label=label, capture=capture,
                      budget=args.budget, io=args.io, coalesce_usecs=args.coalesce_usecs,
                      stats_interval=args.stats_interval, as_json=args.json, user=args.user,
                      metrics=metrics, stages=stages,
@@ -218,7 +228,7 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
           io: str = "readv", coalesce_usecs: int = DEFAULT_COALESCE_USECS,
           stats_interval: float = 0.0, as_json: bool = False,
           user: Identity | None = None, metrics: MetricsServer | None = None,
-          stages: Sequence[Any] = (),
+          stages: Sequence[Any] = (), capture: CaptureStage | None = None,
           **switch_options: Any) -> int:  # fmt: skip
     """Forward between open ``ports`` until a stop signal, then print the final stats; the
     ports are closed on the way out (a failure gives back the txqueuelen they raised).
@@ -228,7 +238,8 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
     worker that failed (and stopped the engine) or did not stop is a one-line error; in the
     second case the ports stay open, since the worker may still use them. A stage that raised:
     its traceback (unless on its first batch), the final stats, one line, and
-    STAGE_FAILED_EXIT."""
+    STAGE_FAILED_EXIT. ``capture`` (``--pcap``, also one of ``stages``) is closed once the
+    engine stopped, each port's final counts in its statistics block."""
     done = False
     engine: Engine | None = None
     failed: StageError | None = None
@@ -254,6 +265,8 @@ def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budg
     finally:
         if engine is None or not engine.running:    # a stuck worker may still use them
             close_ports(ports, restore=not done)  # a failure gives back the txqueuelen it raised
+            if capture is not None:     # (one of the stages): the engine no longer uses it
+                close_engine_capture(capture, final if done else None, command)
     if caught.first is not None:
         print(f"tapengine {command}: stopped by {signal_name(caught.first)}",
               file=sys.stderr, flush=True)  # fmt: skip
