@@ -51,7 +51,8 @@ from tapengine._gso cimport (
     gso_segment, gso_store_hdr_len, gso_validate,
 )
 from tapengine._ring cimport (
-    PacketRing, ring_frame, ring_hdr, ring_len, ring_lengths_ok, ring_slot_ok,
+    PacketRing, ring_frame, ring_hdr, ring_len, ring_lengths_ok, ring_peer, ring_slot_ok,
+    te_sockaddr,
 )
 from tapengine._stage cimport (
     N_STAGE_COUNTERS, STAGE_BATCHES, STAGE_DROPPED, STAGE_INVALID, STAGE_MISDIRECTED, STAGE_NS,
@@ -1204,8 +1205,9 @@ cdef class Forwarder:
     cdef void _segment_and_send(self, int i, int o, PacketRing ring, uint32_t index) noexcept nogil:
         # Software segmentation (pyx/gso.pyx): the superframe (or partial checksum) at ``index``
         # becomes plain MTU frames with every checksum complete, in the scratch ring, then goes
-        # out of port o like any other run.
-        cdef int made
+        # out of port o like any other run. Each segment keeps the superframe's peer address (a
+        # stage may have set one for a UDP port).
+        cdef int made, k
         self._scratch.head = self._scratch.tail = 0
         made = gso_segment(ring_hdr(ring, index), ring_frame(ring, index), ring_len(ring, index)[0],
                            self.ports[i].l2, self._scratch, GSO_OUT_FULL_CSUM)
@@ -1214,6 +1216,9 @@ cdef class Forwarder:
             self.ports[o].counters[DROP_NEEDS_SEGMENTATION] += 1
             return
         self.ports[o].counters[SEGMENTED] += 1
+        for k in range(made):
+            memcpy(ring_peer(self._scratch, <uint32_t>k), ring_peer(ring, index),
+                   sizeof(te_sockaddr))
         self._send_run(o, self._scratch, 0, <uint32_t>made)
         self._scratch.head = self._scratch.tail = 0
 

@@ -33,11 +33,13 @@ from netutil import wait_until
 from tapengine.cli import main
 from tapengine.engine import Engine
 from tapengine.errors import AddressError, InvalidValueError
+from tapengine.tun import Offload
 from tapengine.udpport import open_udp_port
 from tapengine.validate import check_endpoint, format_endpoint
 from test_cli_forward import tcp_is_quiet
 
 MB = 1 << 20
+UDP_SEGMENT = 103       # <linux/udp.h>: the socket option of UDP GSO
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 IFA_F_NODAD = 0x02
 TUN_MTU = 1400
@@ -348,6 +350,44 @@ def test_the_learn_peer_example_sends_the_tun_to_the_last_sender(
             with pytest.raises(BlockingIOError):     # nothing went to the old address
                 first.recv(2048)
             assert engine.stats().stages[0].dropped == 1
+
+
+def test_segments_of_a_superframe_keep_the_address_a_stage_gave_it(
+        make_netns: Callable[[str], str]) -> None:
+    """A tun with offloads hands over one UDP GSO superframe (a socket's UDP_SEGMENT send); the
+    engine segments it in software for the UDP port, and every segment goes where the stage
+    (examples/stages/learn_peer.py) addressed the superframe: none is refused for lack of one."""
+    from scapy.layers.inet import IP, UDP
+
+    from tapengine.engine import open_port
+    from tapengine.netns import run_in_netns
+    from tapengine.stages import load_stage
+
+    netns = loopback_netns(make_netns, "g")
+    (far,) = loopback_sockets(netns, 1)
+    inner = in_netns(netns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    with far, inner:
+        tun = run_in_netns(netns, open_port, "tun0", mode="tun")
+        if not tun.offload & Offload.USO4:
+            pytest.skip("this kernel's tun does not take UDP segmentation offload (USO4)")
+        udp = open_udp_port("127.0.0.1:0", netns=netns)
+        stage = load_stage(f"{EXAMPLES}/stages/learn_peer.py:stage")
+        with tun, udp, Engine([tun, udp], stages=[stage]) as engine:
+            in_netns(netns, _no_ipv6, "tun0")
+            address_up(netns, "tun0", "10.78.0.1")
+            inner.bind(("10.78.0.1", 0))
+            inner.settimeout(30)
+            hello = IP(src="10.78.0.2", dst="10.78.0.1") / UDP(
+                sport=7, dport=inner.getsockname()[1]) / b"hello"
+            far.sendto(bytes(hello), udp.local)          # the stage learns far's address
+            assert inner.recv(2048) == b"hello"
+            inner.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, 1000)
+            payload = os.urandom(3000)
+            inner.sendto(payload, ("10.78.0.2", 7))      # one superframe of three segments
+            got = b"".join(bytes(IP(far.recv(2048))[UDP].payload) for _ in range(3))
+            assert got == payload
+            port = engine.stats().port(udp.name)
+            assert port.segmented == 1 and port.tx_packets == 3 and port.drops == {}
 
 
 def test_forward_netns_opens_the_devices_inside_the_namespace(
