@@ -158,7 +158,7 @@ cdef class Stage:
     override the ``nogil`` ``process()`` (``from tapengine._stage cimport Stage``). ``name``
     (default: the class name) labels its counters. ``attach(port_names)`` is called once before
     the engine starts, with the names of the ports in index order: a stage can look up the
-    index of a port it redirects to there.
+    index of a port it redirects to there; ``detach()`` once when the engine closes.
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -173,6 +173,10 @@ cdef class Stage:
 
     def attach(self, port_names):
         """Called once before the engine starts, with the port names in index order."""
+
+    def detach(self):
+        """Called once when the engine closes, after every worker stopped: release what
+        ``attach`` or the calls opened."""
 
     def __call__(self, batch):
         raise NotImplementedError(
@@ -260,6 +264,11 @@ cdef class FunctionStage(Stage):
         attach = getattr(self.function, "attach", None)
         if callable(attach):
             attach(port_names)
+
+    def detach(self):
+        detach = getattr(self.function, "detach", None)
+        if callable(detach):
+            detach()
 
     def __call__(self, batch):
         self.function(batch)

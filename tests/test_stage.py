@@ -38,9 +38,12 @@ from tapengine import (
     PacketRing,
     Stage,
     StageError,
+    open_ports,
     open_queue,
 )
 from tapengine._stage import STAGE_COUNTER_NAMES
+from tapengine.engine import Engine
+from tapengine.netns import run_in_netns
 from tapengine.stages import StageLoadError, load_stage
 from test_forward import MAC, Harness, frame
 
@@ -347,7 +350,39 @@ def test_the_mirror_example_copies_a_port_to_a_third_tap(
         wait_until(lambda: mirrored() >= 40, 30, "the mirror tap to receive 40 frames")
         assert mirrored() == 40 and (stage.copied, stage.lost) == (40, 0)
     finally:
-        stage.queue.close()
+        stage.detach()                          # what the engine calls when it closes
+    assert stage.queue is None
+
+
+def test_the_engine_attaches_its_stages_once_and_detaches_them_once_stopped(
+        make_netns: Callable[[str], str], prefix: str) -> None:
+    calls: list[tuple[str, ...]] = []
+
+    class Recorder(Stage):
+        def attach(self, port_names: list[str]) -> None:
+            calls.append(("attach", *port_names))
+
+        def detach(self) -> None:
+            calls.append(("detach",))
+
+        def __call__(self, batch: Batch) -> None:
+            pass
+
+    names = [f"{prefix}a0", f"{prefix}a1"]
+
+    def run() -> None:
+        ports = open_ports(names, queues=2)
+        try:
+            engine = Engine(ports, "wire", stages=[Recorder()])
+            with engine:
+                assert calls == [("attach", *names)]
+            engine.close()                      # a second close detaches nothing again
+        finally:
+            for port in ports:
+                port.close()
+
+    run_in_netns(make_netns("ad"), run)
+    assert calls == [("attach", *names), ("detach",)]
 
 
 def test_stage_names_and_callables() -> None:

@@ -27,6 +27,11 @@ class Mirror(Stage):
         if self.port_name not in port_names:
             raise ValueError(f"no port {self.port_name!r} here: {', '.join(port_names)}")
 
+    def detach(self) -> None:
+        if self.queue is not None:      # the engine closed: the mirror tap goes with its fd
+            self.queue.close()
+            self.queue = None
+
     def __call__(self, batch: Batch) -> None:
         if batch.port_name != self.port_name:
             return

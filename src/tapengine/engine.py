@@ -551,7 +551,8 @@ class Engine:
 
     ``stages`` run on every batch before the built-in wire or switch, in order: ``Stage``
     objects (Python or C) or any callable taking a ``Batch``; each worker calls the same
-    objects. ``attach(port_names)`` of each is called once by ``start()``. A stage that raises
+    objects. ``attach(port_names)`` of each is called once by ``start()``, ``detach()`` once by
+    ``close()`` when every worker has stopped (a stage closes what it opened). A stage that raises
     stops the engine: ``failure`` is then a ``StageError`` whose cause is the stage's exception.
     """
 
@@ -603,6 +604,7 @@ class Engine:
         self.coalesce_usecs = coalesce_usecs
         self.table = MacTable(table_size, ageing) if mode == "switch" else None
         self.stages: list[Stage] = [as_stage(stage) for stage in stages]
+        self._attached = False      # attach() called, detach() not yet
         stage_names = [stage.name for stage in self.stages]
         if len(set(stage_names)) != len(stage_names):
             raise ValueError(f"two stages have the same name: {', '.join(stage_names)}; "
@@ -639,6 +641,7 @@ class Engine:
         names = [port.name for port in self.ports]
         for stage in self.stages:
             stage.attach(names)
+        self._attached = True
         try:
             for k in range(self.workers):
                 uring = UringIO(uring_entries(self.budget), linked_writes=False) \
@@ -703,6 +706,10 @@ class Engine:
                     forwarder.close()
             for forwarder in self._forwarders[len(self._threads):]:   # never started
                 forwarder.close()
+            if self._attached and not self.running:     # a stuck worker may still call them
+                self._attached = False
+                for stage in self.stages:
+                    stage.detach()
 
     def __enter__(self) -> Self:
         self.start()
