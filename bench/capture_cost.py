@@ -1,7 +1,7 @@
 """What capturing costs (issue 12): pcapng capture against tcpdump, and inside the forwarder.
 
     .venv/bin/python bench/capture_cost.py [--rounds 5] [--seconds 5] [--parts tcpdump,forward]
-                                           [--json FILE]
+                                           [--io readv|uring] [--json FILE]
 
 Every capture file goes to tmpfs (``/dev/shm``), so the figures are the capture path, not a disk.
 
@@ -93,10 +93,11 @@ def wait_ready(proc: subprocess.Popen[str], stream: str, words: str) -> None:
         raise RuntimeError(f"not ready: {line!r} {stop(proc)}")
 
 
-def run_capture(netns: str, src: str, dst: str, seconds: float) -> dict[str, float]:
+def run_capture(netns: str, src: str, dst: str, seconds: float,
+                io: str = "readv") -> dict[str, float]:
     path = SHM / f"{dst}.pcapng"
     proc = subprocess.Popen(tapengine_argv("capture", dst, "--netns", netns, "-w", str(path),
-                                           "--json", "--quiet"),
+                                           "--json", "--quiet", "--io", io),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(proc, "stdout", "capturing on")
@@ -160,10 +161,10 @@ def median(runs: list[dict[str, float]], key: str = "pps") -> float:
     return statistics.median(run[key] for run in runs)
 
 
-def part_tcpdump(rounds: int, seconds: float) -> dict[str, object]:
+def part_tcpdump(rounds: int, seconds: float, io: str = "readv") -> dict[str, object]:
     with lab() as (netns, src, dst):
         runs = interleave(rounds, {
-            "tapengine capture": lambda: run_capture(netns, src, dst, seconds),
+            "tapengine capture": lambda: run_capture(netns, src, dst, seconds, io),
             "tcpdump -w": lambda: run_tcpdump(netns, src, dst, seconds),
         })
     rows = []
@@ -189,7 +190,7 @@ def forward_rate(seconds: float, pcap: bool) -> dict[str, float]:
             name.unlink()
 
 
-def part_forward(rounds: int, seconds: float) -> dict[str, object]:
+def part_forward(rounds: int, seconds: float, io: str = "readv") -> dict[str, object]:
     runs = interleave(rounds, {
         "forward": lambda: forward_rate(seconds, False),
         "forward --pcap": lambda: forward_rate(seconds, True),
@@ -209,6 +210,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--parts", default="tcpdump,forward")
+    parser.add_argument("--io", choices=("readv", "uring"), default="readv",
+                        help="tapengine capture's --io (the tcpdump part)")
     parser.add_argument("--json", type=Path, help="also write every run to this file")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -217,8 +220,8 @@ def main() -> int:
           f"load {Path('/proc/loadavg').read_text().strip()}", file=sys.stderr)
     out: dict[str, object] = {}
     for part in args.parts.split(","):
-        out[part] = {"tcpdump": part_tcpdump, "forward": part_forward}[part](args.rounds,
-                                                                             args.seconds)
+        out[part] = {"tcpdump": part_tcpdump, "forward": part_forward}[part](
+            args.rounds, args.seconds, args.io)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
