@@ -365,7 +365,7 @@ def test_capture_then_replay_reproduce_the_kernels_frames(net: Net, tmp_path: Pa
             capture.communicate()
     assert capture.returncode == 0, err
     result = json.loads(out)
-    assert (result["captured"], result["dropped"]) == (60, 0)
+    assert (result["captured"], result["dropped"], result["kernel_dropped"]) == (60, 0, 0)
     rows = tshark(path, "frame.interface_name", "udp.payload", "frame.time_epoch")
     assert {r[0] for r in rows} == {net.a}
     assert [digest(bytes.fromhex(r[1])) for r in rows] == [digest(p) for p in payloads]

@@ -29,6 +29,7 @@ from tapengine.cli.common import (
     run_with_progress,
 )
 from tapengine.engine import DEFAULT_TXQUEUELEN, EngineStats, raise_txqueuelen
+from tapengine.kstats import LinkStats, read_stats
 from tapengine.netns import inside_netns
 from tapengine.pcap import (
     DEFAULT_SNAPLEN,
@@ -95,6 +96,15 @@ def close_engine_capture(capture: CaptureStage, final: EngineStats | None, comma
           file=sys.stderr, flush=True)  # fmt: skip
 
 
+def _tx_dropped_since(before: LinkStats) -> int | None:
+    """Frames the kernel dropped at the device's queue (toward us) since ``before``; None if
+    the device is gone."""
+    try:
+        return read_stats(before.name, before.netns).tx_dropped - before.tx_dropped
+    except OSError:
+        return None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "capture", help="capture a tap or tun into a pcapng file (like tcpdump -i DEV -w FILE)",
@@ -140,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         writer = options.open([(info.name, linktype_of(info.mode), queue.vnet_hdr)],
                               command="capture")
         started = time.monotonic()
+        before = read_stats(info.name, info.netns)
 
         def progress() -> str:
             c = writer.counters[0]
@@ -157,12 +168,15 @@ def run(args: argparse.Namespace) -> int:
             )
         finally:
             c = writer.counters[0]
-            files = writer.close({0: {"received": int(c["packets"]) + int(c["dropped"])}})
+            kernel_dropped = _tx_dropped_since(before)
+            files = writer.close({0: {"received": int(c["packets"]) + int(c["dropped"]),
+                                      "if_dropped": kernel_dropped}})
     elapsed = time.monotonic() - started
     c = writer.counters[0]
     result = {"device": info.name, "netns": info.netns, "mode": info.mode, "files": files,
               "received": int(got or 0), "captured": int(c["packets"]),
               "bytes": int(c["bytes"]), "dropped": int(c["dropped"]),
+              "kernel_dropped": kernel_dropped,
               "superframes": int(c["superframes"]), "elapsed_s": round(elapsed, 6),
               "interrupted": interrupted}  # fmt: skip
     if args.json:
@@ -170,5 +184,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"capture {info.name}: {result['captured']:,} frames ({result['bytes']:,} bytes) "
               f"written to {', '.join(files)}; {result['dropped']:,} dropped by the capture "
-              f"buffer; {elapsed:.3f} s")  # fmt: skip
+              f"buffer, {kernel_dropped if kernel_dropped is not None else '?'} by the kernel "
+              f"(the device's queue); {elapsed:.3f} s")  # fmt: skip
     return 0
