@@ -7,7 +7,7 @@ The layers, top to bottom (a module may import from its own layer or any lower o
     the CLI (tapengine.cli.*), its shared parts (cli.common)
     the benchmark harness
     topology, metrics / engine, traffic, cleanup, compat.pytun, pcap
-    devices, kstats, udpport (and the small programs naive_forward, nsexec)
+    devices, kstats, udpport, vxlan (and the small programs naive_forward, nsexec)
     aio -> tun -> netlink -> netns -> validate -> errors, marks, signals
 """
 
@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"netlink"},
     {"tun"},
     {"aio"},
-    {"devices", "kstats", "naive_forward", "nsexec", "udpport"},
+    {"devices", "kstats", "naive_forward", "nsexec", "udpport", "vxlan"},
     {"cleanup", "traffic", "engine", "compat", "compat.pytun", "pcap", "stages"},
     {"topology", "metrics"},
     {"benchrun"},

@@ -54,6 +54,7 @@ from tapengine.netlink import IFF_UP, find_link, link_kind, netlink_errors, rtnl
 from tapengine.tun import Mode, Offload, TunQueue, open_queue, open_queues
 from tapengine.udpport import UdpPort
 from tapengine.validate import MAX_TAP_QUEUES, MAX_TXQUEUELEN, check_float, check_int
+from tapengine.vxlan import VxlanPort, format_vxlan
 
 EngineMode = Literal["wire", "switch"]
 IoBackend = Literal["readv", "uring"]
@@ -340,6 +341,7 @@ class PortStats:
     ring: dict[str, int] = field(default_factory=dict)  # slots, slot_size, bytes (per worker)
     link_up: bool = True        # False once Engine.link_events saw the link set down
     udp: dict[str, str | None] | None = None    # a UDP port's local, remote address and netns
+    vxlan: dict[str, Any] | None = None     # a VXLAN port's configuration, counters, VTEP table
 
     def __getattr__(self, name: str) -> int:
         try:
@@ -453,6 +455,7 @@ class EngineStats:
                     "batches": port.rx_batches,
                     "ring": port.ring,
                     **({"udp": port.udp} if port.udp is not None else {}),
+                    **({"vxlan": port.vxlan} if port.vxlan is not None else {}),
                 }
                 for port in self.ports
             ],
@@ -487,6 +490,8 @@ class EngineStats:
             if port.udp is not None:
                 lines.append(f"{port.name}: UDP, local {port.udp['local']}, remote "
                              f"{port.udp['remote'] or 'any'}")
+            if port.vxlan is not None:
+                lines.append(format_vxlan(port.name, port.vxlan))
             if not port.up:
                 lines.append(f"{port.name} went down: {port.state[6:-1] or 'hung up'}")
             elif not port.link_up:
@@ -556,7 +561,7 @@ class Engine:
     stops the engine: ``failure`` is then a ``StageError`` whose cause is the stage's exception.
     """
 
-    def __init__(self, ports: Sequence[Port | UdpPort], mode: EngineMode = "wire", *,
+    def __init__(self, ports: Sequence[Port | UdpPort | VxlanPort], mode: EngineMode = "wire", *,
                  budget: int = 64,
                  table_size: int = 4096, ageing: float = 300.0, spin: int = 0,
                  io: IoBackend = "readv",
@@ -652,7 +657,7 @@ class Engine:
                     ring = PacketRing(nslots, port.slot_size)
                     self._rings[index] = ring_memory(ring)
                     self._ring_objects.append((index, ring))
-                    io = {"port_io": port.port_io(k)} if isinstance(port, UdpPort) else {}
+                    io = {"port_io": port.port_io(k)} if hasattr(port, "port_io") else {}
                     forwarder.add_port(None if io else port.queues[k].fileno(), ring,
                                        vnet_hdr=port.vnet_hdr, l2=self._l2, **io)
                 for stage in self.stages:
@@ -758,6 +763,7 @@ class Engine:
                         for live in per_queue],
                 ring=dict(self._rings.get(index, {})),
                 udp=port.addresses() if isinstance(port, UdpPort) else None,
+                vxlan=port.info() if isinstance(port, VxlanPort) else None,
             ))
         table = None
         if self.table is not None:

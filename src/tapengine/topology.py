@@ -22,8 +22,16 @@ A topology is TOML (or the same structure as Python data)::
     queues = 2
     vnet_hdr = true
 
+    [vxlan.overlay]                     # a VXLAN port (tapengine.vxlan), usable in [engine]
+    vni = 42
+    local = "192.0.2.1"                 # the underlay address to bind
+    remotes = ["192.0.2.2"]             # head-end replication targets
+    fdb = ["02:00:00:00:00:02=192.0.2.3"]   # static entries, MAC=VTEP
+    dstport = 4789                      # default; 8472 for the kernel's default and flannel
+    netns = "red"                       # the underlay namespace (default: where it runs)
+
     [engine]
-    ports = ["tap0", "tap1"]            # the taps the engine serves
+    ports = ["tap0", "tap1"]            # the taps (and VXLAN ports) the engine serves
     mode = "wire"                       # or "switch" (2 to 64 ports); default "wire"
 
 Everything is checked before anything is made, so a bad description changes nothing and the error
@@ -54,6 +62,7 @@ from tapengine.engine import MAX_SWITCH_PORTS, Port, open_port
 from tapengine.errors import (
     DeviceNotFoundError,
     InvalidNameError,
+    InvalidValueError,
     TapengineError,
     TopologyError,
 )
@@ -68,11 +77,14 @@ from tapengine.validate import (
     check_cidr,
     check_id,
     check_ifname,
+    check_int,
+    check_ip,
     check_mac,
     check_mtu,
     check_netns_name,
     read_text_file,
 )
+from tapengine.vxlan import IANA_PORT, MAX_VNI, VxlanPort, check_tap_mtu, open_vxlan_port, parse_fdb
 
 # -- the description -------------------------------------------------------------------------
 
@@ -100,6 +112,26 @@ class LinkSpec:
     # bridge
     stp: bool = False
     ports: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VxlanEnginePort:
+    """A ``[vxlan.NAME]`` port of the engine: opened with ``open_vxlan_port`` in ``netns``."""
+
+    name: str
+    netns: str | None
+    vni: int
+    local: str
+    remotes: list[str]
+    fdb: list[tuple[str, str]]
+    dstport: int = IANA_PORT
+    mode: str = "tap"
+    queues: int = 1
+    vnet_hdr: bool = False
+
+    def open(self) -> VxlanPort:
+        return open_vxlan_port(self.vni, self.local, self.remotes, dstport=self.dstport,
+                               fdb=self.fdb, netns=self.netns, name=self.name)
 
 
 @dataclass(frozen=True)
@@ -143,7 +175,8 @@ _KEYS = {
     "bridge": _COMMON_KEYS | {"stp", "ports"},
 }
 _TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list of strings"}
-_TOP_KEYS = {"prefix", "netns", "tap", "veth", "bridge", "engine"}
+_TOP_KEYS = {"prefix", "netns", "tap", "veth", "bridge", "vxlan", "engine"}
+_VXLAN_KEYS = {"vni", "local", "remotes", "fdb", "dstport", "netns"}
 _ENGINE_KEYS = {"ports", "mode"}
 
 
@@ -197,7 +230,8 @@ class _Reader:
             raise self.error((*path, key), f"expected {expected}, got {value!r}")
         return value
 
-    def read(self) -> tuple[str, list[str], list[LinkSpec], list[EnginePort], str]:
+    def read(self) -> tuple[str, list[str], list[LinkSpec], list[EnginePort | VxlanEnginePort],
+                            str]:
         top = self.table(self.data, (), _TOP_KEYS)
         prefix = self.typed(top, (), "prefix", str, "")
         if self.prefix_override is not None:
@@ -211,6 +245,8 @@ class _Reader:
                 specs.append(self.read_link(kind, str(key), value, namespaces))
         self.check_unique(specs)
         self.check_ports(specs)
+        self.vxlans = {str(key): self.read_vxlan(str(key), value, namespaces)
+                       for key, value in self.section(top.get("vxlan", {}), ("vxlan",)).items()}
         engine, mode = self.read_engine(top.get("engine", {}), specs)
         final_namespaces = [self.final(ns, ("netns", ns), netns=True) for ns in namespaces]
         return prefix, final_namespaces, specs, engine, mode
@@ -354,19 +390,44 @@ class _Reader:
                     raise self.error(path, f"port {port!r} is already a port of {attached[port]!r}")
                 attached[port] = bridge.key
 
-    def read_engine(self, value: Any, specs: list[LinkSpec]) -> tuple[list[EnginePort], str]:
+    def read_vxlan(self, key: str, value: Any, namespaces: list[str]) -> VxlanEnginePort:
+        path = ("vxlan", key)
+        table = self.table(value, path, _VXLAN_KEYS)
+        for required in ("vni", "local"):
+            if required not in table:
+                raise self.error(path, f"a VXLAN port needs {required!r}")
+        try:
+            vni = check_int(self.typed(table, path, "vni", int), "VNI", 0, MAX_VNI)
+            dstport = check_int(self.typed(table, path, "dstport", int, IANA_PORT),
+                                "VXLAN port", 1, 65535)
+            local = str(check_ip(self.typed(table, path, "local", str)))
+            remotes = [str(check_ip(r)) for r in self.typed(table, path, "remotes", list, [])]
+            fdb = [parse_fdb(entry) for entry in self.typed(table, path, "fdb", list, [])]
+        except InvalidValueError as err:
+            raise self.error(path, str(err)) from None
+        if not remotes and not fdb:
+            raise self.error(path, "a VXLAN port needs 'remotes' or 'fdb' entries to talk to")
+        netns = self.netns_ref(table, path, "netns", namespaces)
+        return VxlanEnginePort(key, netns, vni, local, remotes, fdb, dstport)
+
+    def read_engine(self, value: Any, specs: list[LinkSpec]
+                    ) -> tuple[list[EnginePort | VxlanEnginePort], str]:  # fmt: skip
         table = self.table(value, ("engine",), _ENGINE_KEYS)
         mode = self.typed(table, ("engine",), "mode", str, "wire")
         if mode not in ENGINE_MODES:
             raise self.error(("engine", "mode"), f"expected 'wire' or 'switch', got {mode!r}")
         taps = {spec.key: spec for spec in specs if spec.kind == "tap"}
-        ports = []
+        ports: list[EnginePort | VxlanEnginePort] = []
         for name in self.typed(table, ("engine",), "ports", list, []):
+            if name in self.vxlans:
+                ports.append(self.vxlans[name])
+                continue
             spec = taps.get(name)
             if spec is None:
                 raise self.error(
                     ("engine", "ports"), f"{name!r} is not a tap of this topology; the engine "
-                    f"serves taps (defined: {', '.join(taps) or 'none'})",
+                    f"serves taps and VXLAN ports (defined: "
+                    f"{', '.join([*taps, *self.vxlans]) or 'none'})",
                 )  # fmt: skip
             ports.append(EnginePort(spec.name, spec.netns, spec.mode, spec.queues, spec.vnet_hdr))
         low, high = ENGINE_MODES[mode]
@@ -445,7 +506,7 @@ class Topology:
         prefix: str,
         namespaces: list[str],
         links: list[LinkSpec],
-        engine_ports: list[EnginePort],
+        engine_ports: list[EnginePort | VxlanEnginePort],
         *,
         source: str = "<dict>",
         engine_mode: str = "wire",
@@ -509,12 +570,18 @@ class Topology:
                 found.append(f"{spec.netns}/{spec.name}" if spec.netns else spec.name)
         return found
 
-    def open_engine_ports(self) -> list[Port]:
-        """Open every port of the ``[engine]`` section (see ``EnginePort.open``); all or none."""
-        ports: list[Port] = []
+    def open_engine_ports(self) -> list[Port | VxlanPort]:
+        """Open every port of the ``[engine]`` section (see ``EnginePort.open``); all or none.
+        A tap whose MTU does not fit a VXLAN port's underlay is refused (``check_tap_mtu``)."""
+        ports: list[Port | VxlanPort] = []
         try:
             for engine_port in self.engine_ports:
                 ports.append(engine_port.open())
+            for vxlan in [port for port in ports if isinstance(port, VxlanPort)]:
+                vxlan.coalesce_toward([port for port in ports if isinstance(port, Port)])
+                for port in ports:
+                    if isinstance(port, Port) and port.mtu is not None:
+                        check_tap_mtu(vxlan, port.name, port.mtu)
         except BaseException:
             for port in ports:
                 port.close()

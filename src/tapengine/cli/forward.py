@@ -38,6 +38,7 @@ from tapengine.cli.common import (
 )
 from tapengine.cli.metrics_option import add_metrics_option, check_metrics, serving_metrics
 from tapengine.cli.udp_option import add_udp_options, check_udp_options, open_forward_ports
+from tapengine.cli.vxlan_option import add_vxlan_options, check_vxlan_options, open_vxlan_ports
 from tapengine.engine import (
     DEFAULT_COALESCE_USECS,
     DEFAULT_TXQUEUELEN,
@@ -171,6 +172,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="run this Python stage on every batch before the built-in "
                              "wire/switch decides (repeat for several, run in order)")
     add_pcap_options(parser)
+    add_vxlan_options(parser)
     add_json_option(parser, "final stats as JSON")
 
 
@@ -191,7 +193,9 @@ def format_rates(stats: EngineStats, earlier: EngineStats) -> str:
 
 def run(args: argparse.Namespace) -> int:
     # Everything is checked before a device is opened, created or changed.
-    if args.mode == "switch" and not 2 <= len(args.ports) <= MAX_SWITCH_PORTS:
+    check_vxlan_options(args)
+    if (args.mode == "switch" and args.vxlan is None
+            and not 2 <= len(args.ports) <= MAX_SWITCH_PORTS):
         raise CommandError(f"a switch takes 2 to {MAX_SWITCH_PORTS} taps, not {len(args.ports)}")
     if args.mode == "switch" and args.tun:
         raise CommandError("a switch forwards Ethernet frames: --tun is not possible here")
@@ -202,12 +206,14 @@ def run(args: argparse.Namespace) -> int:
         from tapengine.stages import load_stage
 
         stages = [load_stage(spec) for spec in args.stage]
-    check_udp_options(args)
+    if args.vxlan is None:
+        check_udp_options(args)
     check_metrics(args)
     with serving_metrics(args, EngineCollector()) as metrics:  # bound before any device opens
-        ports, label = open_forward_ports(args, mode="tun" if args.tun else "tap",
-                                           queues=args.queues, offload=not args.no_offload,
-                                           txqueuelen=args.txqueuelen, share=args.share_queues)
+        opener = open_forward_ports if args.vxlan is None else open_vxlan_ports
+        ports, label = opener(args, mode="tun" if args.tun else "tap",
+                              queues=args.queues, offload=not args.no_offload,
+                              txqueuelen=args.txqueuelen, share=args.share_queues)
         switch_options = {"table_size": args.table_size, "ageing": args.ageing} \
             if args.mode == "switch" else {}
         try:
