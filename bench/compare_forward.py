@@ -9,6 +9,8 @@ Every setup joins namespace A (10.77.0.1) and namespace B (10.77.0.2); only the 
 - ``naive``: ``python -m tapengine.naive_forward ta tb`` (os.read/os.write with epoll).
 - ``veth``: a veth pair straight from A to B (no forwarder at all: the ceiling).
 - ``bridge``: A's veth and B's veth joined by a kernel bridge in a third namespace.
+- ``<tapengine setup>+--option=value...``: the same with more options of ``tapengine forward``,
+  e.g. ``tapengine+--io=uring+--coalesce-usecs=30``.
 - ``<tapengine setup>@before`` (with ``--python-before PY``): the same tapengine setup run by
   another build's interpreter, e.g. an older commit's worktree venv, so that two builds are
   interleaved in one run (``--setups tapengine,tapengine@before``).
@@ -125,6 +127,7 @@ def topology(setup: str, pin_cpu: int | None = None, python_before: str | None =
         if python_before is None or not setup.startswith("tapengine"):
             raise ValueError(f"{setup}@before needs --python-before and a tapengine setup")
         python = python_before
+    setup, *options = setup.split("+")
     prefix = "te" + secrets.token_hex(3)
     with contextlib.ExitStack() as stack:
         a = stack.enter_context(create_netns(prefix + "a")).name
@@ -141,6 +144,8 @@ def topology(setup: str, pin_cpu: int | None = None, python_before: str | None =
                     argv.append("--no-offload")
                 if setup == "tapengine-uring":
                     argv += ["--io", "uring"]
+                for option in options:
+                    argv += option.split("=", 1)
                 argv += extra_args      # e.g. --pcap FILE (bench/capture_cost.py)
             if pin_cpu is not None:
                 argv = ["taskset", "-c", str(pin_cpu), *argv]
@@ -180,14 +185,15 @@ def tcp_throughput(a: Side, b: Side, seconds: float) -> float:
         server.wait(10)
 
 
-def small_frame_rate(a: Side, b: Side, seconds: float,
-                     kind: str) -> tuple[float, float, float]:
+def small_frame_rate(a: Side, b: Side, seconds: float, kind: str,
+                     rate: str | None = None) -> tuple[float, float, float]:
     """(frames/s counted on B's interface, frames/s offered by trafgen on A's interface,
     frames per CPU-second of the userspace forwarder, 0 where there is none).
 
     ``kind`` "udp": IPv4/UDP to port 9 of B (B's stack takes each in, then answers with a
     rate-limited ICMP); "raw": an IEEE local experimental ethertype (0x88b5) that B's stack
-    counts and drops at once, so the figure is the forwarding path alone.
+    counts and drops at once, so the figure is the forwarding path alone. ``rate``: trafgen's
+    ``-b`` (e.g. ``100000pps``) instead of flat out.
     """
     if kind == "udp":
         frame = bytes(Ether(src=a.mac, dst=b.mac) / IP(src=a.ip, dst=b.ip) /
@@ -199,7 +205,7 @@ def small_frame_rate(a: Side, b: Side, seconds: float,
         conf.write("{ " + ", ".join(f"0x{byte:02x}" for byte in frame) + " }\n")
         conf.flush()
         gen = netns_popen(a.netns, "trafgen", "-o", a.ifname, "-i", conf.name, "-P", "1",
-                          "--no-sock-mem", "-Q", "-C")
+                          "--no-sock-mem", "-Q", "-C", *(["-b", rate] if rate else []))
         try:
             time.sleep(1.0)                                 # warm up
             rx0, tx0 = read_stats(b.ifname, b.netns), read_stats(a.ifname, a.netns)
@@ -229,6 +235,8 @@ def main() -> int:
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--frames", default="raw,udp", help="frame kinds to send: raw, udp")
     parser.add_argument("--no-tcp", action="store_true")
+    parser.add_argument("--rate", metavar="RATE",
+                        help="trafgen's -b (e.g. 100000pps): frames at that rate, not flat out")
     parser.add_argument("--pin", type=int, default=1, metavar="CPU",
                         help="run the userspace forwarders on this CPU (trafgen's sender is "
                              "pinned to CPU 0 by trafgen itself); -1: leave it to the scheduler")
@@ -255,7 +263,7 @@ def main() -> int:
                 for kind in kinds:
                     (result[f"{kind}_pps"], result[f"{kind}_offered"],
                      result[f"{kind}_per_cpu_s"]) = small_frame_rate(a, b, args.frame_seconds,
-                                                                     kind)
+                                                                     kind, args.rate)
             for metric, value in result.items():
                 runs[setup][metric].append(value)
             print(f"round {round_ + 1} {setup:<27} " + "  ".join(

@@ -30,17 +30,40 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from compare_forward import cpu_seconds, forwarder_process
-from soak import loadavg, machine, run_traffic
+from soak import FLOWS, loadavg, machine
 from tapengine._pktgen import Sink
 from tapengine.benchrun import _bridges, _netns, _wait_running
 from tapengine.netns import inside_netns
 from tapengine.nsexec import nsexec_argv
-from tapengine.tun import open_queue
+from tapengine.traffic import GenConfig, GenResult, Rate, SinkResult, parse_size
+from tapengine.tun import TunQueue, open_queue
+
+
+def run_traffic(g: TunQueue, s: TunQueue, sink: Sink, size: str, seconds: float,
+                rate: int) -> tuple[GenResult, SinkResult]:  # fmt: skip
+    """``seconds`` of frames into ``g`` at ``rate`` pps, one at a time (batch and burst 1: evenly
+    spaced, as trafgen -b sends them, not the generator's default bursts of 32), read from ``s``
+    until it has been quiet for a second."""
+    gen = GenConfig(sizes=parse_size(size), flows=FLOWS, rate=Rate(rate, "pps"), batch=1,
+                    burst=1).generator()
+    sink.reset()
+    reader = threading.Thread(target=sink.run, args=(s,),
+                              kwargs={"idle": 1.0, "duration": seconds + 30})  # fmt: skip
+    reader.start()
+    try:
+        gen.send(g, duration=seconds)
+    finally:
+        reader.join(seconds + 60)
+        if reader.is_alive():
+            sink.stop()
+            reader.join()
+    return GenResult.of(gen), SinkResult.of(sink)
 
 
 def forwarder_argv(setup: str, a: str, b: str) -> list[str]:

@@ -25,7 +25,10 @@ from cpython.number cimport PyNumber_Index
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
-from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
+from posix.mman cimport (
+    MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, madvise, mmap,
+    munmap,
+)
 
 from tapengine.includes.system cimport (
     AF_INET, AF_INET6, AF_UNSPEC, posix_memalign,
@@ -40,6 +43,8 @@ MAX_SLOT_SIZE = 65536 + 128
 MIN_SLOT_SIZE = 64
 MAX_SLOTS = 1 << 20
 CACHE_LINE = 64
+# Slabs of at least this many bytes get MADV_HUGEPAGE (x86-64's 2 MiB huge page).
+cdef size_t HUGE_PAGE = 2 << 20
 
 #: numpy dtype of one ``struct virtio_net_hdr`` (host byte order, as the tun driver uses on x86).
 VNET_HDR_DTYPE = np.dtype(
@@ -163,6 +168,7 @@ cdef class PacketRing:
         cdef void *slab
         cdef void *meta = NULL
         cdef size_t meta_size = <size_t>nslots * (PEER_SIZE + sizeof(uint32_t) + sizeof(uint16_t))
+        cdef size_t size = <size_t>nslots * stride
         cdef uint32_t k
         # Anonymous pages: page aligned, and zero (headroom and headers of slots never written
         # read as zero) without touching them, so a large ring costs nothing until it is used.
@@ -170,6 +176,11 @@ cdef class PacketRing:
                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         if slab == MAP_FAILED:
             raise MemoryError(f"cannot allocate a packet ring of {nslots} x {stride} bytes")
+        if size >= HUGE_PAGE:
+            # Transparent huge pages for a large slab (the kernel aligns such a mapping to 2 MiB):
+            # 64 KiB strides put every small frame of a batch on its own 4 KiB page, one TLB
+            # entry each, where two huge pages cover the whole slab. Best effort: THP may be off.
+            madvise(slab, size, MADV_HUGEPAGE)
         if posix_memalign(&meta, CACHE_LINE, meta_size) != 0:
             munmap(slab, <size_t>nslots * stride)
             raise MemoryError(f"cannot allocate the lengths, offsets and peers of {nslots} slots")

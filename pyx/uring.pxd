@@ -46,6 +46,10 @@ cdef class UringIO(BatchIO):
     # benchmarks only (bench/uring_ratio.py): True links the writes of a batch (a failed write
     # cancels the rest), as before per-write results made the count exact; False otherwise
     cdef public bint _link_writes
+    # True (UringIO(direct_small=True), the engine's workers): a receive on a queue whose last
+    # batch was at most one packet, and a send of one packet, use read()/write()
+    # (tapengine._batchio) instead of an io_uring_enter; False: every packet through io_uring
+    cdef public bint _direct_small
     # Registered for the owning thread (register()): fds (IOSQE_FIXED_FILE: no file lookup per
     # op) and ring slabs (READ_FIXED/WRITE_FIXED: pages pinned once, not per op). The rings are
     # held in use (no close/resize) while registered, so a slab address names its ring.
@@ -64,6 +68,7 @@ cdef class UringIO(BatchIO):
     cdef readonly uint64_t moved        # packets copied down to close a gap left by EAGAIN
     cdef readonly uint64_t reordered    # packets moved in front of a failed write (unlinked)
     cdef readonly uint64_t fixed_ops    # SQEs on a registered buffer (READ_FIXED/WRITE_FIXED)
+    cdef readonly uint64_t direct       # packets moved by read()/write(): batches of one
 
     cdef int _setup_any(self, uint32_t entries) except -1
     cdef int _setup(self, uint32_t entries, uint32_t flags) except -1

@@ -48,7 +48,7 @@ from libc.string cimport memcpy, memmove, memset
 from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.unistd cimport close
 
-from tapengine._batchio cimport BatchIO, ReadvIO
+from tapengine._batchio cimport BatchIO, ReadvIO, ring_recv, ring_send
 from tapengine._ring cimport (
     FRAME_OFFSET, PacketRing, ring_frame, ring_free, ring_fresh, ring_len, ring_off,
     ring_peer, ring_slot, ring_slot_ok, te_sockaddr,
@@ -85,6 +85,9 @@ _SETUP_CHOICES = (
 _NEEDED_OPS = {"READ": TE_OP_READ, "WRITE": TE_OP_WRITE, "READ_FIXED": TE_OP_READ_FIXED,
                "WRITE_FIXED": TE_OP_WRITE_FIXED}
 
+cdef enum:
+    DIRECT_READS = 2        # read()s before a receive that expects one packet turns to io_uring
+
 # The largest slot a ring has (tapengine._ring: FRAME_OFFSET + MAX_SLOT_SIZE + 1, to 64 bytes).
 cdef size_t SPARE_SIZE = (FRAME_OFFSET + 65536 + 128 + 64) // 64 * 64
 
@@ -97,6 +100,10 @@ cdef class UringIO(BatchIO):
     as a write() loop does; without it every write is tried and the ones that went out are moved
     in front of the failed ones (see the module docstring): faster, same exact count, but a
     packet after a failure may go out (the forwarder's choice: it counts what failed anyway).
+    ``direct_small`` (the engine's workers) sends a batch of one packet with write(), and reads
+    a queue whose last batch was at most one packet with read() (two in a row turn to
+    io_uring for the rest): at moderate rates, where each wakeup finds one packet, that costs
+    less than an io_uring_enter with its SQEs.
     Everything is allocated here; nothing per packet. The first thread that moves packets
     through it owns it; any other thread is refused.
     """
@@ -111,7 +118,7 @@ cdef class UringIO(BatchIO):
         self._registered = []
         self.register_error = ""
 
-    def __init__(self, entries=256, *, bint linked_writes=True):
+    def __init__(self, entries=256, *, bint linked_writes=True, bint direct_small=False):
         if self.ring_fd >= 0:
             raise RuntimeError("UringIO is already set up")
         if not isinstance(entries, int) or entries < 1 or entries > MAX_ENTRIES \
@@ -122,6 +129,7 @@ cdef class UringIO(BatchIO):
             raise OSError(ENOSYS, f"io_uring cannot be used here: {unavailable_reason()}")
         self._setup_any(entries)
         self._link_writes = linked_writes
+        self._direct_small = direct_small
 
     cdef int _setup_any(self, uint32_t entries) except -1:
         # Returns 0 with the first setup flags the kernel accepts; raises the last refusal.
@@ -200,6 +208,7 @@ cdef class UringIO(BatchIO):
         self.enabled = False       # until the first thread that submits takes it
         self.dead = 0
         self._link_writes = True
+        self._direct_small = False
         memset(self.hint, 0, sizeof(self.hint))
         return 0
 
@@ -399,7 +408,7 @@ cdef class UringIO(BatchIO):
         in front of a failed write, SQEs on registered buffers; what is registered now."""
         return {"enters": self.enters, "submitted": self.submitted,
                 "empty_reads": self.empty_reads, "moved": self.moved,
-                "reordered": self.reordered, "fixed_ops": self.fixed_ops,
+                "reordered": self.reordered, "fixed_ops": self.fixed_ops, "direct": self.direct,
                 "registered_files": self.nfiles, "registered_buffers": self.nbufs}
 
     # -- the BatchIO interface ------------------------------------------------------------------
@@ -477,6 +486,7 @@ cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, b
     cdef uint32_t room = ring_free(ring)
     cdef bint stop = False
     cdef uint32_t *hint = &io.hint[<uint32_t>fd & (HINT_SLOTS - 1)]
+    cdef uint32_t direct = 0
     cdef int file_index, buf_index
     err[0] = io._own()
     if err[0]:
@@ -485,6 +495,17 @@ cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, b
     buf_index = io._buf_of(ring)
     if budget > room:
         budget = room
+    if hint[0] <= 1 and io._direct_small:
+        # At moderate rates each wakeup finds one packet: read() it and the read() that finds the
+        # queue empty cost less than an io_uring_enter with two SQEs (bench/RESULTS.md, "CPU per
+        # frame at a fixed rate"). Two packets in a row say a burst: the rest through io_uring.
+        direct = ring_recv(fd, ring, DIRECT_READS if budget > DIRECT_READS else budget, vnet_hdr,
+                           err)
+        io.direct += direct
+        if direct < DIRECT_READS or err[0] or direct >= budget:
+            hint[0] = direct
+            return direct
+        budget -= direct
     # A read finding the queue empty costs an SQE, an extra enter costs a syscall: start with
     # what this fd had last time (plus a little), and double while every read finds a packet.
     want = hint[0] + hint[0] // 4 + 1
@@ -532,9 +553,9 @@ cdef uint32_t uring_recv(UringIO io, int fd, PacketRing ring, uint32_t budget, b
             elif err[0] == 0:
                 err[0] = -r
         want = wave * 2
-    hint[0] = n
+    hint[0] = direct + n
     ring.tail += n
-    return n
+    return direct + n
 
 
 cdef inline void _copy_slot(PacketRing ring, uint32_t dst, uint32_t src) noexcept nogil:
@@ -598,6 +619,10 @@ cdef uint32_t uring_send(UringIO io, int fd, PacketRing ring, uint32_t first, ui
     err[0] = io._own()
     if err[0]:
         return 0
+    if count == 1 and io._direct_small:
+        n = ring_send(fd, ring, first, 1, vnet_hdr, err)   # one write() costs less than an enter
+        io.direct += n
+        return n
     file_index = io._file_of(fd)
     buf_index = io._buf_of(ring)
     while n < count:

@@ -52,8 +52,8 @@ def test_scenario_groups_expand_and_keep_a_fixed_order() -> None:
     assert parse_scenarios("tcp-bridge, naive,engine") == Selection(("engine", "naive"),
                                                                      ("bridge",))
     assert parse_scenarios("frames") == Selection(("engine", "kernel", "naive"), ())
-    assert parse_scenarios("tcp-uring,frames,uring") == Selection(
-        ("engine", "uring", "kernel", "naive"), ("uring",))
+    assert parse_scenarios("tcp-readv,frames,readv") == Selection(
+        ("engine", "readv", "kernel", "naive"), ("readv",))
 
 
 @pytest.mark.parametrize("text", ["warp", "tcp-kernel", "", " , "])

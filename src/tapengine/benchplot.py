@@ -10,9 +10,9 @@ from typing import Any
 from tapengine.benchrun import FRAME_PATHS, TCP_PATHS, BenchReport, machine
 from tapengine.traffic import parse_size
 
-COLORS = {"engine": "tab:blue", "uring": "tab:purple", "kernel": "tab:green",
+COLORS = {"engine": "tab:blue", "readv": "tab:purple", "kernel": "tab:green",
           "naive": "tab:red", "veth": "tab:gray", "bridge": "tab:green"}
-LABELS = {"engine": "tapengine wire", "uring": "tapengine wire, io_uring",
+LABELS = {"engine": "tapengine wire", "readv": "tapengine wire, readv/writev",
           "kernel": "kernel veth pair", "naive": "naive Python",
           "veth": "veth pair (no forwarder)", "bridge": "kernel bridge"}
 

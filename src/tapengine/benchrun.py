@@ -50,10 +50,11 @@ from tapengine.tun import TunQueue, open_queue
 
 Kind = Literal["frames", "tcp"]
 
-FRAME_PATHS = ("engine", "uring", "kernel", "naive")
-TCP_PATHS = ("engine", "uring", "veth", "bridge", "naive")
-#: Only on request: the engine with its io_uring backend (``Engine(io="uring")``).
-OPTIONAL_PATHS = ("uring",)
+FRAME_PATHS = ("engine", "readv", "kernel", "naive")
+TCP_PATHS = ("engine", "readv", "veth", "bridge", "naive")
+#: Only on request: the engine with its readv/writev backend (``Engine(io="readv")``); ``engine``
+#: is the engine as configured by default (io_uring where the kernel allows it).
+OPTIONAL_PATHS = ("readv",)
 REFERENCE: dict[str, str] = {"frames": "kernel", "tcp": "bridge"}
 DEFAULT_SIZES = ("64", "512", "1500", "imix")
 SCENARIO_NAMES = (*FRAME_PATHS, *(f"tcp-{path}" for path in TCP_PATHS))
@@ -65,7 +66,7 @@ TCP_IPS = ("10.77.0.1", "10.77.0.2")
 IFF_LOWER_UP = 0x10000
 IPERF3_PORT = 5201
 TCP_LISTEN = "0A"  # the LISTEN state in /proc/net/tcp
-_CODE = {"engine": "e", "uring": "u", "kernel": "k", "naive": "n", "veth": "v", "bridge": "b"}
+_CODE = {"engine": "e", "readv": "r", "kernel": "k", "naive": "n", "veth": "v", "bridge": "b"}
 
 Progress = Callable[[str], None]
 
@@ -80,7 +81,7 @@ class Selection:
 
 def parse_scenarios(text: str) -> Selection:
     """``all``, ``frames``, ``tcp`` or a comma list of ``engine,kernel,naive,tcp-engine,...``;
-    the groups leave out the optional io_uring paths (``uring``, ``tcp-uring``)."""
+    the groups leave out the optional readv paths (``readv``, ``tcp-readv``)."""
     chosen: list[str] = []
     for part in (part.strip().lower() for part in text.split(",")):
         if not part:
@@ -280,12 +281,12 @@ def build_frame_lab(stack: contextlib.ExitStack, prefix: str, path: str) -> Fram
     with inside_netns(netns):
         g = stack.enter_context(open_queue(prefix + "g", "tap"))
         s = stack.enter_context(open_queue(prefix + "s", "tap"))
-        if path in ("engine", "uring"):
+        if path in ("engine", "readv"):
             a = stack.enter_context(open_port(prefix + "a"))
             b = stack.enter_context(open_port(prefix + "b"))
-    if path in ("engine", "uring"):
+    if path in ("engine", "readv"):
         _bridges(netns, prefix, "a", "b")
-        stack.enter_context(Engine([a, b], "wire", io="uring" if path == "uring" else "readv"))
+        stack.enter_context(Engine([a, b], "wire", io="readv" if path == "readv" else "auto"))
     elif path == "naive":
         stack.enter_context(naive_forwarder(netns, prefix + "na", prefix + "nb"))
         _bridges(netns, prefix, "na", "nb")
@@ -320,12 +321,12 @@ def build_tcp_lab(stack: contextlib.ExitStack, prefix: str, path: str) -> TcpLab
     code = "t" + _CODE[path]
     a, b = _netns(stack, prefix + code + "a"), _netns(stack, prefix + code + "b")
     taps = (prefix + code + "a", prefix + code + "b")   # link names, unique in every namespace
-    if path in ("engine", "uring"):
+    if path in ("engine", "readv"):
         ports = []
         for tap, netns in zip(taps, (a, b), strict=True):
             with inside_netns(netns):
                 ports.append(stack.enter_context(open_port(tap)))
-        stack.enter_context(Engine(ports, "wire", io="uring" if path == "uring" else "readv"))
+        stack.enter_context(Engine(ports, "wire", io="readv" if path == "readv" else "auto"))
     elif path == "naive":
         # both taps are created in A by the forwarder process; B's is moved (its fd keeps working)
         stack.enter_context(naive_forwarder(a, *taps))

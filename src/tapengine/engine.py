@@ -49,6 +49,7 @@ from tapengine._gso import REASONS as GSO_REASONS
 from tapengine._ring import MAX_SLOT_SIZE, PEER_DTYPE, PacketRing, slot_size_for
 from tapengine._stage import STAGE_COUNTER_NAMES, Stage, as_stage
 from tapengine._uring import UringIO
+from tapengine._uring import available as uring_available
 from tapengine.errors import DeviceNotFoundError, FlagMismatchError
 from tapengine.netlink import IFF_UP, find_link, link_kind, netlink_errors, rtnl
 from tapengine.tun import Mode, Offload, TunQueue, open_queue, open_queues
@@ -58,6 +59,10 @@ from tapengine.vxlan import VxlanPort, format_vxlan
 
 EngineMode = Literal["wire", "switch"]
 IoBackend = Literal["readv", "uring"]
+#: ``Engine(io=)``: a backend, or "auto" (the default): io_uring where this kernel lets us use it
+#: (``tapengine._uring.available()``), else readv/writev. io_uring won every scenario of
+#: bench/RESULTS.md, "The default backend" (issue 14).
+IoChoice = Literal["auto", "readv", "uring"]
 
 #: Offloads asked for by default: checksum, TCP segmentation (v4, v6, ECN), UDP segmentation.
 DEFAULT_OFFLOAD = (
@@ -564,7 +569,7 @@ class Engine:
     def __init__(self, ports: Sequence[Port | UdpPort | VxlanPort], mode: EngineMode = "wire", *,
                  budget: int = 64,
                  table_size: int = 4096, ageing: float = 300.0, spin: int = 0,
-                 io: IoBackend = "readv",
+                 io: IoChoice = "auto",
                  coalesce_usecs: int = DEFAULT_COALESCE_USECS,
                  stages: Sequence[Any] = ()) -> None:  # fmt: skip
         if mode not in ("wire", "switch"):
@@ -602,9 +607,9 @@ class Engine:
         self._l2 = any(port.mode == "tap" for port in ports)   # what a UDP port carries too
         self.budget = budget
         self.spin = spin
-        if io not in ("readv", "uring"):
-            raise ValueError(f"io must be 'readv' or 'uring', not {io!r}")
-        self.io: IoBackend = io
+        if io not in ("auto", "readv", "uring"):
+            raise ValueError(f"io must be 'auto', 'readv' or 'uring', not {io!r}")
+        self.io: IoBackend = ("uring" if uring_available() else "readv") if io == "auto" else io
         check_int(coalesce_usecs, "coalesce time (microseconds)", 0, MAX_COALESCE_USECS)
         self.coalesce_usecs = coalesce_usecs
         self.table = MacTable(table_size, ageing) if mode == "switch" else None
@@ -649,8 +654,8 @@ class Engine:
         self._attached = True
         try:
             for k in range(self.workers):
-                uring = UringIO(uring_entries(self.budget), linked_writes=False) \
-                    if self.io == "uring" else None
+                uring = UringIO(uring_entries(self.budget), linked_writes=False,
+                                direct_small=True) if self.io == "uring" else None
                 forwarder = Forwarder(self.mode, self.budget, self.table, self.spin, uring,
                                       self.coalesce_usecs)
                 for index, port in enumerate(self.ports):

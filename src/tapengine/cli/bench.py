@@ -79,8 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"(default {','.join(DEFAULT_SIZES)})")
     parser.add_argument("--scenarios", default="all", type=ParsedArg("scenarios", parse_scenarios),
                         help="comma-separated: " + ", ".join((*SCENARIO_GROUPS, *SCENARIO_NAMES))
-                        + " (default all; all leaves out uring and tcp-uring, the engine "
-                        "with its io_uring backend)")
+                        + " (default all; all leaves out readv and tcp-readv, the engine "
+                        "with its readv/writev backend instead of the default)")
     add_json_option(parser, "print the report as JSON")
     parser.add_argument("--plot", type=PathArg("plot"), metavar="FILE.png",
                         help="also draw throughput against frame size and the latency "

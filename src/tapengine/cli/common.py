@@ -281,8 +281,16 @@ def add_json_option(parser: argparse.ArgumentParser, help: str = "print JSON") -
     parser.add_argument("--json", action="store_true", help=help)
 
 
-def add_io_option(parser: argparse.ArgumentParser) -> None:
-    """``--io readv|uring``: how batches reach the kernel."""
+def add_io_option(parser: argparse.ArgumentParser, *, auto: bool = False) -> None:
+    """``--io readv|uring``: how batches reach the kernel; with ``auto`` also ``--io auto``, the
+    default then: io_uring where the kernel allows it, else readv."""
+    if auto:
+        parser.add_argument(
+            "--io", choices=("auto", "readv", "uring"), default="auto",
+            help="one io_uring_enter per batch (uring) or one system call per packet (readv); "
+                 "auto, the default: uring where the kernel allows it, else readv",
+        )  # fmt: skip
+        return
     parser.add_argument(
         "--io", choices=("readv", "uring"), default="readv",
         help="one system call per packet (readv/writev, the default) or one io_uring_enter per "

@@ -165,7 +165,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              "microseconds for a batch before looking again: less CPU per "
                              "frame at moderate rates, at most US of added latency (default: "
                              f"{DEFAULT_COALESCE_USECS}; 0: off; at most {MAX_COALESCE_USECS})")
-    add_io_option(parser)
+    add_io_option(parser, auto=True)
     add_metrics_option(parser)
     parser.add_argument("--stage", action="append", type=StageArg(), default=[],
                         metavar="PATH.py:NAME|MODULE:NAME",
@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(ports: list[Port], mode: EngineMode, *, command: str, label: str, budget: int = 64,
-          io: str = "readv", coalesce_usecs: int = DEFAULT_COALESCE_USECS,
+          io: str = "auto", coalesce_usecs: int = DEFAULT_COALESCE_USECS,
           stats_interval: float = 0.0, as_json: bool = False,
           user: Identity | None = None, metrics: MetricsServer | None = None,
           stages: Sequence[Any] = (), capture: CaptureStage | None = None,
