@@ -117,3 +117,90 @@ def test_the_cython_stage_example_builds_and_rewrites_frames(tmp_path: Path) -> 
                             text=True, timeout=120, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "020000000009" "020000000001" "88b5" + "00" * 46
+
+
+def console_block(section: str, first_command: str) -> str:
+    """The first ```console block after the heading ``section`` that starts with
+    ``first_command``."""
+    start = README.index(section)
+    for match in re.finditer(r"```console\n(.*?)```", README[start:], re.S):
+        if match.group(1).startswith(f"$ {first_command}"):
+            return match.group(1)
+    raise AssertionError(f"no console block starting with {first_command!r} after {section!r}")
+
+
+# What varies from run to run in a console session: durations, rates and timestamps.
+_VOLATILE = re.compile(r"\d[\d,.]* ?(?:[kMG]?bit/s|[kM]?pps|ms|s)\b|\d[\d,]*\.\d+")
+
+
+def output_pattern(line: str) -> str:
+    """A regex matching ``line`` with its durations, rates and timestamps as wildcards; counts
+    stay exact."""
+    parts, end = [], 0
+    for match in _VOLATILE.finditer(line):
+        parts.append(re.escape(line[end:match.start()]))
+        parts.append(r"[\d,.]+ ?(?:[kMG]?bit/s|[kM]?pps|ms|s)" if match.group().endswith("s")
+                     else r"[\d,.]+")
+        end = match.end()
+    parts.append(re.escape(line[end:]))
+    return "".join(parts)
+
+
+def session(block: str) -> list[tuple[str, list[str]]]:
+    """``[(command, expected output lines)]`` of a console block (blank lines left out)."""
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        elif line.strip():
+            steps[-1][1].append(line)
+    return steps
+
+
+def test_the_capture_and_replay_session_runs_as_shown(prefix: str, privileged: None,
+                                                      tmp_path: Path) -> None:
+    """Every command of the README's capture lab, run in order with its names under the test's
+    prefix: each prints what the README shows (up to durations, rates and timestamps), and the
+    kernel of the lab received the 100 passes of the replay."""
+    block = console_block("### Capture and replay", "tapengine netns add demo-lab")
+    lab = f"{prefix}lab"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    background: list[subprocess.Popen[str]] = []
+
+    def run(command: str) -> list[str]:
+        """Its output lines, then those of a job started with ``&`` that it ended."""
+        if command.endswith("&"):
+            proc = subprocess.Popen(command[:-1], shell=True, cwd=tmp_path, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            background.append(proc)
+            assert proc.stdout is not None
+            return [proc.stdout.readline().rstrip("\n")]   # its ready line: it is reading now
+        done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, text=True, timeout=120,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        lines = done.stdout.splitlines()
+        for proc in background:
+            rest, _ = proc.communicate(timeout=60)
+            lines += rest.splitlines()
+        background.clear()
+        # tshark warns on stderr when run as root, as this test is; the README shows a user.
+        return [line for line in lines if line.strip() and not line.startswith("Running as user")]
+
+    def rx_packets() -> int:
+        with IPRoute(netns=lab) as ipr:
+            (link,) = ipr.link("get", ifname=f"{prefix}b")
+        return int(link.get("IFLA_STATS64")["rx_packets"])
+
+    try:
+        for command, expected in session(block.replace("demo-", prefix)):
+            before = rx_packets() if "--loop 100" in command else 0
+            lines = run(command)
+            assert len(lines) == len(expected), (command, lines, expected)
+            for line, shown in zip(lines, expected, strict=True):
+                assert re.fullmatch(output_pattern(shown), line), (command, line, shown)
+            if "--loop 100" in command:
+                assert rx_packets() - before == 100_000
+    finally:
+        for proc in background:
+            proc.kill()
+            proc.communicate()
+        subprocess.run(["ip", "netns", "del", lab], capture_output=True, check=False)
