@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))    # the interop tests' namespaces (test
 
 from fwdnet import Host, kernel_stats  # noqa: E402
 from tapengine.nsexec import nsexec_argv  # noqa: E402
-from vxlannet import Net, built, underlay_addr  # noqa: E402
+from vxlannet import Net, built, ip, underlay_addr  # noqa: E402
 
 SETUPS = ("kernel", "tapengine", "tapengine-no-offload", "naive")
 VNI = 42
@@ -58,7 +58,7 @@ def host_a(net: Net, setup: str) -> Iterator[Host]:
     a_addr, b_addr = underlay_addr("a", 4), underlay_addr("b", 4)
     if setup == "kernel":
         try:
-            yield net.kernel_host_a(VNI, 4, 4789, [b_addr])
+            yield static_neighbors(net, net.kernel_host_a(VNI, 4, 4789, [b_addr]))
         finally:
             net.engine_host_a()
         return
@@ -76,10 +76,24 @@ def host_a(net: Net, setup: str) -> Iterator[Host]:
         if not line:
             raise RuntimeError(f"{setup} did not start: {proc.communicate()[1]}")
         print(f"  {setup}: {line.strip()}", file=sys.stderr, flush=True)
-        yield net.host("a")
+        yield static_neighbors(net, net.host("a"))
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def static_neighbors(net: Net, a: Host) -> Host:
+    """Static ARP both ways (as the forwarding benchmarks do): a flood of the previous setup
+    must not leave a failed neighbour entry behind."""
+    b = net.host("b")
+    for me, other in ((a, b), (b, a)):
+        ip("neigh", "replace", other.ip, "lladdr", other.mac, "dev", me.ifname, "nud",
+           "permanent", netns=me.netns)
+    return a
 
 
 def tcp_throughput(a: Host, b: Host, seconds: float) -> float:
@@ -87,9 +101,13 @@ def tcp_throughput(a: Host, b: Host, seconds: float) -> float:
     server = popen(b.netns, "iperf3", "-s", "-1", "-B", b.ip)
     try:
         time.sleep(0.3)
-        out = subprocess.run(nsexec_argv(a.netns, ["iperf3", "-c", b.ip, "-t", f"{seconds:g}",
-                                                   "-J"]),
-                             capture_output=True, text=True, timeout=seconds + 30).stdout
+        try:
+            out = subprocess.run(nsexec_argv(a.netns, ["iperf3", "-c", b.ip, "-t",
+                                                       f"{seconds:g}", "-J"]),
+                                 capture_output=True, text=True, timeout=seconds + 30).stdout
+        except subprocess.TimeoutExpired:
+            print("  iperf3: no result (timed out)", file=sys.stderr, flush=True)
+            return 0.0
         result = json.loads(out)
         if "error" in result:
             print(f"  iperf3: {result['error']}", file=sys.stderr, flush=True)
