@@ -422,6 +422,34 @@ def test_a_stage_that_cannot_be_loaded_is_refused_before_touching_a_device(
     assert not link_exists(f"{prefix}x0") and not link_exists(f"{prefix}x1")
 
 
+@pytest.mark.parametrize(("source", "message"), [
+    ("import sys\nsys.exit(4)\n", "SystemExit: 4"),
+    ("raise SystemExit('bye')\n", "SystemExit: bye"),
+    ("class stage(__import__('tapengine').Stage):\n"
+     "    def __init__(self):\n        raise SystemExit\n", "cannot make stage"),
+    (None, "is not a regular file"),           # a FIFO: opening it would wait for a writer
+    ("/dev/zero", "is not a regular file"),    # a device: reading it would never end
+], ids=["sys.exit(4)", "SystemExit(bye)", "exit in __init__", "fifo", "device"])
+def test_a_stage_that_exits_or_is_no_file_is_one_line_and_exit_code_1(
+        prefix: str, tmp_path: Path, source: str | None, message: str) -> None:
+    """The module's own sys.exit() is a load failure too, not the command's exit."""
+    path = str(tmp_path / "stage.py")
+    if source is None:
+        os.mkfifo(path)
+    elif source.startswith("/dev/"):
+        path = source
+    else:
+        Path(path).write_text(source)
+    result = subprocess.run(
+        [sys.executable, "-m", "tapengine", "forward", f"{prefix}x0", f"{prefix}x1",
+         "--stage", f"{path}:stage"],
+        capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1, result
+    assert result.stderr.count("\n") == 1 and f"stage '{path}:stage'" in result.stderr
+    assert message in result.stderr, result.stderr
+    assert not link_exists(f"{prefix}x0")
+
+
 # -- the command line, with the kernel's sockets in two namespaces ---------------------------
 
 

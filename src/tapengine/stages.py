@@ -42,17 +42,28 @@ def split_spec(spec: str) -> tuple[str, str]:
 
 def _load_module(target: str, spec: str) -> ModuleType:
     if target.endswith(".py") or os.sep in target:
-        if not os.path.isfile(target):
+        if not os.path.exists(target):
             raise StageLoadError(f"cannot load stage {spec!r}: no file {target!r}")
+        if not os.path.isfile(target):   # a FIFO or a device would block or never end
+            raise StageLoadError(f"cannot load stage {spec!r}: {target!r} is not a regular file")
         module_name = "tapengine_stage_" + os.path.splitext(os.path.basename(target))[0]
         found = importlib.util.spec_from_file_location(module_name, target)
         if found is None or found.loader is None:
             raise StageLoadError(f"cannot load stage {spec!r}: {target!r} is not a Python file")
         module = importlib.util.module_from_spec(found)
         sys.modules[module_name] = module    # dataclasses and pickling look modules up there
-        found.loader.exec_module(module)
+        try:
+            found.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]     # a half-run module is not left for the next load
+            raise
         return module
     return importlib.import_module(target)
+
+
+def _failure(err: BaseException) -> str:
+    """``Type: message`` of what the user's code raised (``Type`` alone when it says nothing)."""
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def load_stage(spec: str) -> Stage:
@@ -62,17 +73,18 @@ def load_stage(spec: str) -> Stage:
         module = _load_module(target, spec)
     except StageLoadError:
         raise
-    except Exception as err:  # the user's code: any error is a load failure, said in one line
-        raise StageLoadError(f"cannot load stage {spec!r}: {type(err).__name__}: {err}") from err
+    # The user's code: any error is a load failure, said in one line; its sys.exit() too, which
+    # would otherwise end the command silently with the module's exit code.
+    except (Exception, SystemExit) as err:
+        raise StageLoadError(f"cannot load stage {spec!r}: {_failure(err)}") from err
     obj: Any = getattr(module, name, None)
     if obj is None:
         raise StageLoadError(f"cannot load stage {spec!r}: {target} has no {name!r}")
     if isinstance(obj, type) and issubclass(obj, Stage):
         try:
             obj = obj()
-        except Exception as err:
-            raise StageLoadError(f"cannot make stage {spec!r}: {type(err).__name__}: "
-                                 f"{err}") from err
+        except (Exception, SystemExit) as err:
+            raise StageLoadError(f"cannot make stage {spec!r}: {_failure(err)}") from err
     if isinstance(obj, Stage):
         return obj
     if not callable(obj):
