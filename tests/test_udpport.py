@@ -124,6 +124,10 @@ def test_a_udp_port_joins_a_wire_with_a_tun_or_tap() -> None:
     (["T", "--udp", "127.0.0.1:0", "--peer", "[::1]:9"], 1, "both must be IPv4 or both IPv6"),
     (["T", "--udp", "127.0.0.1:0", "--queues", "2"], 1, "a UDP port serves one worker"),
     (["T", "--udp", "127.0.0.1:0", "--netns", "te-no-such-ns"], 1, "does not exist"),
+    (["T", "--vxlan", "1", "--local", "127.0.0.1", "--remote", "127.0.0.2", "--peer",
+      "127.0.0.1:9"], 1, "--peer: only with --udp, not with --vxlan"),
+    (["T", "--vxlan", "1", "--local", "127.0.0.1", "--remote", "127.0.0.2", "--netns",
+      "te-no-such-ns"], 1, "--netns: only with --udp, not with --vxlan"),
 ])
 def test_forward_refuses_a_bad_udp_invocation_with_one_line(
         capsys: pytest.CaptureFixture[str], args: list[str], code: int, fragment: str) -> None:

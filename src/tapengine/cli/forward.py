@@ -206,8 +206,7 @@ def run(args: argparse.Namespace) -> int:
         from tapengine.stages import load_stage
 
         stages = [load_stage(spec) for spec in args.stage]
-    if args.vxlan is None:
-        check_udp_options(args)
+    check_udp_options(args)
     check_metrics(args)
     with serving_metrics(args, EngineCollector()) as metrics:  # bound before any device opens
         opener = open_forward_ports if args.vxlan is None else open_vxlan_ports

@@ -41,6 +41,13 @@ def check_udp_options(args: argparse.Namespace) -> None:
     """Refuse, before anything is opened, a device count or option that does not fit."""
     if args.mode != "wire":
         return
+    if getattr(args, "vxlan", None) is not None:    # the other kind of second port
+        given = [flag for flag, value in (("--peer", args.peer), ("--netns", args.netns))
+                 if value is not None]
+        if given:
+            raise CommandError(f"{' and '.join(given)}: only with --udp, not with --vxlan "
+                               "(--underlay-netns NS opens the VXLAN sockets in NS)")
+        return
     count = len(args.ports)
     if args.udp is None:
         if args.peer is not None:
