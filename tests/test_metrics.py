@@ -414,17 +414,23 @@ def test_a_sink_scrape_equals_its_final_json(make_netns: Callable[[str], str], p
 
     def settled() -> Samples | None:
         """A scrape counting every frame the kernel handed to the sink (a tap's tx_packets
-        count the frames its reader took), once the kernel handed over or dropped all 320."""
+        count the frames its reader took), once the kernel handed over or dropped all 320,
+        and equal to the scrape before it: the sink counts a frame's packets first and its
+        probe, latency and flow counters after, so one scrape can land between the two
+        (a sink thread preempted there on a loaded machine)."""
         samples, kernel = scrape(url), kernel_stats(tap)
-        seen.update(kernel=kernel, sink=samples["tapengine_sink_packets_total",
-                                                (("device", name),)])
+        previous = seen.get("samples")
+        seen.update(kernel=kernel, samples=samples,
+                    sink=samples["tapengine_sink_packets_total", (("device", name),)])
         if kernel["tx_packets"] + kernel["tx_dropped"] < 320:
             return None
-        return samples if seen["sink"] == kernel["tx_packets"] else None
+        complete = seen["sink"] == kernel["tx_packets"] and samples == previous
+        return samples if complete else None
 
     try:
         samples = wait_until(settled, 60, "the sink to read every frame")
     except AssertionError as timeout:
+        seen.pop("samples", None)
         raise AssertionError(f"{timeout}; last seen: {seen}") from None
     code, out, err = stop(proc)
     assert code == 0, err
