@@ -23,6 +23,7 @@ from libc.stdint cimport int32_t, uint32_t
 
 from tapengine._ring cimport PacketRing
 
+import inspect
 import os
 
 from tapengine.errors import StageError
@@ -255,6 +256,7 @@ cdef class FunctionStage(Stage):
     def __init__(self, function, name=None):
         if not callable(function):
             raise TypeError(f"a stage must be callable, not {type(function).__name__}")
+        check_synchronous(function)
         self.function = function
         if name is None:
             name = getattr(function, "__name__", None) or type(function).__name__
@@ -283,9 +285,34 @@ cdef class NullStage(Stage):
         return 0
 
 
+_NOT_RUN = (
+    (inspect.iscoroutinefunction, "a coroutine function (async def)"),
+    (inspect.isasyncgenfunction, "an async generator function"),
+    (inspect.isgeneratorfunction, "a generator function (it yields)"),
+)
+
+
+def check_synchronous(obj):
+    """TypeError if calling ``obj`` (or its ``__call__``) would not run its body.
+
+    A stage is called synchronously once per batch and what it returns is ignored: the
+    coroutine or generator that such a function returns would never run, so every batch would
+    pass untouched (a coroutine's "never awaited" warning aside). Refused where the stage is
+    made, instead.
+    """
+    for target in (obj, getattr(obj, "__call__", None)):
+        for test, kind in _NOT_RUN:
+            if target is not None and test(target):
+                name = getattr(obj, "__qualname__", None) or type(obj).__name__
+                raise TypeError(f"{name} is {kind}: a stage is called synchronously, once per "
+                                "batch, and its result is ignored, so its body would never run "
+                                "(make it a plain def)")
+
+
 def as_stage(obj, name=None):
     """``obj`` if it is a ``Stage``, else a ``FunctionStage`` calling it; TypeError otherwise."""
     if isinstance(obj, Stage):
+        check_synchronous(obj)
         if name is not None:
             (<Stage>obj).name = name
         return obj

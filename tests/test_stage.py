@@ -41,7 +41,7 @@ from tapengine import (
     open_ports,
     open_queue,
 )
-from tapengine._stage import STAGE_COUNTER_NAMES
+from tapengine._stage import STAGE_COUNTER_NAMES, as_stage
 from tapengine.engine import Engine
 from tapengine.netns import run_in_netns
 from tapengine.stages import StageLoadError, load_stage
@@ -398,6 +398,20 @@ def test_stage_names_and_callables() -> None:
         Stage(name="")
 
 
+def test_a_stage_whose_body_a_call_would_not_run_is_refused() -> None:
+    async def coroutine(batch: Batch) -> None:
+        pass
+
+    class AsyncCall(Stage):
+        async def __call__(self, batch: Batch) -> None:  # type: ignore[override]
+            pass
+
+    with pytest.raises(TypeError, match="coroutine function"):
+        FunctionStage(coroutine)
+    with pytest.raises(TypeError, match="coroutine function"):
+        as_stage(AsyncCall())
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ("nowhere.py:stage", "no file"),
     ("examples/stages/drop_port.py:nothing", "has no 'nothing'"),
@@ -429,8 +443,15 @@ def test_a_stage_that_cannot_be_loaded_is_refused_before_touching_a_device(
      "    def __init__(self):\n        raise SystemExit\n", "cannot make stage"),
     (None, "is not a regular file"),           # a FIFO: opening it would wait for a writer
     ("/dev/zero", "is not a regular file"),    # a device: reading it would never end
-], ids=["sys.exit(4)", "SystemExit(bye)", "exit in __init__", "fifo", "device"])
-def test_a_stage_that_exits_or_is_no_file_is_one_line_and_exit_code_1(
+    # called once per batch, their result ignored: their bodies would never run
+    ("async def stage(batch):\n    pass\n", "is a coroutine function"),
+    ("def stage(batch):\n    yield 1\n", "is a generator function"),
+    ("async def stage(batch):\n    yield 1\n", "is an async generator function"),
+    ("class stage(__import__('tapengine').Stage):\n"
+     "    async def __call__(self, batch):\n        pass\n", "is a coroutine function"),
+], ids=["sys.exit(4)", "SystemExit(bye)", "exit in __init__", "fifo", "device", "async def",
+        "generator", "async generator", "async __call__"])
+def test_a_stage_that_cannot_be_run_is_one_line_and_exit_code_1(
         prefix: str, tmp_path: Path, source: str | None, message: str) -> None:
     """The module's own sys.exit() is a load failure too, not the command's exit."""
     path = str(tmp_path / "stage.py")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tapengine._stage import FunctionStage, Stage
+from tapengine._stage import FunctionStage, Stage, check_synchronous
 from tapengine.errors import TapengineError
 
 
@@ -85,6 +85,10 @@ def load_stage(spec: str) -> Stage:
             obj = obj()
         except (Exception, SystemExit) as err:
             raise StageLoadError(f"cannot make stage {spec!r}: {_failure(err)}") from err
+    try:
+        check_synchronous(obj)
+    except TypeError as err:
+        raise StageLoadError(f"cannot load stage {spec!r}: {err}") from None
     if isinstance(obj, Stage):
         return obj
     if not callable(obj):
