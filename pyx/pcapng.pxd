@@ -146,6 +146,7 @@ cdef struct replay_counters_t:
     uint64_t loops              # passes over the file completed
     uint64_t first_ns           # CLOCK_MONOTONIC of the first write, 0 before
     uint64_t last_ns
+    uint64_t snapped            # written with fewer bytes than they had (caplen < origlen)
 
 
 cdef class Replayer:
@@ -160,6 +161,8 @@ cdef class Replayer:
     cdef readonly bint l2               # the device takes Ethernet (tap) or IP (tun)
     cdef uint64_t *due                  # per slot: CLOCK_MONOTONIC time the packet is due
     cdef object _due_array
+    cdef uint8_t *snapped               # per slot: the packet is a snapped stub of a longer one
+    cdef object _snapped_array
     cdef uint64_t file_t0               # timestamp of the first packet of this pass
     cdef uint64_t mono_t0               # when that packet was (or is) due
     cdef bint anchored

@@ -60,7 +60,7 @@ from tapengine.errors import PcapFormatError
 CAPTURE_COUNTERS_DTYPE = np.dtype([(name, "u8") for name in (
     "packets", "bytes", "dropped", "superframes", "whole")])
 REPLAY_COUNTERS_DTYPE = np.dtype([(name, "u8") for name in (
-    "packets", "bytes", "failed", "too_long", "loops", "first_ns", "last_ns")])
+    "packets", "bytes", "failed", "too_long", "loops", "first_ns", "last_ns", "snapped")])
 assert CAPTURE_COUNTERS_DTYPE.itemsize == sizeof(capture_counters_t)
 assert REPLAY_COUNTERS_DTYPE.itemsize == sizeof(replay_counters_t)
 
@@ -112,6 +112,7 @@ cdef enum ReadError:
     READ_NO_INTERFACE = 4
     READ_TOO_MANY_INTERFACES = 5
     READ_BAD_SECTION = 6
+    READ_CAPLEN_OVER_ORIG = 7
 
 _READ_ERRORS = {
     READ_TRUNCATED: "truncated: the record at byte {offset} runs past the end of the file",
@@ -122,6 +123,8 @@ _READ_ERRORS = {
                               "{offset})",
     READ_BAD_SECTION: "corrupt: the section header at byte {offset} has no valid byte-order "
                       "magic or version",
+    READ_CAPLEN_OVER_ORIG: "corrupt: the packet at byte {offset} holds more bytes than its "
+                           "original length",
 }
 
 
@@ -805,6 +808,8 @@ cdef int reader_next_pcap(PcapReader r, pcap_packet_t *pkt) noexcept nogil:
     pkt.data = b + 16
     pkt.caplen = caplen
     pkt.origlen = rd32(r, b + 12)
+    if caplen > pkt.origlen:    # a capture keeps at most what the packet had
+        return fail(r, READ_CAPLEN_OVER_ORIG, r.pos)
     pkt.ifidx = 0
     pkt.linktype = r.pcap_linktype
     pkt.ts_ns = <uint64_t>rd32(r, b) * NS_PER_S + <uint64_t>rd32(r, b + 4) * r.pcap_tsmul
@@ -855,6 +860,8 @@ cdef int reader_next(PcapReader r, pcap_packet_t *pkt) noexcept nogil:
             pkt.data = b + 28
             pkt.caplen = caplen
             pkt.origlen = rd32(r, b + 24)
+            if caplen > pkt.origlen:
+                return fail(r, READ_CAPLEN_OVER_ORIG, r.pos)
             pkt.ifidx = ifidx
             pkt.linktype = r.if_linktype[ifidx]
             pkt.ts_ns = ts_to_ns((<uint64_t>rd32(r, b + 12) << 32) | rd32(r, b + 16),
@@ -1022,6 +1029,7 @@ cdef int replay_fill(Replayer rp) noexcept nogil:
         memcpy(ring_fresh(rp.ring, slot), pkt.data, pkt.caplen)
         memset(ring_hdr(rp.ring, slot), 0, VNET_HDR_LEN)
         ring_len(rp.ring, slot)[0] = pkt.caplen
+        rp.snapped[slot & rp.ring.mask] = pkt.caplen < pkt.origlen
         if rp.speed > 0:
             if not rp.anchored:
                 rp.anchored = True
@@ -1083,6 +1091,7 @@ cdef int64_t replay_run(Replayer rp, BatchIO io, int fd, bint vnet_hdr, int *err
         bucket_spend(&rp.bucket, rp.ring, rp.ring.head, sent)
         for i in range(sent):
             rp.counters.bytes += ring_len(rp.ring, rp.ring.head + i)[0]
+            rp.counters.snapped += rp.snapped[(rp.ring.head + i) & rp.ring.mask]
         if sent:
             rp.counters.packets += sent
             if rp.counters.first_ns == 0:
@@ -1147,13 +1156,16 @@ cdef class Replayer:
             self._counters_array.__array_interface__["data"][0])
         self._due_array = np.zeros(nslots, np.uint64)
         self.due = <uint64_t *><size_t>(self._due_array.__array_interface__["data"][0])
+        self._snapped_array = np.zeros(nslots, np.uint8)
+        self.snapped = <uint8_t *><size_t>(self._snapped_array.__array_interface__["data"][0])
         longest = max(summary["longest"], 1)
         bucket_set(&self.bucket, rate, bits, None, (longest * 8) if bits else 1, batch)
 
     @property
     def counters(self):
         """REPLAY_COUNTERS_DTYPE: packets and bytes written, packets the device refused or
-        that did not fit a slot, passes completed, first and last write (CLOCK_MONOTONIC)."""
+        that did not fit a slot, passes completed, first and last write (CLOCK_MONOTONIC), and
+        packets written as the snapped stub the file holds (fewer bytes than they had)."""
         view = self._counters_array.view()
         view.flags.writeable = False
         return view

@@ -278,8 +278,37 @@ def test_replay_at_a_rate_sends_every_packet_in_order(tmp_path: Path) -> None:
     assert _replay_into_a_socket(replayer, 100) == frames * 2
 
 
+def _snapped_pcap(path: Path, data: bytes, origlen: int) -> None:
+    """A pcap file of one record keeping ``data`` of a packet of ``origlen`` bytes."""
+    path.write_bytes(_pcap_header() + struct.pack("<IIII", 1, 0, len(data), origlen) + data)
+
+
+def test_replay_counts_the_snapped_packets_it_writes(tmp_path: Path) -> None:
+    """A record that keeps 40 bytes of a 92-byte frame goes out as those 40 bytes (what the
+    other end of the socket reads), and is counted as snapped on every pass."""
+    whole = frame(1, 92)
+    _snapped_pcap(tmp_path / "s.pcap", whole[:40], len(whole))
+    replayer = Replayer(PcapReader(tmp_path / "s.pcap"), l2=True, speed=0, loops=2)
+    assert _replay_into_a_socket(replayer, 2) == [whole[:40]] * 2
+    assert int(replayer.counters[0]["snapped"]) == 2
+    _snapped_pcap(tmp_path / "w.pcap", whole, len(whole))
+    replayer = Replayer(PcapReader(tmp_path / "w.pcap"), l2=True, speed=0)
+    assert _replay_into_a_socket(replayer, 1) == [whole]
+    assert int(replayer.counters[0]["snapped"]) == 0
+
+
 def _pcap_header(linktype: int = 1) -> bytes:
     return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+
+
+def _pcapng_with_epb(*, caplen: int, origlen: int) -> bytes:
+    """A section header, an Ethernet interface and one enhanced packet block."""
+    shb = struct.pack("<IIIHHqI", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1, 28)
+    idb = struct.pack("<IIHHII", 1, 20, LINKTYPE_ETHERNET, 0, 0, 20)
+    data = bytes((caplen + 3) & ~3)
+    epb_len = 32 + len(data)
+    epb = struct.pack("<IIIIIII", 6, epb_len, 0, 0, 0, caplen, origlen) + data
+    return shb + idb + epb + struct.pack("<I", epb_len)
 
 
 @pytest.mark.parametrize(("content", "words"), [
@@ -291,6 +320,10 @@ def _pcap_header(linktype: int = 1) -> bytes:
      "impossible length"),
     (b"\x0a\x0d\x0d\x0a" + struct.pack("<I", 28) + b"\x11\x22\x33\x44" + b"\0" * 16,
      "byte-order magic"),
+    # more bytes captured than the packet had: caplen 92, original length 10
+    (_pcap_header() + struct.pack("<IIII", 0, 0, 92, 10) + bytes(92),
+     "more bytes than its original length"),
+    (_pcapng_with_epb(caplen=92, origlen=10), "more bytes than its original length"),
 ])
 def test_malformed_files_are_refused_naming_the_problem(tmp_path: Path, content: bytes,
                                                         words: str) -> None:
@@ -402,6 +435,18 @@ def test_replay_refuses_a_link_type_the_device_cannot_take(net: Net, tmp_path: P
     bad.write_bytes(b"\0" * 100)
     result = tapengine("replay", str(bad), net.b, "--netns", net.netns)
     assert result.returncode == 1 and "not a pcap or pcapng file" in result.stderr
+
+
+@pytest.mark.privileged
+def test_replay_says_how_many_packets_went_out_snapped(net: Net, tmp_path: Path) -> None:
+    whole = frame(2, 92)
+    _snapped_pcap(tmp_path / "s.pcap", whole[:40], len(whole))
+    result = tapengine("replay", str(tmp_path / "s.pcap"), net.b, "--netns", net.netns)
+    assert result.returncode == 0, result.stderr
+    assert "0 too long, 1 snapped (written with fewer bytes than they had" in result.stdout
+    result = tapengine("replay", str(tmp_path / "s.pcap"), net.b, "--netns", net.netns, "--json")
+    summary = json.loads(result.stdout)
+    assert (summary["packets"], summary["bytes"], summary["snapped"]) == (1, 40, 1)
 
 
 def _receiver(host: Host, port: int = 47001) -> socket.socket:

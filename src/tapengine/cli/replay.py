@@ -50,6 +50,15 @@ def _rate(text: str) -> Rate | None:
     return rate
 
 
+def snapped_note(snapped: int) -> str:
+    """What the summary says of packets the file holds only in part (tcpreplay warns too):
+    they went out shorter than they were, which a reader of the summary would not guess."""
+    if not snapped:
+        return ""
+    return (f", {snapped:,} snapped (written with fewer bytes than they had: the file keeps "
+            "only the first caplen bytes of them)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "replay", help="write a pcap/pcapng file's packets into a tap or tun (like tcpreplay)",
@@ -123,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"file": args.file, "format": replayer.summary["format"], "device": info.name,
               "netns": info.netns, "mode": info.mode, "packets": packets, "bytes": nbytes,
               "failed": int(c["failed"]), "too_long": int(c["too_long"]),
+              "snapped": int(c["snapped"]),
               "loops": int(c["loops"]), "elapsed_s": round(elapsed, 6),
               "pps": packets / elapsed if elapsed else 0.0,
               "bits_per_s": nbytes * 8 / elapsed if elapsed else 0.0,
@@ -133,5 +143,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"replay {args.file} -> {info.name}: {packets:,} packets ({nbytes:,} bytes) in "
               f"{elapsed:.3f} s: {format_pps(result['pps'])}, "
               f"{format_bits(result['bits_per_s'])}; {result['failed']:,} refused by the device, "
-              f"{result['too_long']:,} too long; {result['loops']} pass(es)")  # fmt: skip
+              f"{result['too_long']:,} too long{snapped_note(result['snapped'])}; "
+              f"{result['loops']} pass(es)")  # fmt: skip
     return 0
