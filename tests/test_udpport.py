@@ -288,6 +288,8 @@ def test_an_unconnected_udp_port_takes_anyone_and_sends_where_a_stage_says(
             address["on"] = True
             inner.sendto(b"out", ("10.78.0.2", 7))
             assert far.recv(2048).endswith(b"out")
+            # the worker counts a send once sendmmsg returns, which may be after far has it
+            wait_until(lambda: port().tx_packets >= 1, 30, "the datagram sent to be counted")
             assert port().tx_packets == 1 and port().drops == {"tx_error": 1}
 
 
@@ -390,6 +392,9 @@ def test_segments_of_a_superframe_keep_the_address_a_stage_gave_it(
             inner.sendto(payload, ("10.78.0.2", 7))      # one superframe of three segments
             got = b"".join(bytes(IP(far.recv(2048))[UDP].payload) for _ in range(3))
             assert got == payload
+            # the worker counts the sends once sendmmsg returns, which may be after far has them
+            wait_until(lambda: engine.stats().port(udp.name).tx_packets >= 3, 30,
+                       "the three segments sent to be counted")
             port = engine.stats().port(udp.name)
             assert port.segmented == 1 and port.tx_packets == 3 and port.drops == {}
 
