@@ -85,6 +85,28 @@ def netns_popen(netns: str, *argv: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
+@contextlib.contextmanager
+def trafgen(netns: str, *args: str, grace: float = 10.0) -> Iterator[subprocess.Popen[str]]:
+    """``trafgen ARGS`` inside ``netns`` for the body of the ``with``; then it ends, with
+    everything it forked. trafgen forks a worker per CPU (``-P``): signalling only the parent,
+    and SIGKILLing it when it did not end in time on a loaded machine, left the worker sending
+    forever, orphaned (and its namespace alive). So it runs in a session of its own and the
+    whole group gets SIGINT, then SIGKILL after ``grace`` seconds for what is left of it."""
+    gen = subprocess.Popen(["ip", "netns", "exec", netns, "trafgen", *args],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # fmt: skip
+    try:
+        yield gen
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(gen.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            gen.wait(grace)
+        with contextlib.suppress(ProcessLookupError):   # the workers, the parent gone or not
+            os.killpg(gen.pid, signal.SIGKILL)
+        gen.communicate()
+
+
 def configure(sides: tuple[Side, Side]) -> None:
     for side in sides:
         link = get_link(side.ifname, side.netns)
@@ -204,22 +226,14 @@ def small_frame_rate(a: Side, b: Side, seconds: float, kind: str,
     with tempfile.NamedTemporaryFile("w", suffix=".cfg") as conf:
         conf.write("{ " + ", ".join(f"0x{byte:02x}" for byte in frame) + " }\n")
         conf.flush()
-        gen = netns_popen(a.netns, "trafgen", "-o", a.ifname, "-i", conf.name, "-P", "1",
-                          "--no-sock-mem", "-Q", "-C", *(["-b", rate] if rate else []))
-        try:
+        with trafgen(a.netns, "-o", a.ifname, "-i", conf.name, "-P", "1", "--no-sock-mem",
+                     "-Q", "-C", *(["-b", rate] if rate else [])):  # fmt: skip
             time.sleep(1.0)                                 # warm up
             rx0, tx0 = read_stats(b.ifname, b.netns), read_stats(a.ifname, a.netns)
             cpu0 = cpu_seconds(a.forwarder_pid)
             time.sleep(seconds)
             rx1, tx1 = read_stats(b.ifname, b.netns), read_stats(a.ifname, a.netns)
             cpu1 = cpu_seconds(a.forwarder_pid)
-        finally:
-            gen.send_signal(signal.SIGINT)
-            try:
-                gen.wait(10)
-            except subprocess.TimeoutExpired:
-                gen.kill()
-                gen.wait()
     span = rx1.timestamp - rx0.timestamp
     offered = (tx1.tx_packets + tx1.tx_dropped) - (tx0.tx_packets + tx0.tx_dropped)
     received = rx1.rx_packets - rx0.rx_packets
