@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))    # the interop tests' namespaces (tests/vxlannet.py)
 
+from compare_forward import trafgen  # noqa: E402
 from fwdnet import Host, kernel_stats  # noqa: E402
 from tapengine.nsexec import nsexec_argv  # noqa: E402
 from vxlannet import Net, built, ip, underlay_addr  # noqa: E402
@@ -127,20 +128,13 @@ def small_frame_rate(net: Net, a: Host, b: Host, seconds: float) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".cfg") as conf:
         conf.write("{ " + ", ".join(f"0x{byte:02x}" for byte in frame) + " }\n")
         conf.flush()
-        gen = popen(a.netns, "trafgen", "-o", a.ifname, "-i", conf.name, "-P", "1",
-                    "--no-sock-mem", "-Q", "-C")
-        try:
+        # trafgen and the worker it forks end together (compare_forward.trafgen says why)
+        with trafgen(a.netns, "-o", a.ifname, "-i", conf.name, "-P", "1", "--no-sock-mem",
+                     "-Q", "-C"):  # fmt: skip
             time.sleep(1.0)                                 # warm up
             t0, rx0 = time.monotonic(), kernel_stats(vx)["rx_packets"]
             time.sleep(seconds)
             t1, rx1 = time.monotonic(), kernel_stats(vx)["rx_packets"]
-        finally:
-            gen.send_signal(signal.SIGINT)
-            try:
-                gen.wait(10)
-            except subprocess.TimeoutExpired:
-                gen.kill()
-                gen.wait()
     return (rx1 - rx0) / (t1 - t0)
 
 
