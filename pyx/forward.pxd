@@ -171,6 +171,9 @@ cdef class Forwarder:
     # _run_stages: returns 0, or -1 once a stage asked to stop (failed_stage says which).
     cdef int _run_stages(self, int i, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil
     cdef void _check_stage(self, int s, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil
+    # _drop_failed_batch: stage s failed on a batch of n: the packets still on their way become
+    # its DROPs (counted under its name); sets failed_stage.
+    cdef void _drop_failed_batch(self, int s, uint32_t n) noexcept nogil
     cdef void _check_headers(self, int i, PacketRing ring, uint32_t first,
                              uint32_t n) noexcept nogil
     cdef void _dispatch(self, int i, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil

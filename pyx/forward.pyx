@@ -736,7 +736,7 @@ cdef class Forwarder:
         if err == STAGE_FAILED:
             stage = <Stage>self.stages[self.failed_stage]
             error = stage.error()
-            error.first_batch = self._stage_counters[self.failed_stage, STAGE_BATCHES] == 0
+            error.first_batch = self._stage_counters[self.failed_stage, STAGE_BATCHES] == 1
             raise error
         if err == ALL_DOWN:
             down = ", ".join(f"port {k}: {os.strerror(self.down_errno(k))}"
@@ -1004,10 +1004,10 @@ cdef class Forwarder:
             port.counters[RX_BATCHES] += 1
             port.hist[_bucket(n)] += 1
             port.failing_errno = 0
-            if self._run_stages(i, ring, first, n) == 0:
-                self._dispatch(i, ring, first, n)
-            else:                   # a stage failed: the engine stops, the batch is dropped
-                port.counters[DROP_FILTERED] += n
+            # A failed stage stops the engine: its batch is dropped, each packet by its verdict
+            # (the failed stage's DROP for all still on their way), counted as every drop is.
+            self._run_stages(i, ring, first, n)
+            self._dispatch(i, ring, first, n)
             # Every packet was sent or counted as dropped: the next batch starts at slot 0, so
             # no batch wraps the ring (a stage's views of it are plain slices).
             ring.head = ring.tail = 0
@@ -1052,7 +1052,8 @@ cdef class Forwarder:
             memcpy(self.before, self.egress, n * sizeof(int32_t))
             start = _clock_ns()
             if _process(<Stage>self.stages[s], i, ring, first, n, self.egress) < 0:
-                self.failed_stage = s
+                row[STAGE_NS] += _clock_ns() - start
+                self._drop_failed_batch(s, n)
                 return -1
             row[STAGE_NS] += _clock_ns() - start
             row[STAGE_BATCHES] += 1
@@ -1061,6 +1062,25 @@ cdef class Forwarder:
         if self.ports[i].vnet_hdr:
             self._check_headers(i, ring, first, n)
         return self.builtin.process(i, ring, first, n, self.egress)
+
+    cdef void _drop_failed_batch(self, int s, uint32_t n) noexcept nogil:
+        # Stage s failed on this batch and the engine stops. What the stage half-wrote is
+        # ignored: every packet still on its way becomes a DROP counted under its name (and as
+        # filtered on the port, as any DROP), so the stage's counters and the port's agree;
+        # what an earlier stage dropped or misdirected stays counted as that stage's.
+        cdef uint64_t *row = self.stage_counters + s * N_STAGE_COUNTERS
+        cdef uint32_t k
+        cdef int32_t v
+        self.failed_stage = s
+        row[STAGE_BATCHES] += 1
+        row[STAGE_SEEN] += n
+        for k in range(n):
+            v = self.before[k]
+            if v == VERDICT_DROP or v == VERDICT_MISDIRECTED or v == VERDICT_INVALID:
+                self.egress[k] = v
+            else:
+                self.egress[k] = VERDICT_DROP
+                row[STAGE_DROPPED] += 1
 
     cdef void _check_stage(self, int s, PacketRing ring, uint32_t first, uint32_t n) noexcept nogil:
         # Counts the verdicts stage s changed; one naming no port becomes MISDIRECTED, a length

@@ -273,6 +273,11 @@ def test_an_exception_in_a_stage_stops_the_forwarder_with_its_traceback(fail_on:
             wait_until(lambda k=k: len(calls) > k, 30, f"batch {k + 1} to reach the stage")
         thread.join(30)
         assert not thread.is_alive(), "the forwarder did not stop after the stage raised"
+        # the failed batch's frame is dropped under the stage's name and counted as filtered
+        # on the port: the two views of the same drop agree
+        assert (stage_counters(h.forwarder, 0)["batches"], stage_counters(h.forwarder, 0)["seen"],
+                stage_counters(h.forwarder, 0)["dropped"]) == (fail_on, fail_on, 1)
+        assert h.counter(0, "drop_filtered") == 1
     finally:
         h.forwarder.stop()
         thread.join(30)
@@ -280,6 +285,7 @@ def test_an_exception_in_a_stage_stops_the_forwarder_with_its_traceback(fail_on:
         for sock in h.inner + h.outer:
             sock.close()
     error = failure["error"]
+    assert error.first_batch == (fail_on == 1)      # type: ignore[attr-defined]
     assert isinstance(error, StageError) and error.stage == "flaky"
     assert isinstance(error.__cause__, ZeroDivisionError)
     assert error.__cause__.__traceback__ is not None
