@@ -105,6 +105,14 @@ def test_an_address_in_use_or_missing_is_an_address_error() -> None:
         open_udp_port("192.0.2.1:0")
 
 
+def test_a_broadcast_peer_is_refused_for_what_it_is() -> None:
+    # connect() to a broadcast address fails with EACCES (no SO_BROADCAST): the hint is about
+    # the address, not the bind() meaning of EACCES (a privileged port), which 4789 is not.
+    with pytest.raises(AddressError, match="a broadcast address cannot be a peer") as refused:
+        open_udp_port("127.0.0.1:0", "255.255.255.255:4789")
+    assert "CAP_NET_BIND_SERVICE" not in str(refused.value)
+
+
 def test_a_udp_port_joins_a_wire_with_a_tun_or_tap() -> None:
     # Not a switch, and not a wire of two UDP ports: a received datagram's slot keeps its
     # sender's address, so the other port would send it straight back to its sender.

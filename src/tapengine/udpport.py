@@ -54,8 +54,11 @@ _WHY = {
     errno.EADDRNOTAVAIL: "no interface of the namespace has this address",
     errno.EADDRINUSE: "another socket is bound to it",
     errno.ENETUNREACH: "the namespace has no route to it",
-    errno.EACCES: "ports below 1024 need CAP_NET_BIND_SERVICE",
 }
+#: EACCES means one thing for bind() and another for connect().
+_WHY_BIND = {**_WHY, errno.EACCES: "ports below 1024 need CAP_NET_BIND_SERVICE"}
+_WHY_CONNECT = {**_WHY, errno.EACCES: "a broadcast address cannot be a peer: give one host's "
+                                      "address"}
 
 
 class _NoLink:
@@ -184,10 +187,11 @@ def _open_socket(local: tuple[str, int], remote: tuple[str, int] | None,
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _set_buffer(sock, socket.SO_RCVBUF, 33, buffer_size)     # 33: SO_RCVBUFFORCE
         _set_buffer(sock, socket.SO_SNDBUF, 32, buffer_size)     # 32: SO_SNDBUFFORCE
-        _call(sock.bind, local, f"cannot bind a UDP socket to {format_endpoint(local)}")
+        _call(sock.bind, local, f"cannot bind a UDP socket to {format_endpoint(local)}",
+              _WHY_BIND)
         if remote is not None:
             _call(sock.connect, remote,
-                  f"cannot connect the UDP socket to {format_endpoint(remote)}")
+                  f"cannot connect the UDP socket to {format_endpoint(remote)}", _WHY_CONNECT)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -203,12 +207,12 @@ def _set_buffer(sock: socket.socket, option: int, force: int, size: int) -> None
         sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
-def _call(method: Any, address: tuple[str, int], what: str) -> None:
+def _call(method: Any, address: tuple[str, int], what: str, whys: dict[int, str]) -> None:
     try:
         method(address)
     except OSError as err:
         code = err.errno or errno.EINVAL
-        why = _WHY.get(code, "")
+        why = whys.get(code, "")
         raise AddressError(code, f"{what}: {err.strerror}" + (f" ({why})" if why else "")) from None
 
 
