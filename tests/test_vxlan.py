@@ -28,6 +28,7 @@ from conftest import _privilege_problem, _require, leftovers, unique_prefix
 from fwdnet import Host, in_netns, kernel_stats, ping, tcp_transfer
 from netutil import wait_until
 from tapengine.engine import Engine, open_port
+from tapengine.errors import InvalidValueError
 from tapengine.netns import inside_netns
 from tapengine.nsexec import nsexec_argv
 from tapengine.vxlan import VxlanPort, open_vxlan_port
@@ -92,6 +93,14 @@ def readme_commands() -> list[list[str]]:
     section = section[:section.index("\n### ")]
     return [shlex.split(line[3:]) for line in section.splitlines()
             if line.startswith("A$ tapengine ")]
+
+
+def test_the_readme_says_a_kernel_vtep_on_a_veth_needs_tx_checksums_off() -> None:
+    # What tx_checksum_off (tests/vxlannet.py) does for every interop test, a user trying the
+    # README between namespaces must do too, or TCP fails while ping works.
+    section = README[README.index("### Across hosts"):]
+    section = section[:section.index("\n### ")]
+    assert "ethtool -K DEV tx off" in section and "TcpInCsumErrors" in section
 
 
 INTEROP = [     # underlay family, VXLAN port, learning; the IPv4 ones run the README's commands
@@ -371,6 +380,22 @@ def test_cli_refuses_bad_vxlan_options(args: list[str], message: str) -> None:
     assert result.returncode in (1, 2)
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("local", "remote", "message"), [
+    ("10.66.0.1", "0.0.0.0", "unspecified"),
+    ("fd66::1", "::", "unspecified"),
+    ("10.66.0.1", "255.255.255.255", "broadcast"),
+    ("10.66.0.1", "127.0.0.1", "loopback"),
+    ("fd66::1", "::1", "loopback"),
+    ("fd66::1", "fe80::2", "link-local"),
+])  # fmt: skip
+def test_a_vtep_no_datagram_can_reach_is_refused_before_any_socket(
+        local: str, remote: str, message: str) -> None:  # fmt: skip
+    # (refused by the checks, before a route lookup or a socket: nothing is opened)
+    for remotes, fdb in (([remote], []), ([], [("02:00:00:00:00:01", remote)])):
+        with pytest.raises(InvalidValueError, match=f"VTEP .* is .*{message}"):
+            open_vxlan_port(VNI, local, remotes, fdb=fdb)
 
 
 def test_forward_takes_one_tap_and_one_remote() -> None:

@@ -326,6 +326,23 @@ def _bind_error(err: OSError, local: str, dstport: int, netns: str | None) -> OS
     return err
 
 
+def _unreachable_vtep(vtep: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                      local: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """Why no datagram can reach another host at ``vtep`` ("" if one can): the unspecified
+    address, the limited broadcast, loopback from a non-loopback ``local``, or an IPv6
+    link-local address (it needs a scope, which an address alone cannot give)."""
+    if vtep.is_unspecified:
+        return "is the unspecified address: datagrams cannot be sent to it"
+    if vtep == ipaddress.IPv4Address("255.255.255.255"):
+        return "is the broadcast address: give each VTEP's own address"
+    if vtep.is_loopback and not local.is_loopback:
+        return f"is a loopback address: it cannot be reached from --local {local}"
+    if vtep.version == 6 and vtep.is_link_local:
+        return "is link-local: it needs a scope (%dev), which a VTEP cannot give; use a " \
+               "global or ULA address"
+    return ""
+
+
 def open_vxlan_port(vni: int, local: str, remotes: Iterable[str] = (), *,
                     dstport: int = IANA_PORT, fdb: Iterable[tuple[str, str]] = (),
                     netns: str | None = None, ageing: float = 300.0, table_size: int = 4096,
@@ -357,6 +374,9 @@ def open_vxlan_port(vni: int, local: str, remotes: Iterable[str] = (), *,
                                     "(the underlay is all IPv4 or all IPv6)")
         if vtep == local:
             raise InvalidValueError(f"VTEP {vtep} is the local address itself")
+        why = _unreachable_vtep(ipaddress.ip_address(vtep), ipaddress.ip_address(local))
+        if why:
+            raise InvalidValueError(f"VTEP {vtep} {why}")
     macs = [mac for mac, _ in fdb]
     if len(set(macs)) != len(macs):
         raise InvalidValueError(f"a MAC has two --fdb entries: {', '.join(macs)}")
