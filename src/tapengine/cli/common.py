@@ -74,6 +74,19 @@ def add_actions(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
 # validator's message; its attributes say what it accepts (the property tests read them).
 
 
+class StoreOnce(argparse.Action):
+    """``store``, but a flag given twice is a usage error: ``--udp A --udp B`` silently kept
+    the last one, which is not what someone writing both meant (``action=StoreOnce``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        given = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in given:
+            raise argparse.ArgumentError(self, "given twice: give it once")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
 class ArgType:
     """Base of the argument types: ``kind`` names the family of values it accepts."""
 

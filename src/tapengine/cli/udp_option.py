@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tapengine.cli.common import CommandError, EndpointArg, NetnsArg
+from tapengine.cli.common import CommandError, EndpointArg, NetnsArg, StoreOnce
 from tapengine.engine import close_ports, open_ports
 from tapengine.netns import netns_exists, run_in_netns
 from tapengine.udpport import open_udp_port
@@ -25,11 +25,12 @@ def add_udp_options(parser: argparse.ArgumentParser) -> None:
         "a UDP socket as the second port",
         "each packet of DEVICE is one datagram; IPv6 addresses in brackets: [fd77::1]:4789",
     )  # fmt: skip
-    group.add_argument("--udp", metavar="LOCAL_ADDR:PORT",
+    group.add_argument("--udp", action=StoreOnce, metavar="LOCAL_ADDR:PORT",
                        type=EndpointArg("local address", allow_zero_port=True),
                        help="join DEVICE with a UDP socket bound to this address (port 0: the "
                             "kernel picks one, the ready line says which)")  # fmt: skip
-    group.add_argument("--peer", metavar="ADDR:PORT", type=EndpointArg("peer address"),
+    group.add_argument("--peer", action=StoreOnce, metavar="ADDR:PORT",
+                       type=EndpointArg("peer address"),
                        help="connect the UDP socket to this address: packets of DEVICE go there, "
                             "and only its datagrams are taken (without it datagrams from anyone "
                             "are taken, and a packet leaves only if a stage gives it an address)")

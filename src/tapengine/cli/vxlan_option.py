@@ -15,7 +15,7 @@ import argparse
 from typing import Any
 
 from tapengine import validate
-from tapengine.cli.common import ArgType, CommandError, IntArg, NetnsArg, ParsedArg
+from tapengine.cli.common import ArgType, CommandError, IntArg, NetnsArg, ParsedArg, StoreOnce
 from tapengine.engine import close_ports, open_ports
 from tapengine.errors import DeviceNotFoundError
 from tapengine.netlink import find_link, netlink_errors, rtnl
@@ -53,15 +53,16 @@ def add_vxlan_options(parser: argparse.ArgumentParser) -> None:
         f"--dstport {KERNEL_PORT} joins kernel vxlan devices left at the kernel's default port\n"
         "(and flannel's vxlan backend)",
     )  # fmt: skip
-    group.add_argument("--vxlan", type=IntArg("VNI", 0, MAX_VNI), metavar="VNI",
+    group.add_argument("--vxlan", action=StoreOnce, type=IntArg("VNI", 0, MAX_VNI), metavar="VNI",
                        help=f"add a VXLAN port with this VNI (0 to {MAX_VNI})")
-    group.add_argument("--local", type=IpArg(), metavar="ADDR",
+    group.add_argument("--local", action=StoreOnce, type=IpArg(), metavar="ADDR",
                        help="the underlay address to bind (IPv4 or IPv6), an address of this "
                             "host (or of --underlay-netns)")
     group.add_argument("--remote", type=IpArg(), metavar="ADDR", action="append", default=[],
                        help="a remote VTEP; repeat it: broadcast, multicast and unknown unicast "
                             "go to every one (head-end replication)")
-    group.add_argument("--dstport", type=IntArg("VXLAN port", 1, validate.MAX_PORT),
+    group.add_argument("--dstport", action=StoreOnce,
+                       type=IntArg("VXLAN port", 1, validate.MAX_PORT),
                        metavar="PORT", default=IANA_PORT,
                        help=f"the UDP port of every VTEP (default: {IANA_PORT}, the IANA port; "
                             f"the Linux kernel's own default is {KERNEL_PORT})")

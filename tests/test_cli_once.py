@@ -1,0 +1,33 @@
+"""A single-valued flag given twice is refused while parsing (``StoreOnce``): ``--udp A --udp B``
+or ``--vxlan 42 --vxlan 43`` silently ran with the last one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from fwdnet import link_exists
+
+
+@pytest.mark.parametrize("options", [
+    ["forward", "--tun", "--udp", "10.77.0.1:1", "--udp", "10.77.0.2:2"],
+    ["forward", "--tun", "--udp", "10.77.0.1:1", "--peer", "10.77.0.2:2",
+     "--peer", "10.77.0.3:2"],
+    ["switch", "--vxlan", "42", "--vxlan", "43", "--local", "10.77.0.1", "--remote", "10.77.0.2"],
+    ["switch", "--vxlan", "42", "--local", "10.77.0.1", "--local", "10.77.0.3",
+     "--remote", "10.77.0.2"],
+    ["switch", "--vxlan", "42", "--local", "10.77.0.1", "--remote", "10.77.0.2",
+     "--dstport", "4789", "--dstport", "8472"],
+], ids=["--udp", "--peer", "--vxlan", "--local", "--dstport"])
+def test_a_single_valued_flag_given_twice_is_a_usage_error(prefix: str,
+                                                           options: list[str]) -> None:
+    command, *rest = options
+    flag = next(word for word in rest if rest.count(word) == 2)
+    result = subprocess.run([sys.executable, "-m", "tapengine", command, f"{prefix}x0", *rest],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"argument {flag}: given twice: give it once" in result.stderr
+    assert not link_exists(f"{prefix}x0")
