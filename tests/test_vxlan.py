@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyroute2 import IPRoute
 
 from conftest import _privilege_problem, _require, leftovers, unique_prefix
 from fwdnet import Host, in_netns, kernel_stats, ping, tcp_transfer
@@ -396,6 +397,20 @@ def test_a_vtep_no_datagram_can_reach_is_refused_before_any_socket(
     for remotes, fdb in (([remote], []), ([], [("02:00:00:00:00:01", remote)])):
         with pytest.raises(InvalidValueError, match=f"VTEP .* is .*{message}"):
             open_vxlan_port(VNI, local, remotes, fdb=fdb)
+
+
+def test_a_vtep_at_a_subnets_broadcast_address_is_refused(
+        make_netns: Callable[[str], str]) -> None:
+    """The kernel's route to it says broadcast (every datagram would be refused, EACCES)."""
+    netns = make_netns("bc")
+    with IPRoute(netns=netns) as ipr:
+        ipr.link("add", ifname="under0", kind="veth", peer="under1")
+        (index,) = ipr.link_lookup(ifname="under0")
+        ipr.addr("add", index=index, address="10.66.0.1", prefixlen=24)
+        ipr.link("set", index=index, state="up")
+    with pytest.raises(InvalidValueError,
+                       match=r"10\.66\.0\.255 is the broadcast address of the subnet of under0"):
+        open_vxlan_port(VNI, "10.66.0.1", ["10.66.0.255"], netns=netns)
 
 
 def test_forward_takes_one_tap_and_one_remote() -> None:

@@ -226,6 +226,10 @@ def _family_of(address: str) -> int:
     return ipaddress.ip_address(address).version
 
 
+#: rtm_type of a route to a broadcast address (linux/rtnetlink.h).
+RTN_BROADCAST = 3
+
+
 def underlay_route(vtep: str, netns: str | None) -> UnderlayRoute:
     """The device and MTU the underlay (namespace ``netns``) uses toward ``vtep``: a route's own
     ``mtu`` metric when it has one, else the device's MTU."""
@@ -240,6 +244,10 @@ def underlay_route(vtep: str, netns: str | None) -> UnderlayRoute:
         index = route.get_attr("RTA_OIF")
         with netlink_errors(f"cannot read the device that routes to {vtep}"):
             link = ipr.link("get", index=index)[0]
+        if route["type"] == RTN_BROADCAST:   # a subnet's broadcast: sendto() is EACCES
+            raise InvalidValueError(f"VTEP {vtep} is the broadcast address of the subnet of "
+                                    f"{link.get_attr('IFLA_IFNAME')} in {where(netns)}: give "
+                                    "each VTEP's own address")  # fmt: skip
         mtu = int(link.get_attr("IFLA_MTU"))
         metrics = route.get_attr("RTA_METRICS")
         if metrics is not None:
