@@ -83,6 +83,17 @@ def test_good_endpoints_read_back_as_written() -> None:
         assert check_endpoint(format_endpoint(endpoint)) == endpoint
 
 
+@pytest.mark.parametrize("text", ["[::ffff:10.77.0.2]:4789", "[::FFFF:0a4d:0002]:4789"])
+def test_an_ipv4_mapped_address_keeps_its_ipv4_part_dotted(text: str) -> None:
+    """As the kernel prints it (and the same 16 bytes to inet_pton): an error message echoes
+    ``[::ffff:10.77.0.2]:4789``, not Python 3.11's ``[::ffff:a4d:2]``."""
+    host, port = check_endpoint(text)
+    assert format_endpoint((host, port)) == "[::ffff:10.77.0.2]:4789"
+    assert socket.inet_pton(socket.AF_INET6, host) == \
+        socket.inet_pton(socket.AF_INET6, "::ffff:10.77.0.2")
+    assert check_endpoint((host, port)) == (host, port)
+
+
 @pytest.mark.parametrize("args, kwargs, fragment", [
     (("127.0.0.1:0", "[::1]:4789"), {}, "both be IPv4 or both IPv6"),
     (("127.0.0.1:0", "0.0.0.0:4789"), {}, "unspecified address"),

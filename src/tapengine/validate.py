@@ -197,6 +197,14 @@ def check_port(port: object, what: str = "UDP port", *, allow_zero: bool = False
     return check_int(port, what, 0 if allow_zero else 1, MAX_PORT)
 
 
+def _address_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The compressed text of ``address``; an IPv4-mapped IPv6 address keeps its IPv4 part
+    dotted (``::ffff:10.77.0.2``, as the kernel and ``ip`` show it; Python before 3.13 wrote
+    ``::ffff:a4d:2``, which no one recognises in a message)."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return f"::ffff:{mapped}" if mapped is not None else str(address)
+
+
 def check_endpoint(endpoint: object, what: str = "address", *,
                    allow_zero_port: bool = False) -> tuple[str, int]:  # fmt: skip
     """An IP address and port, as text (``10.77.0.1:4000``, ``[fd77::1]:4000``: IPv6 in
@@ -208,7 +216,8 @@ def check_endpoint(endpoint: object, what: str = "address", *,
             address = check_ip(host)
         except InvalidValueError:
             raise InvalidValueError(f"invalid {what} {quote(host)}: not an IP address") from None
-        return str(address), check_port(port, f"{what} port", allow_zero=allow_zero_port)
+        return _address_text(address), check_port(port, f"{what} port",
+                                                   allow_zero=allow_zero_port)
     if not isinstance(endpoint, str):
         raise InvalidValueError(
             f"invalid {what} {quote(endpoint)}: expected ADDRESS:PORT, like 10.77.0.1:4000 or "
@@ -240,7 +249,7 @@ def check_endpoint(endpoint: object, what: str = "address", *,
         problem = f"the port must be a number from {low} to {MAX_PORT}"
     if problem:
         raise InvalidValueError(f"invalid {what} {quote(endpoint)}: {problem}")
-    return str(address), int(port_text)
+    return _address_text(address), int(port_text)
 
 
 def format_endpoint(endpoint: tuple[str, int]) -> str:
