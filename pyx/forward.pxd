@@ -8,6 +8,7 @@ from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
 from tapengine._batchio cimport BatchIO, PortIO
+from tapengine._pcapng cimport CaptureStage
 from tapengine._ring cimport PacketRing
 from tapengine._stage cimport Stage
 from tapengine.includes.system cimport pthread_mutex_t
@@ -161,6 +162,7 @@ cdef class Forwarder:
     cdef object _stage_counters     # numpy uint64[MAX_STAGES, N_STAGE_COUNTERS]
     cdef uint64_t *stage_counters
     cdef int failed_stage           # the stage that stopped the loop, or -1
+    cdef CaptureStage capture       # None, or records every run sent (set_capture)
 
     # _loop: returns 0 after stop(), an errno from epoll_wait, or ALL_DOWN once no port is up.
     cdef int _loop(self) noexcept nogil

@@ -696,7 +696,18 @@ cdef class Forwarder:
         self._stages.append(stage)
         self.stages[self.nstages] = <PyObject *>stage
         self.nstages += 1
+        if isinstance(stage, CaptureStage) and self.capture is None:
+            self.set_capture(stage)
         return self.nstages - 1
+
+    def set_capture(self, CaptureStage stage):
+        """Record every run of frames this forwarder sends (after the send succeeded, the
+        software-segmented ones as sent) with ``stage.capture_tx`` (outbound, on the egress
+        port's interface); ``None`` stops it. ``add_stage`` calls it for the first
+        CaptureStage."""
+        if self.ran:
+            raise ValueError("cannot change the capture of a forwarder that has run")
+        self.capture = stage
 
     def run(self):
         """Forward until ``stop()``; releases the GIL for the whole time. Runs once.
@@ -1203,6 +1214,8 @@ cdef class Forwarder:
                     nbytes += ring_len(ring, k)[0]
                 out.counters[TX_PACKETS] += sent
                 out.counters[TX_BYTES] += nbytes
+                if self.capture is not None:        # --pcap: outbound, as sent
+                    self.capture.capture_tx(o, ring, first, sent)
                 first += sent
                 count -= sent
             if count == 0:

@@ -97,6 +97,14 @@ cdef uint64_t realtime_ns() noexcept nogil
 cdef class CaptureStage(Stage):
     cdef readonly PcapngWriter writer
     cdef bint released                  # close() gave back its use of the writer
+    cdef readonly uint32_t directions   # EPB_INBOUND | EPB_OUTBOUND: what it records
+
+    # capture_tx: frames [first, first + n) of ring, just sent out of ``port`` (the forwarder's
+    # egress hook, Forwarder.set_capture): recorded outbound on that port's interface.
+    cdef void capture_tx(self, int port, PacketRing ring, uint32_t first,
+                         uint32_t n) noexcept nogil
+    cdef void _record(self, int port, PacketRing ring, uint32_t first, uint32_t n,
+                      uint32_t direction) noexcept nogil
 
 
 # One packet of a read file; ``data`` points into the mapped file.

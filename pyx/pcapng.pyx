@@ -73,6 +73,7 @@ LINKTYPE_IPV6 = 229
 RAW_IP_LINKTYPES = frozenset({LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, 12, 14})
 INBOUND = EPB_INBOUND
 OUTBOUND = EPB_OUTBOUND
+_DIRECTIONS = {"in": EPB_INBOUND, "out": EPB_OUTBOUND, "both": EPB_INBOUND | EPB_OUTBOUND}
 #: Longest packet a record may claim (libpcap's MAXIMUM_SNAPLEN): a longer one means corruption.
 MAX_CAPLEN = CAPLEN_MAX
 DEFAULT_BUFFER = 8 << 20
@@ -683,14 +684,22 @@ cdef class PcapngWriter:
 
 @cython.auto_pickle(False)
 cdef class CaptureStage(Stage):
-    """A forwarding stage that captures every batch the engine receives into ``writer``: the
-    port's index is the interface, the direction inbound, the timestamp taken when the stage
-    sees the batch (right after it was read). It decides nothing (verdicts stay as they are);
-    place it first to capture frames as they arrived. ``close(stats)`` closes the writer."""
+    """A forwarding stage that captures every frame the engine receives and sends into
+    ``writer``: the port's index is the interface. Inbound: each received batch as the stage
+    sees it (place it first to capture frames as they arrived), timestamped right after it was
+    read. Outbound: each run of frames a forwarder sent out of a port, timestamped at the send
+    (the forwarder calls ``capture_tx`` once it holds this stage: ``add_stage`` registers it
+    through ``Forwarder.set_capture``); software-segmented superframes are recorded as the
+    segments the wire carried. ``direction`` is ``"in"``, ``"out"`` or ``"both"`` (default). It
+    decides nothing (verdicts stay as they are). ``close(stats)`` closes the writer."""
 
-    def __init__(self, PcapngWriter writer not None, name="pcap"):
+    def __init__(self, PcapngWriter writer not None, name="pcap", direction="both"):
         Stage.__init__(self, name)
         writer._check_interface(0)
+        if direction not in _DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(_DIRECTIONS)}, "
+                             f"not {direction!r}")
+        self.directions = _DIRECTIONS[direction]
         self.writer = writer
         writer._users += 1               # the writer cannot be closed under a running engine
 
@@ -699,12 +708,20 @@ cdef class CaptureStage(Stage):
             raise ValueError(f"the capture describes {self.writer.ninterfaces} interfaces, the "
                              f"engine has {len(port_names)} ports")
 
+    cdef void _record(self, int port, PacketRing ring, uint32_t first, uint32_t n,
+                      uint32_t direction) noexcept nogil:
+        # One writer path for both directions: the EPB's direction flag is the only difference.
+        if self.directions & direction and 0 <= port < <int>self.writer.ninterfaces:
+            capture_batch(self.writer, <uint32_t>port, ring, first, n, direction, realtime_ns())
+
     cdef int process(self, int port, PacketRing ring, uint32_t first, uint32_t n,
                      int32_t *verdict) noexcept nogil:
-        if 0 <= port < <int>self.writer.ninterfaces:
-            capture_batch(self.writer, <uint32_t>port, ring, first, n, EPB_INBOUND,
-                          realtime_ns())
+        self._record(port, ring, first, n, EPB_INBOUND)
         return 0
+
+    cdef void capture_tx(self, int port, PacketRing ring, uint32_t first,
+                         uint32_t n) noexcept nogil:
+        self._record(port, ring, first, n, EPB_OUTBOUND)
 
     def close(self, stats=None):
         """Close the writer (see PcapngWriter.close); returns the files written. Call it once

@@ -31,6 +31,7 @@ from tapengine._pcapng import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
     MIN_BUFFER,
+    OUTBOUND,
     PcapngWriter,
     PcapReader,
     Replayer,
@@ -487,18 +488,24 @@ def test_forward_pcap_holds_what_the_kernel_sent_per_port_and_replays(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert "captured 65 frames" in err
-    engine = {port["ifname"]: port["stats64"]["rx"]["packets"]
-              for port in json.loads(out)["ports"]}
+    # Both directions (the default): each frame inbound on its ingress port's interface, and
+    # outbound on its egress port's, as the engine's counters say (rx of A == tx of B).
+    assert "captured 130 frames" in err
+    ports = {port["ifname"]: port["stats64"] for port in json.loads(out)["ports"]}
     rows = tshark(path, "frame.interface_name", "udp.payload", "frame.time_epoch",
                   "frame.packet_flags_direction")
-    for name in names:
-        mine = [r for r in rows if r[0] == name]
-        assert len(mine) == engine[name] == len(sent[name])
-        assert [digest(bytes.fromhex(r[1])) for r in mine] == [digest(p) for p in sent[name]]
-        stamps = [tuple(map(int, r[2].split("."))) for r in mine]
-        assert stamps == sorted(stamps)
-        assert {int(r[3], 0) for r in mine} == {INBOUND}
+    assert {int(r[3], 0) for r in rows} == {INBOUND, OUTBOUND}
+    for name, other in (names, names[::-1]):
+        inbound = [r for r in rows if r[0] == name and int(r[3], 0) == INBOUND]
+        outbound = [r for r in rows if r[0] == other and int(r[3], 0) == OUTBOUND]
+        assert len(inbound) == ports[name]["rx"]["packets"] == len(sent[name])
+        assert len(outbound) == ports[other]["tx"]["packets"] == len(sent[name])
+        expected = [digest(p) for p in sent[name]]
+        assert [digest(bytes.fromhex(r[1])) for r in inbound] == expected
+        assert [digest(bytes.fromhex(r[1])) for r in outbound] == expected
+        for mine in (inbound, outbound):
+            stamps = [tuple(map(int, r[2].split("."))) for r in mine]
+            assert stamps == sorted(stamps)
 
     with PcapReader(path) as reader:
         frames = [data for _, _, data, _ in reader]

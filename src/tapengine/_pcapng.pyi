@@ -1,6 +1,6 @@
 from collections.abc import Iterator, Mapping
 from os import PathLike
-from typing import Any, Protocol, Self, final
+from typing import Any, Literal, Protocol, Self, final
 
 import numpy as np
 from typing_extensions import disjoint_base
@@ -105,7 +105,10 @@ class PcapngWriter:
 class CaptureStage(Stage):
     @property
     def writer(self) -> PcapngWriter: ...
-    def __init__(self, writer: PcapngWriter, name: str = "pcap") -> None: ...
+    @property
+    def directions(self) -> int: ...
+    def __init__(self, writer: PcapngWriter, name: str = "pcap",
+                 direction: Literal["in", "out", "both"] = "both") -> None: ...
     def close(self, stats: Mapping[int, Mapping[str, int]] | None = None) -> list[str]: ...
 
 @final

@@ -35,11 +35,22 @@ def linktype_of(mode: Literal["tap", "tun"]) -> int:
     return LINKTYPE_ETHERNET if mode == "tap" else LINKTYPE_RAW
 
 
-def capture_comment(*, segment: bool, command: str) -> str:
-    """The section comment: who wrote the file, and how GSO superframes appear in it."""
+#: What an engine capture records, by ``--pcap-direction``: said in the file's comment.
+ENGINE_DIRECTIONS = {
+    "in": "frames the engine received (inbound, on their ingress port)",
+    "out": "frames the engine sent (outbound, on their egress port, as sent)",
+    "both": "frames the engine received (inbound, on their ingress port) and sent (outbound, "
+            "on their egress port, as sent)",
+}
+
+
+def capture_comment(*, segment: bool, command: str, direction: str | None = None) -> str:
+    """The section comment: who wrote the file, what an engine capture records (``direction``,
+    a key of ENGINE_DIRECTIONS), and how GSO superframes appear in it."""
     how = ("written as the segments a wire would carry (checksums completed)" if segment
            else "written as they are, up to 64 KiB (--pcap-superframes)")
-    return f"tapengine {command}; GSO superframes {how}"
+    what = "" if direction is None else f"; {ENGINE_DIRECTIONS[direction]}"
+    return f"tapengine {command}{what}; GSO superframes {how}"
 
 
 @dataclass(frozen=True)
@@ -56,13 +67,16 @@ class CaptureOptions:
         validate.check_float(self.size_mb, "file size (MB)", low=0.0, high=MAX_FILE_MB,
                              low_inclusive=True)  # fmt: skip
 
-    def open(self, interfaces: Sequence[tuple[str, int, bool]], *, command: str) -> PcapngWriter:
+    def open(self, interfaces: Sequence[tuple[str, int, bool]], *, command: str,
+             direction: str | None = None) -> PcapngWriter:
         """Create the file (the first of a rotation) with one interface block per
-        ``(name, linktype, vnet_hdr)``, and start the drain thread."""
+        ``(name, linktype, vnet_hdr)``, and start the drain thread. ``direction``: what an
+        engine capture records (for the file's comment)."""
         segment = not self.superframes
         return PcapngWriter(self.path, interfaces, snaplen=self.snaplen, segment=segment,
                             rotate_bytes=int(self.size_mb * 1_000_000),
-                            comment=capture_comment(segment=segment, command=command))
+                            comment=capture_comment(segment=segment, command=command,
+                                                    direction=direction))
 
 
 def open_replay(path: str, *, mode: Literal["tap", "tun"], rate: int = 0, bits: bool = False,
@@ -80,6 +94,7 @@ def open_replay(path: str, *, mode: Literal["tap", "tun"], rate: int = 0, bits: 
 
 __all__ = [
     "DEFAULT_SNAPLEN",
+    "ENGINE_DIRECTIONS",
     "LINKTYPE_ETHERNET",
     "LINKTYPE_RAW",
     "CaptureOptions",

@@ -33,6 +33,7 @@ from tapengine.kstats import LinkStats, read_stats
 from tapengine.netns import inside_netns
 from tapengine.pcap import (
     DEFAULT_SNAPLEN,
+    ENGINE_DIRECTIONS,
     MAX_CAPLEN,
     MAX_FILE_MB,
     CaptureOptions,
@@ -65,8 +66,11 @@ def add_capture_file_options(parser: argparse.ArgumentParser, *, prefix: str = "
 def add_pcap_options(parser: argparse.ArgumentParser) -> None:
     """``--pcap FILE`` and its file options, for ``forward`` and ``switch``."""
     parser.add_argument("--pcap", type=PathArg("capture"), metavar="FILE",
-                        help="capture every frame the engine receives into FILE (pcapng: an "
-                             "interface per port, inbound)")
+                        help="capture every frame the engine receives and sends into FILE "
+                             "(pcapng: an interface per port, each frame inbound on its ingress "
+                             "port and outbound on its egress port)")
+    parser.add_argument("--pcap-direction", choices=tuple(ENGINE_DIRECTIONS), default="both",
+                        help="record frames received (in), sent (out) or both (default)")
     add_capture_file_options(parser)
 
 
@@ -79,8 +83,8 @@ def open_engine_capture(args: argparse.Namespace, ports: Sequence[Any]) -> Captu
                              superframes=args.pcap_superframes)
     linktype = linktype_of("tun" if args.tun else "tap")
     writer = options.open([(port.name, linktype, port.vnet_hdr) for port in ports],
-                          command=args.command_name)
-    return CaptureStage(writer)
+                          command=args.command_name, direction=args.pcap_direction)
+    return CaptureStage(writer, direction=args.pcap_direction)
 
 
 def close_engine_capture(capture: CaptureStage, final: EngineStats | None, command: str) -> None:
