@@ -31,3 +31,19 @@ def test_a_single_valued_flag_given_twice_is_a_usage_error(prefix: str,
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"argument {flag}: given twice: give it once" in result.stderr
     assert not link_exists(f"{prefix}x0")
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_code_130() -> None:
+    """SIGINT in the first second (the command's modules still loading) gave a traceback."""
+    program = ("import os, signal, sys\n"
+               "import tapengine.cli as cli\n"
+               "build = cli.build_parser\n"
+               "def interrupted():\n"
+               "    os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C, as the modules load\n"
+               "    return build()\n"
+               "cli.build_parser = interrupted\n"
+               "sys.exit(cli.main(['forward', 'tap0', 'tap1']))\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "tapengine: interrupted while starting\n"

@@ -66,8 +66,12 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()     # imports every command's modules: a second or so when loaded
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:       # Ctrl-C before the command started: one line, no traceback
+        print("tapengine: interrupted while starting", file=sys.stderr)
+        return 130
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
