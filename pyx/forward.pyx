@@ -922,6 +922,8 @@ cdef class Forwarder:
             serving = 0
             more = False
             for i in range(self.nports):
+                if self.failed_stage >= 0:
+                    break           # a stage failed: never call it again, not even this pass
                 if self.ports[i].up:
                     if everyone or ready[i]:
                         got = self._serve(i)

@@ -292,6 +292,32 @@ def test_an_exception_in_a_stage_stops_the_forwarder_with_its_traceback(fail_on:
     assert error.first_batch == (fail_on == 1)
 
 
+def test_a_stage_that_failed_is_never_called_again_not_even_in_the_same_pass() -> None:
+    # Frames wait on both ports before the forwarder starts, so its first pass serves both: the
+    # stage raises on port 0's batch and must not be called for port 1's (a stage that raised
+    # may be broken; and it failed on its first batch, which is what the CLI then says).
+    calls: list[int] = []
+
+    def broken(batch: Batch) -> None:
+        calls.append(batch.port)
+        raise ZeroDivisionError("broken from the start")
+
+    h = Harness(Forwarder("wire"), 2)
+    h.forwarder.add_stage(FunctionStage(broken))
+    try:
+        h.send(0, frame(MAC[1], MAC[0], b"a" * 46))
+        h.send(1, frame(MAC[0], MAC[1], b"b" * 46))
+        with pytest.raises(StageError) as failed:
+            h.forwarder.run()
+        assert calls == [0]
+        assert failed.value.first_batch
+        assert stage_counters(h.forwarder, 0)["batches"] == 1
+    finally:
+        h.forwarder.close()
+        for sock in h.inner + h.outer:
+            sock.close()
+
+
 def udp_frame(dport: int, payload: bytes) -> bytes:
     """An Ethernet/IPv4/UDP frame from MAC[0] to MAC[1] (checksums are not looked at here)."""
     ip = bytes.fromhex("4500") + (28 + len(payload)).to_bytes(2, "big") + \
