@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Debian packages the tests, demo and benchmarks drive as independent peers.
-APT_PACKAGES := iproute2 iperf3 netsniff-ng tshark iputils-ping tcpdump
+APT_PACKAGES := iproute2 iperf3 netsniff-ng tshark iputils-ping tcpdump ethtool
 SOURCES := pyproject.toml setup.py $(wildcard pyx/*.pyx pyx/*.pxd pyx/includes/*.pxd pyx/includes/*.h)
 
 .PHONY: build demo test lint docs capi-check bench bench-full system-deps clean asan
@@ -26,7 +26,7 @@ system-deps: $(VENV)/.stamp-system
 $(VENV)/.stamp-system: | $(VENV)/.stamp-venv
 	@missing=""; \
 	for tool in ip:iproute2 iperf3:iperf3 trafgen:netsniff-ng tshark:tshark ping:iputils-ping \
-	    tcpdump:tcpdump; do \
+	    tcpdump:tcpdump ethtool:ethtool; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
