@@ -61,8 +61,9 @@ _WHY_CONNECT = {**_WHY, errno.EACCES: "a broadcast address cannot be a peer: giv
                                       "address"}
 
 
-class _NoLink:
-    """What ``Port.watch`` is for a tun/tap; a UDP port has no link to watch."""
+class NoLinkWatch:
+    """``Port.watch`` of a port without a link of its own (a UDP or VXLAN socket): never up or
+    down (``Engine.link_events`` skips it)."""
 
     def is_up(self) -> bool | None:
         return None
@@ -93,7 +94,7 @@ class UdpPort:
         self.remote = remote
         self.netns = netns
         self.max_payload = max_payload
-        self.watch = _NoLink()
+        self.watch = NoLinkWatch()
 
     @property
     def socket(self) -> socket.socket:

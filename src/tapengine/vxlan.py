@@ -48,6 +48,7 @@ from tapengine.errors import InvalidValueError, oserror
 from tapengine.netlink import netlink_errors, rtnl, where
 from tapengine.netns import run_in_netns
 from tapengine.tun import Offload
+from tapengine.udpport import NoLinkWatch
 from tapengine.validate import check_int, check_ip, check_mac, quote
 
 __all__ = [
@@ -97,16 +98,6 @@ class UnderlayRoute:
     mtu: int
 
 
-class _NoWatch:
-    """A VXLAN port has no link of its own to watch (``Engine.link_events``)."""
-
-    def is_up(self) -> bool | None:
-        return None
-
-    def close(self) -> None:
-        pass
-
-
 class VxlanPort:
     """A VXLAN tunnel endpoint served by an ``Engine`` like a tap port (one queue, Ethernet).
 
@@ -133,7 +124,7 @@ class VxlanPort:
         self.routes = list(routes)
         self.netns = netns
         self.family = ipaddress.ip_address(local).version
-        self.watch = _NoWatch()
+        self.watch = NoLinkWatch()
         self.mtu = self.max_frame_mtu
         self.features: dict[str, str] = {}     # offload -> "on" or "off (why)"
         self.vxlan_offload = True               # GSO and coalescing wanted (when possible)
